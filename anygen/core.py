@@ -1,0 +1,104 @@
+"""Build or load the transformers causal LM at the centre of every model, and grow its vocabulary.
+
+We do not rewrite a transformer: the core is a stock ``transformers`` causal LM (Llama-style by default), so any
+local pretrained LLM directory can be used as a starting point and every attention kernel transformers knows is
+available. Attention backends: ``"sdpa"`` (PyTorch's fused kernels, the default, memory-efficient on GPU),
+``"eager"``, or ``"xformers"`` (registered on demand when CUDA and the ``xformers`` extra are present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from anygen.errors import CheckpointError, InvalidArgumentError
+
+
+@dataclass
+class CoreConfig:
+    """Shape of a new Llama-style core (ignored when a pretrained LLM is loaded)."""
+
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    intermediate_size: int = 688
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                    "max_position_embeddings"):
+            if getattr(self, key) <= 0:
+                raise InvalidArgumentError(f"core.{key}={getattr(self, key)} must be > 0")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise InvalidArgumentError(
+                f"core.hidden_size={self.hidden_size} must divide by num_heads={self.num_heads}, "
+                f"which must divide by num_kv_heads={self.num_kv_heads}")
+
+
+def build_core(config: CoreConfig, vocab_size: int, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """A freshly initialised ``LlamaForCausalLM`` with ``vocab_size`` rows."""
+    hf_config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+        intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return core_from_config(hf_config, attn_implementation)
+
+
+def core_from_config(hf_config: object, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """Instantiate a causal LM from a transformers config (dict or object), randomly initialised."""
+    if isinstance(hf_config, dict):
+        hf_config = AutoConfig.for_model(**hf_config)
+    hf_config._attn_implementation = resolve_attention(attn_implementation)
+    return AutoModelForCausalLM.from_config(hf_config)
+
+
+def load_pretrained_core(directory: str | Path, gguf_file: str | None = None,
+                         attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a local pretrained causal LM (safetensors, or a GGUF file inside ``directory``); never downloads."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"pretrained core directory {directory} does not exist")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=gguf_file, local_files_only=True, use_safetensors=None if gguf_file else True,
+            attn_implementation=resolve_attention(attn_implementation), dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot load a causal LM from {directory}: {err}") from err
+
+
+def extend_vocab(model: PreTrainedModel, new_size: int) -> None:
+    """Grow the embedding (and untied output) matrices to ``new_size`` rows; new rows = mean of the old rows.
+
+    The mean keeps new tokens' initial logits close to the average text token, so training starts stable.
+    """
+    old = model.get_input_embeddings().weight
+    if new_size < old.shape[0]:
+        raise InvalidArgumentError(f"new vocab size {new_size} is smaller than the core's {old.shape[0]} rows")
+    mean_in = old.detach().mean(0)
+    out = model.get_output_embeddings()
+    mean_out = None if out is None or model.config.tie_word_embeddings else out.weight.detach().mean(0)
+    old_size = old.shape[0]
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[old_size:] = mean_in
+        if mean_out is not None:
+            model.get_output_embeddings().weight[old_size:] = mean_out
+
+
+def resolve_attention(name: str) -> str:
+    """Validate an attention backend name, registering ``xformers`` with transformers when requested."""
+    if name in ("sdpa", "eager", "flex_attention"):
+        return name
+    if name == "xformers":
+        from anygen.attention import register_xformers
+
+        return register_xformers()
+    raise InvalidArgumentError(f"attn_implementation={name!r}; choose 'sdpa', 'eager' or 'xformers'")

@@ -1,0 +1,248 @@
+"""``AnyGen``: one transformers causal LM + modality tokenizers + the vocab that lays their ids out.
+
+Saved layout (``save_pretrained``)::
+
+    config.json            format version, the core's transformers config, the vocab, the tokenizer classes
+    model.safetensors      the core's weights (tied duplicates stored once)
+    text_tokenizer/        tokenizer.json
+    tokenizers/<modality>/ each modality tokenizer's own files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from anygen.core import CoreConfig, build_core, core_from_config, extend_vocab, load_pretrained_core
+from anygen.errors import CheckpointError, InvalidArgumentError
+from anygen.generation import SpanRule, span_rules
+from anygen.processor import IGNORE, Processor
+from anygen.tokenizers.base import ModalityTokenizer
+from anygen.tokenizers.registry import tokenizer_class
+from anygen.tokenizers.text import TextTokenizer
+from anygen.vocab import ModalitySpec, Vocab
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class AnyGenOutput:
+    """``loss``: weighted mean over target tokens; ``losses``: unweighted mean per modality present."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AnyGen(nn.Module):
+    """An any-to-any model.
+
+    Args:
+        core: a transformers causal LM with at least ``vocab.size`` embedding rows.
+        vocab: the id layout.
+        text_tokenizer: text <-> ids.
+        tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
+
+    Example:
+        >>> from anygen.tokenizers import GridImageTokenizer, TextTokenizer
+        >>> text = TextTokenizer.train(["a red circle"], vocab_size=300)
+        >>> model = AnyGen.create(text, {"image": GridImageTokenizer()}, CoreConfig(64, 2, 4, 2, 128, 256))
+        >>> model.vocab.modality_names
+        ['text', 'image']
+    """
+
+    def __init__(self, core: nn.Module, vocab: Vocab, text_tokenizer: TextTokenizer,
+                 tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+        super().__init__()
+        _check_tokenizers(vocab, tokenizers)
+        rows = core.get_input_embeddings().weight.shape[0]
+        if rows < vocab.size:
+            raise InvalidArgumentError(f"the core has {rows} embedding rows but the vocab needs {vocab.size}")
+        self.core, self.vocab, self.text_tokenizer = core, vocab, text_tokenizer
+        self.tokenizers = dict(tokenizers)  # not submodules: each tokenizer saves its own files
+        self.processor = Processor(vocab, text_tokenizer, self.tokenizers)
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, text_tokenizer: TextTokenizer, tokenizers: Mapping[str, ModalityTokenizer],
+               core: CoreConfig | None = None, *, pretrained_core: str | Path | None = None,
+               gguf_file: str | None = None, attn_implementation: str = "sdpa") -> "AnyGen":
+        """A new model: a fresh Llama-style core from ``core``, or a local pretrained LLM extended with new rows.
+
+        With ``pretrained_core`` the text ids keep their pretrained rows and every multimodal row starts at the
+        mean of the pretrained embeddings.
+        """
+        specs = [ModalitySpec(name, t.codebook_size, t.num_codebooks) for name, t in tokenizers.items()]
+        if pretrained_core is None:
+            vocab = Vocab(text_tokenizer.vocab_size, specs)
+            return cls(build_core(core or CoreConfig(), vocab.size, attn_implementation), vocab, text_tokenizer,
+                       tokenizers)
+        llm = load_pretrained_core(pretrained_core, gguf_file, attn_implementation)
+        rows = llm.get_input_embeddings().weight.shape[0]
+        vocab = Vocab(max(rows, text_tokenizer.vocab_size), specs)
+        extend_vocab(llm, vocab.size)
+        return cls(llm, vocab, text_tokenizer, tokenizers)
+
+    def span_rules(self, item_shapes: Mapping[str, Any]) -> list[SpanRule]:
+        """Grammar rules for generation, e.g. ``model.span_rules({"image": (64, 64), "audio": 48000})``."""
+        return span_rules(self.vocab, self.tokenizers, item_shapes)
+
+    # ---- training forward -----------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, loss_weights: Mapping[str, float] | None = None,
+                **_unused: torch.Tensor) -> AnyGenOutput:
+        """Next-token logits ``(B, T, V)``; with ``labels`` also the loss, in total and per modality.
+
+        ``loss_weights`` scales each target token's loss by its modality (missing = 1); with no weights the
+        total equals transformers' causal-LM loss on the same ids.
+        """
+        logits = self.core(input_ids=input_ids, attention_mask=attention_mask).logits
+        if labels is None:
+            return AnyGenOutput(logits)
+        targets = labels[:, 1:]  # (B, T-1)
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                             reduction="none").view_as(targets)
+        valid = targets != IGNORE
+        modality = self.vocab.modality_of(targets.clamp(min=0))
+        weights = torch.ones(len(self.vocab.modality_names), device=ce.device)
+        for name, w in (loss_weights or {}).items():
+            weights[self.vocab.modality_names.index(name)] = float(w)
+        token_w = weights[modality] * valid
+        loss = (ce * token_w).sum() / valid.sum().clamp(min=1)
+        losses = {name: ce[valid & (modality == i)].mean()
+                  for i, name in enumerate(self.vocab.modality_names) if bool((valid & (modality == i)).any())}
+        return AnyGenOutput(logits, loss, losses)
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the model atomically: into a temporary sibling directory, then renamed over ``directory``."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self._write(tmp, dtype)
+            _replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _write(self, directory: Path, dtype: torch.dtype | None) -> None:
+        tensors = _unique_tensors(self.core)
+        if not all(torch.isfinite(t).all() for t in tensors.values()):
+            raise CheckpointError("refusing to save non-finite weights")
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(directory / WEIGHTS))
+        self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
+        entries = {}
+        for name, tok in self.tokenizers.items():
+            tok.save_pretrained(directory / "tokenizers" / name)
+            entries[name] = {"class": type(tok).__name__, "path": f"tokenizers/{name}"}
+        config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
+                  "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
+        (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa",
+                        dtype: torch.dtype = torch.float32) -> "AnyGen":
+        """Load a model written by :meth:`save_pretrained` (safetensors only; strict about every key and shape)."""
+        directory = Path(directory)
+        config = _read_config(directory)
+        vocab = Vocab.from_dict(config["vocab"])
+        tokenizers = {name: tokenizer_class(entry["class"]).from_pretrained(directory / entry["path"])
+                      for name, entry in config["tokenizers"].items()}
+        text = TextTokenizer.from_pretrained(directory / config["text_tokenizer"])
+        core = core_from_config(dict(config["core"]), attn_implementation)
+        _load_weights(core, directory / WEIGHTS)
+        model = cls(core.to(dtype), vocab, text, tokenizers)
+        return model.eval()
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _check_tokenizers(vocab: Vocab, tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+    for spec in vocab.modalities:
+        tok = tokenizers.get(spec.name)
+        if tok is None:
+            raise CheckpointError(f"no tokenizer for modality {spec.name!r}")
+        got = (tok.codebook_size, tok.num_codebooks)
+        if got != (spec.codebook_size, spec.num_codebooks):
+            raise CheckpointError(f"{spec.name} tokenizer has codebook_size x num_codebooks = {got}, but the vocab "
+                                  f"was built for {(spec.codebook_size, spec.num_codebooks)}")
+    extra = set(tokenizers) - set(vocab.modality_names)
+    if extra:
+        raise CheckpointError(f"tokenizers for modalities the vocab lacks: {sorted(extra)}")
+
+
+def _unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with tied parameters stored once (the first name wins)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in module.state_dict().items():
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            out[name] = tensor
+    return out
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise CheckpointError(f"model directory {directory} does not exist")
+    if not (directory / WEIGHTS).is_file():
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = (f" It holds pickle weights {pickles}, which anygen never loads (they can run code): convert them "
+                "once in a trusted environment with safetensors.torch.save_file(torch.load(f, weights_only=True), "
+                f"'{WEIGHTS}').") if pickles else ""
+        raise CheckpointError(f"{directory / WEIGHTS} not found.{hint}")
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {directory / 'config.json'}: {err}") from err
+    if config.get("format") != "anygen" or config.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{directory / 'config.json'} is not an anygen v{FORMAT_VERSION} config")
+    return config
+
+
+def _load_weights(core: nn.Module, path: Path) -> None:
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from err
+    expected = _unique_tensors(core)
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for key, tensor in expected.items():
+        if saved[key].shape != tensor.shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(saved[key].shape)} in the file but the model "
+                                  f"expects {tuple(tensor.shape)}")
+    with torch.no_grad():
+        for key, tensor in expected.items():
+            tensor.copy_(saved[key])
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    """Move ``tmp`` to ``directory``; an existing ``directory`` is only removed once the new one is in place."""
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)

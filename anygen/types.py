@@ -1,0 +1,79 @@
+"""Segments: what users put in and get out. An :data:`Interleaved` is a plain list of segments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class TextSegment:
+    """A run of text."""
+
+    text: str
+    modality = "text"
+
+
+@dataclass
+class ImageSegment:
+    """One image: a PIL image or a float tensor ``(3, H, W)`` in ``[0, 1]``."""
+
+    image: Image.Image | torch.Tensor
+    modality = "image"
+
+
+@dataclass
+class AudioSegment:
+    """One mono waveform ``(T,)`` (float, roughly in ``[-1, 1]``) at ``sample_rate`` Hz."""
+
+    waveform: torch.Tensor
+    sample_rate: int
+    modality = "audio"
+
+
+@dataclass
+class CodesSegment:
+    """A span of already-tokenized media: local codes ``(N,)`` of ``modality`` (what the model emitted).
+
+    The processor accepts it as input too, which lets callers skip re-encoding media they already hold as codes.
+    """
+
+    modality: str
+    codes: torch.Tensor
+
+
+
+
+@dataclass
+class MediaSegment:
+    """A media item of a plug-in modality (anything its tokenizer's ``encode`` accepts as one item)."""
+
+    modality: str
+    data: object
+
+
+Segment = Union[TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment]
+Interleaved = list[Segment]
+
+
+def encode_segment(segment: Segment, tokenizer) -> torch.Tensor:
+    """Encode one media segment with its modality tokenizer -> local codes ``(N,)``."""
+    if isinstance(segment, CodesSegment):
+        return segment.codes.reshape(-1).long()
+    if isinstance(segment, ImageSegment):
+        return tokenizer.encode([segment.image])[0]
+    if isinstance(segment, AudioSegment):
+        return tokenizer.encode([segment.waveform], sample_rate=segment.sample_rate)[0]
+    return tokenizer.encode([segment.data])[0]
+
+
+def decoded_segment(modality: str, item: object, tokenizer) -> Segment:
+    """Wrap one item of ``tokenizer.decode(...)`` output in the segment type of its modality."""
+    if modality == "image":
+        return ImageSegment(item)
+    if modality == "audio":
+        return AudioSegment(item, int(tokenizer.sample_rate))
+    return MediaSegment(modality, item)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from anygen.core import CoreConfig  # noqa: E402
+from anygen.model import AnyGen  # noqa: E402
+from anygen.tokenizers.simple import GridImageTokenizer, MuLawAudioTokenizer  # noqa: E402
+from anygen.tokenizers.text import TextTokenizer  # noqa: E402
+
+CAPTIONS = ["a red circle", "a blue square on the left", "two green triangles", "say hello", "a yellow star"]
+TINY_CORE = CoreConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                       max_position_embeddings=512)
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer() -> TextTokenizer:
+    return TextTokenizer.train(CAPTIONS * 4, vocab_size=300)
+
+
+@pytest.fixture()
+def tiny_model(text_tokenizer: TextTokenizer) -> AnyGen:
+    """A random two-modality model: 32x32 images as 16 grid codes, audio as 2 interleaved codebooks."""
+    torch.manual_seed(0)
+    tokenizers = {"image": GridImageTokenizer(cell=8, levels=4), "audio": MuLawAudioTokenizer()}
+    return AnyGen.create(text_tokenizer, tokenizers, TINY_CORE).eval()

@@ -1,0 +1,146 @@
+"""The sampler's grammar, isolated from any real model: a mock model emits random logits that favour specials."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anygen.errors import InvalidArgumentError
+from anygen.generation import Grammar, SamplingParams, draw_noise, sample_tokens
+from anygen.model import AnyGen
+
+IMAGE_SHAPE, AUDIO_SAMPLES = (32, 32), 8 * 400  # 16 image codes; audio spans of at most 8 frames x 2 codebooks
+
+
+def mock_model_logits(vocab, b: int, g: torch.Generator) -> torch.Tensor:
+    """Random logits with every special boosted, so spans open and close often."""
+    logits = torch.randn(b, vocab.size, generator=g)
+    logits[:, list(vocab.specials.values())] += 4.0
+    return logits
+
+
+def run_grammar(model: AnyGen, prompts: list[list[int]], max_new: int, seed: int,
+                open_modalities=None) -> list[list[int]]:
+    grammar = Grammar(model.vocab, model.span_rules({"image": IMAGE_SHAPE, "audio": AUDIO_SAMPLES}), open_modalities)
+    state = grammar.initial_state(prompts, max_new)
+    g = torch.Generator().manual_seed(seed)
+    b = len(prompts)
+    ones = torch.ones(b)
+    out = []
+    for step in range(max_new):
+        remaining = max_new - step
+        allowed = grammar.allowed(state, remaining)
+        tokens = sample_tokens(mock_model_logits(model.vocab, b, g), allowed, ones, torch.zeros(b, dtype=torch.long),
+                               ones, torch.zeros(b, dtype=torch.bool), draw_noise((b, model.vocab.size), g), False)
+        assert allowed[torch.arange(b), tokens].all()
+        state = grammar.advance(state, tokens, remaining)
+        out.append(tokens)
+    return torch.stack(out, 1).tolist()
+
+
+def check_row(model: AnyGen, row: list[int], open_span: str | None = None, open_pos: int = 0) -> dict[str, int]:
+    """Walk a generated row; assert every grammar invariant; count spans per modality."""
+    vocab = model.vocab
+    begins = {vocab.begin_id(m): m for m in vocab.modality_names[1:]}
+    counts = {m: 0 for m in begins.values()}
+    span, codes = open_span, open_pos
+    for tok in row:
+        if span is None:
+            if tok == vocab.eos_id:
+                assert all(t == vocab.pad_id for t in row[row.index(tok) + 1:]), "tokens after eos"
+                break
+            assert tok < vocab.text_size or tok in begins, f"illegal token {tok} in text"
+            if tok in begins:
+                span, codes = begins[tok], 0
+            continue
+        spec = vocab.spec(span)
+        if tok == vocab.end_id(span):
+            if span == "image":
+                assert codes == 16, f"image span closed after {codes} codes"
+            assert codes % spec.num_codebooks == 0 and codes >= spec.num_codebooks
+            counts[span] += 1
+            span = None
+            continue
+        expected = vocab.span(span, codes % spec.num_codebooks)
+        assert tok in expected, f"{span} code {codes} = {tok} not in codebook {codes % spec.num_codebooks}"
+        codes += 1
+        assert codes <= 16, "a span outgrew its maximum"
+    else:
+        assert span is None, "a span was left open at the end of the budget"
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_spans_have_exact_lengths_and_codebook_order(tiny_model: AnyGen, seed: int) -> None:
+    prompts = [[tiny_model.vocab.bos_id, 5, 6], [tiny_model.vocab.bos_id], [tiny_model.vocab.bos_id, 7]]
+    totals = {"image": 0, "audio": 0}
+    for row in run_grammar(tiny_model, prompts, max_new=60, seed=seed):
+        for name, n in check_row(tiny_model, row).items():
+            totals[name] += n
+    assert sum(totals.values()) > 0, "the mock model never opened a span"
+
+
+def test_no_span_is_opened_when_it_cannot_fit(tiny_model: AnyGen) -> None:
+    image_begin = tiny_model.vocab.begin_id("image")
+    for seed in range(12):
+        for max_new in (5, 12, 17):  # an image span needs 1 + 16 + 1 = 18 tokens
+            for row in run_grammar(tiny_model, [[tiny_model.vocab.bos_id]], max_new, seed):
+                assert image_begin not in row
+                check_row(tiny_model, row)
+
+
+def test_prompt_ending_in_an_open_span_continues_it(tiny_model: AnyGen) -> None:
+    vocab = tiny_model.vocab
+    prompt = [vocab.bos_id, 5, vocab.begin_id("image"), *vocab.to_global("image", torch.tensor([1, 2, 3])).tolist()]
+    for seed in range(10):
+        (row,) = run_grammar(tiny_model, [prompt], 30, seed)
+        check_row(tiny_model, row, open_span="image", open_pos=3)
+        assert row[13] == vocab.end_id("image")
+
+
+def test_rows_in_different_modalities_at_the_same_step(tiny_model: AnyGen) -> None:
+    vocab = tiny_model.vocab
+    prompts = [[vocab.bos_id, vocab.begin_id("image")], [vocab.bos_id, vocab.begin_id("audio")], [vocab.bos_id, 9]]
+    rows = run_grammar(tiny_model, prompts, 40, seed=3)
+    assert rows[0][0] in vocab.span("image") and rows[1][0] in vocab.span("audio", 0)
+    assert rows[1][1] in vocab.span("audio", 1)
+    check_row(tiny_model, rows[0], "image")
+    check_row(tiny_model, rows[1], "audio")
+    check_row(tiny_model, rows[2])
+
+
+def test_open_modalities_restricts_new_spans(tiny_model: AnyGen) -> None:
+    vocab = tiny_model.vocab
+    for seed in range(20):
+        for row in run_grammar(tiny_model, [[vocab.bos_id]], 60, seed, open_modalities=["audio"]):
+            assert vocab.begin_id("image") not in row
+    with pytest.raises(InvalidArgumentError, match="video"):
+        Grammar(vocab, tiny_model.span_rules({"image": IMAGE_SHAPE, "audio": AUDIO_SAMPLES}), ["video"])
+
+
+def test_an_open_span_that_cannot_fit_the_budget_is_an_error(tiny_model: AnyGen) -> None:
+    vocab = tiny_model.vocab
+    grammar = Grammar(vocab, tiny_model.span_rules({"image": IMAGE_SHAPE, "audio": AUDIO_SAMPLES}))
+    with pytest.raises(InvalidArgumentError, match="max_new_tokens=10"):
+        grammar.initial_state([[vocab.bos_id, vocab.begin_id("image")]], 10)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"),
+])
+def test_sampling_params_validate(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 50, generator=g)
+    allowed = torch.ones(8, 50, dtype=torch.bool)
+    greedy = logits.argmax(-1)
+    ones = torch.ones(8)
+    for top_k, top_p in ((1, 1.0), (0, 1e-6)):
+        out = sample_tokens(logits, allowed, ones, torch.full((8,), top_k), torch.full((8,), top_p),
+                            torch.zeros(8, dtype=torch.bool), draw_noise((8, 50), g), True)
+        assert torch.equal(out, greedy)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from anygen.errors import CheckpointError, InvalidArgumentError
+from anygen.model import AnyGen
+from anygen.tokenizers.simple import GridImageTokenizer
+from anygen.types import ImageSegment, TextSegment
+
+
+def test_text_only_forward_equals_plain_transformers(tiny_model: AnyGen) -> None:
+    batch = tiny_model.processor([[TextSegment("a red")], [TextSegment("say")]],
+                                 [[TextSegment(" circle")], [TextSegment(" hello there")]])
+    ours = tiny_model(batch.input_ids, batch.attention_mask, batch.labels)
+    plain = tiny_model.core(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+    assert torch.allclose(ours.logits, plain.logits)
+    assert torch.allclose(ours.loss, plain.loss, atol=1e-6)
+    assert set(ours.losses) == {"text"} and torch.allclose(ours.losses["text"], plain.loss, atol=1e-6)
+
+
+def test_losses_per_modality_and_weights(tiny_model: AnyGen) -> None:
+    image = ImageSegment(torch.rand(3, 32, 32))
+    batch = tiny_model.processor([[TextSegment("a red circle")]], [[image, TextSegment("done")]])
+    out = tiny_model(batch.input_ids, batch.attention_mask, batch.labels)
+    assert set(out.losses) == {"text", "image"}
+    n_image, n_all = 16, int((batch.labels[:, 1:] != -100).sum())
+    mixed = (out.losses["image"] * n_image + out.losses["text"] * (n_all - n_image)) / n_all
+    assert torch.allclose(out.loss, mixed, atol=1e-5)
+    heavy = tiny_model(batch.input_ids, batch.attention_mask, batch.labels, loss_weights={"image": 3.0}).loss
+    expected = (3 * out.losses["image"] * n_image + out.losses["text"] * (n_all - n_image)) / n_all
+    assert torch.allclose(heavy, expected, atol=1e-5)
+    out.loss.backward()
+    assert tiny_model.core.get_input_embeddings().weight.grad is not None
+
+
+def test_save_load_round_trip(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    loaded = AnyGen.from_pretrained(tmp_path / "m")
+    assert loaded.vocab == tiny_model.vocab
+    for (k, a), (_, b) in zip(tiny_model.core.state_dict().items(), loaded.core.state_dict().items()):
+        assert torch.equal(a, b), k
+    ids = torch.tensor([[tiny_model.vocab.bos_id, 5, 6, 7]])
+    assert torch.equal(loaded(ids).logits, tiny_model(ids).logits)
+    assert loaded.text_tokenizer.encode("a red circle") == tiny_model.text_tokenizer.encode("a red circle")
+    assert isinstance(loaded.tokenizers["image"], GridImageTokenizer)
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["m"], "temporary directories left behind"
+
+
+def test_fp16_save_halves_the_file_and_loads(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "a")
+    tiny_model.save_pretrained(tmp_path / "b", dtype=torch.float16)
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("b") < 0.6 * size("a")
+    loaded = AnyGen.from_pretrained(tmp_path / "b")
+    w = tiny_model.core.get_input_embeddings().weight
+    assert torch.allclose(loaded.core.get_input_embeddings().weight, w, atol=1e-3)
+
+
+def test_failed_save_keeps_the_previous_model(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        tiny_model.core.model.norm.weight[0] = float("inf")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        tiny_model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    AnyGen.from_pretrained(tmp_path / "m")
+
+
+def _corrupt(directory: Path, how: str) -> None:
+    weights = directory / "model.safetensors"
+    if how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "not_safetensors":
+        weights.write_bytes(b"PK\x03\x04 definitely a zip")
+    elif how in ("missing_key", "shape"):
+        tensors = load_file(str(weights))
+        key = "model.norm.weight"
+        if how == "missing_key":
+            tensors.pop(key)
+        else:
+            tensors[key] = torch.zeros(3)
+        save_file(tensors, str(weights))
+    elif how == "pickle":
+        weights.unlink()
+        (directory / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    elif how == "codebook":
+        config = json.loads((directory / "config.json").read_text())
+        config["vocab"]["modalities"][0][1] = 128
+        (directory / "config.json").write_text(json.dumps(config))
+    elif how == "config":
+        (directory / "config.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("how, match", [
+    ("truncated", "truncated"), ("not_safetensors", "safetensors"), ("missing_key", "missing keys"),
+    ("shape", r"\(3,\)"), ("pickle", "pickle"), ("codebook", "codebook_size"), ("config", "config.json"),
+])
+def test_bad_checkpoints_raise_clear_errors(tiny_model: AnyGen, tmp_path: Path, how: str, match: str) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    _corrupt(tmp_path / "m", how)
+    with pytest.raises(CheckpointError, match=match):
+        AnyGen.from_pretrained(tmp_path / "m")
+
+
+def test_missing_directory_and_small_core_raise(tiny_model: AnyGen, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        AnyGen.from_pretrained(tmp_path / "nope")
+    with pytest.raises(InvalidArgumentError, match="embedding rows"):
+        AnyGen(tiny_model.core, type(tiny_model.vocab)(10_000, []), tiny_model.text_tokenizer, {})
+
+
+def test_loading_never_unpickles(tiny_model: AnyGen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(os, "system", refuse)
+    AnyGen.from_pretrained(tmp_path / "m")
