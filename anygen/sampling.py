@@ -1,0 +1,120 @@
+"""Per-row sampling and the one classifier-free-guidance formula."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from anygen.errors import InvalidArgumentError, check_range
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token inside one modality.
+
+    Args:
+        temperature: > 0 when sampling; logits are divided by it.
+        top_k: keep the k most likely tokens (0 = all).
+        top_p: nucleus threshold in (0, 1] (1 = off).
+        do_sample: ``False`` = greedy (temperature, top_k and top_p are then ignored).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if self.do_sample:
+            check_range("temperature", self.temperature, 0.0, None, low_inclusive=False)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidArgumentError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+
+
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float,
+                             uncond_all: torch.Tensor | None = None, image_scale: float = 1.0) -> torch.Tensor:
+    """The one CFG formula (on logits).
+
+    One term: ``cond + (scale - 1) * (cond - uncond)``, i.e. ``uncond + scale * (cond - uncond)`` written so that
+    ``scale == 1`` returns ``cond`` exactly. With ``uncond_all`` (editing, InstructPix2Pix-style), ``uncond``
+    keeps the source image but drops the instruction and ``uncond_all`` drops both::
+
+        cond + (scale - 1) (cond - uncond) + (image_scale - 1) (uncond - uncond_all)
+    """
+    out = cond + (scale - 1.0) * (cond - uncond)
+    if uncond_all is not None:
+        out = out + (image_scale - 1.0) * (uncond - uncond_all)
+    return out
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance for one call.
+
+    Args:
+        uncond_prompts: per row, the prompt ids with the condition dropped (see ``processor.drop_condition``).
+        scale: guidance scale (1 = off).
+        modalities: guide only rows inside spans of these modalities.
+        interval: guide only while ``pos / span_length`` lies in ``[start, end)`` (LlamaGen's cfg interval).
+        uncond_all_prompts / image_scale: optional second term for editing (prompts with image and text dropped).
+    """
+
+    uncond_prompts: Sequence[Sequence[int]]
+    scale: float = 2.0
+    modalities: tuple[str, ...] = ("image",)
+    interval: tuple[float, float] = (0.0, 1.0)
+    uncond_all_prompts: Sequence[Sequence[int]] | None = None
+    image_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("guidance_scale", self.scale, 0.0, None)
+        check_range("image_guidance_scale", self.image_scale, 0.0, None)
+        lo, hi = self.interval
+        if not 0.0 <= lo < hi <= 1.0:
+            raise InvalidArgumentError(f"guidance interval={self.interval} must satisfy 0 <= start < end <= 1")
+
+    @property
+    def branches(self) -> int:
+        return 1 + (self.scale != 1.0 or self.uncond_all_prompts is not None) + (self.uncond_all_prompts is not None)
+
+
+def sample_tokens(logits: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                  top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor, filtered: bool) -> torch.Tensor:
+    """Sample one token per row; every setting is a ``(B,)`` tensor so rows may use different ones.
+
+    ``noise`` is ``(B, V)`` Exponential(1) draws: ``argmax(p / noise)`` is a sample from ``p`` with no host sync.
+    ``filtered=False`` skips the sort that top-k / top-p need.
+    """
+    logits = logits.float().masked_fill(~allowed, -math.inf)  # (B, V)
+    choice = logits.argmax(-1)
+    scaled = logits / temperature[:, None]
+    if filtered:
+        scaled = _top_k_top_p(scaled, top_k, top_p)
+    probs = torch.softmax(scaled, -1)
+    sampled = (probs / noise).argmax(-1)
+    return torch.where(greedy, choice, sampled)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    sorted_logits, order = logits.sort(-1, descending=True)  # (B, V)
+    v = logits.shape[-1]
+    k = torch.where(top_k > 0, top_k.clamp(max=v), v)
+    kth = sorted_logits.gather(-1, (k - 1)[:, None])
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, -math.inf)
+    probs = torch.softmax(sorted_logits, -1)
+    beyond = probs.cumsum(-1) - probs > top_p[:, None]  # always keeps the first token
+    sorted_logits = sorted_logits.masked_fill(beyond, -math.inf)
+    return torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+
+
+def draw_noise(shape: tuple[int, int], generator: Generators) -> torch.Tensor:
+    """``(B, V)`` Exponential(1) noise from one generator, or one generator per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.empty(shape).exponential_(1.0, generator=generator)
+    return torch.stack([torch.empty(shape[1]).exponential_(1.0, generator=g) for g in generator])
