@@ -121,7 +121,7 @@ class Processor:
                 self._flush_text(text, segments)
                 end = self._span_end(ids, i, modality)
                 codes = self.vocab.to_local(modality, torch.tensor(ids[i + 1: end]))
-                segments.append(self._media_segment(modality, codes, decode_media))
+                segments.append(self.media_segment(modality, codes, decode_media))
                 i = end + 1
                 continue
             if tok < self.vocab.text_size:
@@ -150,7 +150,8 @@ class Processor:
             segments.append(TextSegment(self.text_tokenizer.decode(text)))
             text.clear()
 
-    def _media_segment(self, modality: str, codes: torch.Tensor, decode_media: bool) -> Segment:
+    def media_segment(self, modality: str, codes: torch.Tensor, decode_media: bool = True) -> Segment:
+        """Local codes ``(N,)`` -> a decoded media segment (or a :class:`CodesSegment`)."""
         if not decode_media:
             return CodesSegment(modality, codes)
         tokenizer = self.tokenizers[modality]
