@@ -37,7 +37,7 @@ class KVRunner:
     """
 
     def __init__(self, core: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
-                 max_new_tokens: int) -> None:
+                 max_new_tokens: int, compile: bool = False) -> None:
         ids, mask = pad_rows(prompts, pad_id, "left")  # (R, T)
         self.core, self.ids, self.prompt_len = core, ids, ids.shape[1]
         total = self.prompt_len + max_new_tokens
@@ -53,6 +53,9 @@ class KVRunner:
         self.positions = (mask.sum(-1) - 1).to(device)  # (R,) position of each row's last token
         self.cache = StaticCache(config=core.config, max_cache_len=total)
         self.step_index = 0
+        # Every decode call has the same shapes (the mask always spans the whole cache; causality hides the
+        # future slots), so a compiled step is traced once per batch size and cache length.
+        self.forward = torch.compile(_decode_forward, dynamic=False) if compile else _decode_forward
 
     def prefill(self) -> torch.Tensor:
         mask = self.mask[:, : self.prompt_len]
@@ -64,13 +67,18 @@ class KVRunner:
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row ``(R,)``; returns next-token logits ``(R, V)``."""
-        slot = self.prompt_len + self.step_index
+        slot = torch.tensor([self.prompt_len + self.step_index], device=self.device)
         self.step_index += 1
         self.positions = self.positions + 1
-        out = self.core(input_ids=tokens[:, None].to(self.device), attention_mask=self.mask[:, : slot + 1],
-                        position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True,
-                        cache_position=torch.tensor([slot], device=self.device))
-        return out.logits[:, -1]
+        return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
+                            self.cache, slot)
+
+
+def _decode_forward(core: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                    cache: StaticCache, slot: torch.Tensor) -> torch.Tensor:
+    out = core(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+               use_cache=True, cache_position=slot)
+    return out.logits[:, -1]  # (R, V)
 
 
 # ---- the decoding loop ---------------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, guidanc
 def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]],
                  *, max_new_tokens: int, sampling: Mapping[str, SamplingParams] | None = None,
                  guidance: Guidance | None = None, open_modalities: Sequence[str] | None = None,
-                 generator: Generators = None) -> Iterator[Step]:
+                 generator: Generators = None, compile: bool = False) -> Iterator[Step]:
     """Yield one :class:`Step` per generated token until every row is done or the budget is spent.
 
     Args:
@@ -143,6 +151,8 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
         guidance: classifier-free guidance (see :class:`Guidance`).
         open_modalities: modalities a row may open (default: all).
         generator: one ``torch.Generator`` for the batch, or one per row.
+        compile: ``torch.compile`` the decode step (worth it for long generations: the first call traces the
+            core, tens of seconds on a CPU; later calls with the same batch size and cache length reuse it).
     """
     # 1. Validate everything before allocating caches.
     _check_inputs(prompts, max_new_tokens, guidance, generator)
@@ -160,7 +170,7 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
     guided_modes = torch.zeros(len(vocab.modality_names) + 1, dtype=torch.bool)
     for name in guidance.modalities if branches > 1 else ():
         guided_modes[grammar.mode_of(name)] = True
-    runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens)
+    runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
     # 3. Prefill, then one token per step.
     with torch.inference_mode():
         logits = runner.prefill()

@@ -1,0 +1,191 @@
+"""Decode speed, batch 1, on this machine's CPU: anygen's sampler against transformers ``generate``.
+
+Both run the same weights in one process, side by side. Rows:
+* text: greedy decoding of ``--new-tokens`` text tokens;
+* image + CFG: one 64-code image span with classifier-free guidance (anygen: cond + uncond in one batch;
+  transformers: ``guidance_scale`` + ``negative_prompt_ids``, with ``prefix_allowed_tokens_fn`` keeping it to
+  image codes);
+* the memory-bandwidth floor: weight bytes read per token / measured read bandwidth.
+
+    python benchmarks/decode.py            # prints the table and writes the decode section of RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
+
+from anygen.core import CoreConfig, build_core  # noqa: E402
+from anygen.generation import Guidance, SamplingParams, decode_steps, span_rules  # noqa: E402
+from anygen.tokenizers.simple import GridImageTokenizer  # noqa: E402
+from anygen.vocab import ModalitySpec, Vocab  # noqa: E402
+
+CONFIGS = {
+    "6M": (4096, CoreConfig(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=688)),
+    "100M": (16384, CoreConfig(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
+                               intermediate_size=2048)),
+}
+GREEDY = SamplingParams(do_sample=False)
+
+
+@dataclass
+class Setup:
+    core: torch.nn.Module
+    vocab: Vocab
+    rules: list
+    tokenizer: GridImageTokenizer
+
+
+def build(name: str) -> Setup:
+    torch.manual_seed(0)
+    text_size, config = CONFIGS[name]
+    tokenizer = GridImageTokenizer(cell=8, levels=10)  # 1000 codes, 64 tokens for a 64x64 image
+    vocab = Vocab(text_size, [ModalitySpec("image", tokenizer.codebook_size)])
+    core = build_core(config, vocab.size).eval()
+    return Setup(core, vocab, span_rules(vocab, {"image": tokenizer}, {"image": (64, 64)}), tokenizer)
+
+
+def timed(fn) -> tuple[float, int]:
+    start = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - start, n
+
+
+def best_rate(fn, repeats: int) -> float:
+    """Median tokens/s over ``repeats`` runs."""
+    rates = []
+    for _ in range(repeats):
+        seconds, n = timed(fn)
+        rates.append(n / seconds)
+    return statistics.median(rates)
+
+
+def prompt_ids(s: Setup, length: int = 16) -> list[int]:
+    g = torch.Generator().manual_seed(1)
+    return [s.vocab.bos_id, *torch.randint(0, s.vocab.text_size, (length,), generator=g).tolist()]
+
+
+def anygen_text(s: Setup, new: int, compile: bool):
+    prompt = prompt_ids(s)
+
+    def run() -> int:
+        steps = decode_steps(s.core, s.vocab, s.rules, [prompt], max_new_tokens=new, open_modalities=[],
+                             sampling={"text": GREEDY}, compile=compile)
+        return sum(1 for _ in steps)
+    return run
+
+
+def hf_text(s: Setup, new: int):
+    ids = torch.tensor([prompt_ids(s)])
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = s.core.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                  pad_token_id=s.vocab.pad_id)
+        return out.shape[1] - ids.shape[1]
+    return run
+
+
+def anygen_image(s: Setup, compile: bool, scale: float = 2.0):
+    begin = s.vocab.begin_id("image")
+    prompt = prompt_ids(s) + [begin]
+    guidance = Guidance([[s.vocab.bos_id, begin]], scale)
+
+    def run() -> int:
+        steps = decode_steps(s.core, s.vocab, s.rules, [prompt], max_new_tokens=65, guidance=guidance,
+                             sampling={"image": GREEDY}, compile=compile)
+        return sum(1 for _ in steps) - 1  # the 64 codes (the last step emits the forced end token)
+    return run
+
+
+def hf_image(s: Setup, scale: float = 2.0):
+    begin = s.vocab.begin_id("image")
+    ids = torch.tensor([prompt_ids(s) + [begin]])
+    negative = torch.tensor([[s.vocab.bos_id, begin]])
+    codes = list(s.vocab.span("image"))
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = s.core.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False, guidance_scale=scale,
+                                  negative_prompt_ids=negative, prefix_allowed_tokens_fn=lambda *_: codes,
+                                  pad_token_id=s.vocab.pad_id)
+        return out.shape[1] - ids.shape[1]
+    return run
+
+
+def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
+    """Bytes/s of streaming a large fp32 tensor through a reduction (what decode does with the weights)."""
+    x = torch.ones(int(gigabytes * 2**30 / 4))
+    x.sum()
+    best = min(timed(lambda: (x.sum(), 0)[1])[0] for _ in range(repeats))
+    return x.numel() * 4 / best
+
+
+def weight_bytes(core: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in core.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    bandwidth = read_bandwidth()
+    for name in args.configs:
+        s = build(name)
+        params = sum(p.numel() for p in s.core.parameters()) / 1e6
+        for compile in (False, True):
+            anygen_text(s, 8, compile)()  # warm up (and trace, when compiling)
+            anygen_image(s, compile)()
+        hf_text(s, 8)()
+        text = {"hf": best_rate(hf_text(s, args.new_tokens), args.repeats),
+                "eager": best_rate(anygen_text(s, args.new_tokens, False), args.repeats),
+                "compiled": best_rate(anygen_text(s, args.new_tokens, True), args.repeats)}
+        image = {"hf": best_rate(hf_image(s), args.repeats),
+                 "eager": best_rate(anygen_image(s, False), args.repeats),
+                 "compiled": best_rate(anygen_image(s, True), args.repeats)}
+        floor = bandwidth / weight_bytes(s.core)
+        for task, r in (("text", text), ("image + CFG 2", image)):
+            rows.append(f"| {name} ({params:.1f}M) | {task} | {r['hf']:.1f} | {r['eager']:.1f} | {r['compiled']:.1f} "
+                        f"| {r['compiled'] / r['hf']:.2f}x | {floor:.1f} | {r['compiled'] / floor:.0%} |")
+        print("\n".join(rows[-2:]), flush=True)
+    command = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
+    body = "\n".join([
+        "## Decode speed (batch 1, fp32, CPU)",
+        "",
+        f"`{command.strip()}` — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, {args.new_tokens} text tokens / one 64-code image, median of {args.repeats} runs. "
+        f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s.",
+        "",
+        "| core | task | transformers `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | "
+        "compiled / generate | bandwidth floor tok/s | compiled / floor |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    print(body)
+    if not args.no_write:
+        write_section("decode", body)
+
+
+if __name__ == "__main__":
+    main()

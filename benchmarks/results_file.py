@@ -1,0 +1,18 @@
+"""Write one benchmark's section of benchmarks/RESULTS.md between ``<!-- name:begin -->`` / ``<!-- name:end -->``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nEvery table is written by the script named in it; rerun the command to reproduce.\n"
+
+
+def write_section(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` of ``path`` with ``body``; other sections are left as they are."""
+    text = path.read_text() if path.exists() else HEADER
+    block = f"<!-- {name}:begin -->\n{body.strip()}\n<!-- {name}:end -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
