@@ -24,8 +24,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Build dataclass ``cls`` from a YAML file (optional) plus ``key.sub=value`` overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:  # includes tags like !!python/object, which safe_load refuses
+            raise InvalidArgumentError(f"config file {path} is not plain YAML data: {err}") from err
         if not isinstance(raw, dict):
             raise InvalidArgumentError(f"config file {path} must hold a mapping at the top level")
     for item in overrides or []:
@@ -36,7 +38,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Recursively build dataclass ``cls`` from ``data``; raises on unknown keys and type mismatches."""
     if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise InvalidArgumentError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -80,12 +82,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, key)
-            except InvalidArgumentError as err:
-                errors.append(str(err))
+            except InvalidArgumentError:
+                continue
         raise InvalidArgumentError(f"{key}={value!r} matches none of {hint}")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=key + ".")
@@ -108,6 +109,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise InvalidArgumentError(f"{key}={value!r} must be of type {hint.__name__}")
     return value

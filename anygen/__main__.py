@@ -1,0 +1,3 @@
+from anygen.cli import main
+
+raise SystemExit(main())
