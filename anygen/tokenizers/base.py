@@ -43,7 +43,10 @@ class ModalityTokenizer(Protocol):
         ...
 
     def decode(self, codes: torch.Tensor) -> Any:
-        """``(B, N)`` long codes -> media batch (the inverse of :meth:`encode`, up to quantisation error)."""
+        """``(B, N)`` long codes -> media batch (the inverse of :meth:`encode`, up to quantisation error).
+
+        Image tokenizers also take ``size=(H, W)`` (needed for non-square grids).
+        """
         ...
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -1,0 +1,165 @@
+"""Shared audio utilities: reading, writing, resampling and log-mel features, in plain torch + soundfile.
+
+Waveforms are float32 tensors shaped ``(T,)`` (mono) or ``(..., T)``. Nothing here needs torchaudio: resampling
+uses a polyphase filter (``scipy.signal.resample_poly``) and the mel spectrogram is ``torch.stft`` followed by a
+triangular mel filterbank built here.
+
+Example:
+    >>> import torch
+    >>> from anygen.audio import log_mel
+    >>> log_mel(torch.zeros(16000)).shape  # one second of silence: finite values, 101 frames
+    torch.Size([80, 101])
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anygen.errors import InvalidArgumentError, MediaError, check_range
+
+LOG_FLOOR = 1e-5  # power below this is treated as silence before the log (keeps silence finite)
+
+
+def _all_finite(waveform: torch.Tensor) -> bool:
+    # numpy, not torch: on a busy machine torch's threaded reductions cost milliseconds on small clips
+    if waveform.device.type == "cpu" and not waveform.requires_grad:
+        return bool(np.isfinite(waveform.numpy()).all())
+    return bool(torch.isfinite(waveform).all())
+
+
+def check_waveform(waveform: torch.Tensor | np.ndarray, name: str = "waveform") -> torch.Tensor:
+    """Validate a waveform and return it as mono float32 ``(T,)``.
+
+    Accepts ``(T,)`` or ``(C, T)`` (channels averaged). Raises :class:`MediaError` naming ``name`` when the input
+    is not array-like, has another rank, is empty, or holds NaN / Inf samples.
+    """
+    if isinstance(waveform, np.ndarray):
+        waveform = torch.from_numpy(np.ascontiguousarray(waveform))
+    if not isinstance(waveform, torch.Tensor):
+        raise MediaError(f"{name} must be a torch.Tensor or numpy array, got {type(waveform).__name__}")
+    if waveform.dim() not in (1, 2):
+        raise MediaError(f"{name} must be shaped (T,) or (channels, T), got shape {tuple(waveform.shape)}")
+    if waveform.numel() == 0 or waveform.shape[-1] == 0:
+        raise MediaError(f"{name} is empty (shape {tuple(waveform.shape)}); need at least one sample")
+    if not (waveform.is_floating_point() or waveform.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8)):
+        raise MediaError(f"{name} has unsupported dtype {waveform.dtype}")
+    waveform = waveform.to(torch.float32)
+    if not _all_finite(waveform):
+        raise MediaError(f"{name} contains NaN or Inf samples")
+    return to_mono(waveform)
+
+
+def to_mono(waveform: torch.Tensor) -> torch.Tensor:
+    """Average the channels of a ``(C, T)`` waveform; a ``(T,)`` waveform is returned unchanged."""
+    if waveform.dim() == 1:
+        return waveform
+    if waveform.dim() != 2:
+        raise MediaError(f"waveform must be shaped (T,) or (channels, T), got shape {tuple(waveform.shape)}")
+    return waveform.mean(dim=0)
+
+
+def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample ``(..., T)`` from ``orig_sr`` to ``new_sr`` Hz with a polyphase anti-aliasing filter.
+
+    Returns a float32 tensor ``(..., T * new_sr / orig_sr)`` (rounded up); identical rates return the input.
+    """
+    check_range("orig_sr", orig_sr, 1, None)
+    check_range("new_sr", new_sr, 1, None)
+    if int(orig_sr) != orig_sr or int(new_sr) != new_sr:
+        raise InvalidArgumentError(f"sample rates must be integers, got orig_sr={orig_sr}, new_sr={new_sr}")
+    if orig_sr == new_sr:
+        return waveform.to(torch.float32)
+    from scipy.signal import resample_poly  # local import: scipy is only needed when rates differ
+
+    g = math.gcd(int(orig_sr), int(new_sr))
+    array = waveform.detach().cpu().to(torch.float64).numpy()
+    out = resample_poly(array, int(new_sr) // g, int(orig_sr) // g, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out)).to(torch.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[torch.Tensor, int]:
+    """Read an audio file (wav/flac/ogg via soundfile) as mono float32 ``(T,)``.
+
+    Args:
+        path: file to read.
+        sample_rate: resample to this rate; ``None`` keeps the file's own rate.
+
+    Returns:
+        ``(waveform, sample_rate)``.
+
+    Raises:
+        MediaError: unreadable file, no samples, or NaN / Inf samples.
+    """
+    import soundfile as sf
+
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+    except (RuntimeError, OSError, sf.LibsndfileError) as exc:
+        raise MediaError(f"cannot read audio file {path}: {exc}") from exc
+    waveform = check_waveform(torch.from_numpy(data.T.copy()), name=f"audio file {path}")
+    if sample_rate is not None:
+        waveform = resample(waveform, int(file_sr), int(sample_rate))
+        return waveform, int(sample_rate)
+    return waveform, int(file_sr)
+
+
+def save_audio(path: str | Path, waveform: torch.Tensor, sample_rate: int) -> None:
+    """Write a mono (or ``(C, T)``, averaged) waveform to ``path``; the format follows the suffix (wav by default)."""
+    import soundfile as sf
+
+    check_range("sample_rate", sample_rate, 1, None)
+    mono = check_waveform(waveform, name="waveform")
+    sf.write(str(path), mono.clamp(-1.0, 1.0).cpu().numpy(), int(sample_rate), subtype="PCM_16")
+
+
+def _hz_to_mel(freq: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + freq / 700.0)
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int = 16000, n_fft: int = 1024, n_mels: int = 80, f_min: float = 0.0,
+                   f_max: float | None = None) -> torch.Tensor:
+    """Triangular mel filters (HTK mel scale), shaped ``(n_mels, n_fft // 2 + 1)``, each with unit peak."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    check_range("n_mels", n_mels, 1, None)
+    check_range("n_fft", n_fft, 2, None)
+    check_range("f_min", f_min, 0.0, None)
+    check_range("f_max", f_max, f_min, sample_rate / 2, low_inclusive=False)
+    fft_freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # (F,)
+    mel_points = torch.linspace(float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))),
+                                n_mels + 2, dtype=torch.float64)
+    hz_points = _mel_to_hz(mel_points)  # (n_mels + 2,)
+    lower, center, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]  # (n_mels, 1)
+    rising = (fft_freqs[None] - lower) / (center - lower)
+    falling = (upper - fft_freqs[None]) / (upper - center)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).to(torch.float32)  # (n_mels, F)
+
+
+def log_mel(waveform: torch.Tensor, sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 160,
+            n_mels: int = 80) -> torch.Tensor:
+    """Natural-log mel power spectrogram of ``(..., T)`` -> ``(..., n_mels, frames)``, ``frames = T // hop + 1``.
+
+    Power is clamped at ``LOG_FLOOR`` before the log, so silence gives ``log(LOG_FLOOR)``, never -inf.
+    """
+    check_range("hop_length", hop_length, 1, None)
+    if not isinstance(waveform, torch.Tensor) or waveform.numel() == 0:
+        raise MediaError("waveform must be a non-empty torch.Tensor shaped (..., T)")
+    if not _all_finite(waveform):
+        raise MediaError("waveform contains NaN or Inf samples")
+    lead = waveform.shape[:-1]
+    flat = waveform.reshape(-1, waveform.shape[-1]).to(torch.float32)  # (B, T)
+    if flat.shape[-1] <= n_fft // 2:  # reflect padding needs more samples than half a window
+        flat = torch.nn.functional.pad(flat, (0, n_fft // 2 + 1 - flat.shape[-1]))
+    window = torch.hann_window(n_fft, dtype=torch.float32, device=flat.device)
+    spec = torch.stft(flat, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True)
+    power = spec.abs() ** 2  # (B, F, frames)
+    filters = mel_filterbank(sample_rate, n_fft, n_mels).to(flat.device)  # (n_mels, F)
+    mel = torch.matmul(filters, power)  # (B, n_mels, frames)
+    return torch.log(torch.clamp(mel, min=LOG_FLOOR)).reshape(*lead, n_mels, mel.shape[-1])

@@ -1,0 +1,92 @@
+"""Contracts of anygen.audio: I/O round trips, resampling, mono conversion, mel features and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anygen.audio import check_waveform, load_audio, log_mel, mel_filterbank, resample, save_audio, to_mono
+from anygen.errors import InvalidArgumentError, MediaError
+
+
+def _tone(freq: float = 440.0, sr: int = 16000, seconds: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(sr * seconds), dtype=torch.float32) / sr
+    return 0.5 * torch.sin(2 * math.pi * freq * t)
+
+
+def test_save_load_round_trip(tmp_path):
+    wave = _tone()
+    save_audio(tmp_path / "a.wav", wave, 16000)
+    loaded, sr = load_audio(tmp_path / "a.wav")
+    assert sr == 16000 and loaded.dtype == torch.float32 and loaded.shape == wave.shape
+    assert torch.allclose(loaded, wave, atol=1e-4)
+
+
+def test_load_resamples_and_averages_channels(tmp_path):
+    import soundfile as sf
+
+    stereo = np.stack([_tone(sr=22050).numpy(), np.zeros(11025, dtype=np.float32)], axis=1)  # (T, 2)
+    sf.write(tmp_path / "s.wav", stereo, 22050)
+    loaded, sr = load_audio(tmp_path / "s.wav", sample_rate=16000)
+    assert sr == 16000 and loaded.dim() == 1 and loaded.shape[0] == 8000
+    assert abs(float(loaded.abs().max()) - 0.25) < 0.02  # mean of the tone and a silent channel
+    native, native_sr = load_audio(tmp_path / "s.wav", sample_rate=None)
+    assert native_sr == 22050 and native.shape[0] == 11025
+
+
+def test_resample_keeps_frequency():
+    wave = _tone(1000.0, sr=22050, seconds=1.0)
+    out = resample(wave, 22050, 16000)
+    assert out.shape == (16000,)
+    peak_bin = int(torch.fft.rfft(out).abs().argmax())
+    assert peak_bin == 1000  # 1 Hz per bin for one second
+    batch = resample(torch.stack([wave, wave]), 22050, 16000)
+    assert batch.shape == (2, 16000)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(0), torch.tensor([0.0, float("nan")]), torch.tensor([float("inf")]),
+                                 torch.zeros(2, 2, 2), "not audio"])
+def test_check_waveform_rejects(bad):
+    with pytest.raises(MediaError, match="clip"):
+        check_waveform(bad, name="clip")
+
+
+def test_check_waveform_mono_and_dtype():
+    out = check_waveform(np.ones((2, 5), dtype=np.float64))
+    assert out.shape == (5,) and out.dtype == torch.float32
+    assert to_mono(torch.ones(7)).shape == (7,)
+
+
+def test_load_audio_rejects_garbage_and_empty(tmp_path):
+    (tmp_path / "x.wav").write_bytes(b"this is not audio")
+    with pytest.raises(MediaError, match="x.wav"):
+        load_audio(tmp_path / "x.wav")
+    import soundfile as sf
+
+    sf.write(tmp_path / "e.wav", np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(MediaError, match="empty"):
+        load_audio(tmp_path / "e.wav")
+    with pytest.raises(MediaError):
+        load_audio(tmp_path / "missing.wav")
+
+
+def test_mel_filterbank_shape_and_coverage():
+    fb = mel_filterbank(16000, 1024, 80)
+    assert fb.shape == (80, 513)
+    assert float(fb.max()) <= 1.0 and bool((fb.sum(dim=1) > 0).all())  # no empty filter
+    with pytest.raises(InvalidArgumentError, match="f_max"):
+        mel_filterbank(16000, 1024, 80, f_max=9000.0)
+
+
+def test_log_mel_silence_is_finite_and_tone_peaks():
+    silence = log_mel(torch.zeros(16000))
+    assert silence.shape == (80, 101) and bool(torch.isfinite(silence).all())
+    low, high = log_mel(_tone(300.0)).mean(-1), log_mel(_tone(3000.0)).mean(-1)
+    assert int(low.argmax()) < int(high.argmax())
+    assert log_mel(torch.zeros(3, 2, 1600)).shape == (3, 2, 80, 11)
+    assert bool(torch.isfinite(log_mel(torch.zeros(10))).all())  # shorter than a window
+    with pytest.raises(MediaError, match="NaN"):
+        log_mel(torch.tensor([float("nan")] * 2000))
