@@ -13,6 +13,7 @@ from typing import Sequence
 from anygen.errors import AnygenError
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("anygen.showcase", "generate a showcase of every task into a folder with an index.html"),
     "data": ("anygen.data.cli", "build the synthetic training corpus (shapes, edits, digits, speech, melodies)"),
     "eval": ("anygen.evaluation.cli", "run the automatic evaluators on a model or on ground truth"),
     "train-tokenizer": ("anygen.training.tokenizer_cli", "train an image or audio tokenizer from a YAML config"),

@@ -171,7 +171,10 @@ class AnyGenPipeline:
         with torch.inference_mode():
             out = generate(self.model.core, vocab, rules, [to_ids(r) for r in rows], max_new_tokens=max_new_tokens,
                            sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator)
-        return Sampled([opened + seq for seq in out.sequences])
+        if begin is None:
+            return Sampled(out.sequences)
+        end = vocab.end_id(begin)  # a single-span task: keep the span, drop whatever followed it
+        return Sampled([opened + seq[: seq.index(end) + 1] for seq in out.sequences])
 
     def _segments(self, ids: list[int]) -> Interleaved:
         return self.model.processor.decode(ids)

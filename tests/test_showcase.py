@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from anygen.cli import main
+from anygen.model import AnyGen
+
+
+def test_anygen_run_writes_a_complete_showcase(tiny_model: AnyGen, tmp_path: Path, capsys) -> None:
+    tiny_model.save_pretrained(tmp_path / "model")
+    assert main(["run", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "show")]) == 0
+    assert "index.html" in capsys.readouterr().out
+    page = (tmp_path / "show" / "index.html").read_text()
+    for title in ("Text to image", "Image editing", "Image to text", "speech", "Interleaved"):
+        assert title in page
+    linked = re.findall(r'src="([^"]+)"', page)
+    assert sum(name.endswith(".png") for name in linked) >= 8 and sum(n.endswith(".wav") for n in linked) == 3
+    assert all((tmp_path / "show" / name).is_file() for name in linked)
