@@ -1,0 +1,126 @@
+"""Shape scenes with prompts in GenEval's six categories, and the train / validation / test split rule.
+
+Categories: ``single_object`` ("a circle"), ``two_object`` ("a circle and a star"), ``counting`` ("three
+squares", 1-4), ``colors`` ("a red triangle"), ``position`` ("a circle to the left of a square") and
+``color_attr`` ("a red circle and a blue star").
+
+Split rule: a few (colour, shape) combinations (:data:`HELD_OUT_COMBOS`) never appear in training or validation
+scenes; every test scene contains at least one of them, so a test prompt's image was never seen in training.
+
+Example:
+    >>> import numpy as np
+    >>> from anygen.data.shapes import sample_shape_scene
+    >>> item = sample_shape_scene(np.random.default_rng(0), "counting", "train")
+    >>> item.category, len(item.scene.objects) == item.spec.objects[0].count
+    ('counting', True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anygen.data.language import RELATIONS, ObjectReq, Relation, Spec, describe, holds, scene_spec
+from anygen.data.scenes import COLORS, SHAPES, Scene, ShapeObject, overlaps, place_objects, random_object
+from anygen.errors import InvalidArgumentError
+
+CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+HELD_OUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
+    {("purple", "circle"), ("yellow", "square"), ("pink", "triangle"), ("green", "star")})
+PREFIXES: tuple[str, ...] = ("", "", "a picture of ", "an image of ", "a drawing of ")
+RELATION_MARGIN = 0.1  # the dominant offset exceeds the other one by at least this (fraction of the side)
+
+
+@dataclass
+class ShapeSample:
+    """A scene, the GenEval-style prompt it answers (``spec`` / ``prompt``) and its full ``caption``."""
+
+    category: str
+    scene: Scene
+    spec: Spec
+    prompt: str
+    caption: str
+
+
+def check_split(split: str) -> None:
+    """Raise unless ``split`` is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise InvalidArgumentError(f"split={split!r} must be one of {list(SPLITS)}")
+
+
+def allowed_combo(color: str, shape: str, split: str) -> bool:
+    """Whether (colour, shape) may appear in a scene of ``split`` (held-out combos only in test)."""
+    return split == "test" or (color, shape) not in HELD_OUT_COMBOS
+
+
+def _pick(rng: np.random.Generator, options: list | tuple, exclude: tuple = ()) -> str:
+    choices = [o for o in options if o not in exclude]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def pick_kinds(rng: np.random.Generator, n_kinds: int, split: str) -> list[tuple[str, str]]:
+    """Distinct shapes with colours; in test, at least one (colour, shape) is held out."""
+    while True:
+        shapes = [str(s) for s in rng.permutation(SHAPES)[:n_kinds]]
+        colors = [str(c) for c in rng.permutation(list(COLORS))[:n_kinds]]
+        kinds = list(zip(colors, shapes))
+        held = [k in HELD_OUT_COMBOS for k in kinds]
+        if (split == "test" and any(held)) or (split != "test" and not any(held)):
+            return kinds
+
+
+def _place_relation(rng: np.random.Generator, kinds: list[tuple[str, str]], relation: str) -> list[ShapeObject]:
+    (c_a, s_a), (c_b, s_b) = kinds
+    for _ in range(500):
+        a, b = random_object(rng, s_a, c_a), random_object(rng, s_b, c_b)
+        dx, dy = abs(a.cx - b.cx), abs(a.cy - b.cy)
+        major, minor = (dx, dy) if relation in ("left of", "right of") else (dy, dx)
+        if holds(a, relation, b) and major - minor >= RELATION_MARGIN and not overlaps(a, b):
+            return [a, b]
+    raise RuntimeError(f"could not place two objects with relation {relation!r}")
+
+
+def _place(rng: np.random.Generator, kinds: list[tuple[str, str]]) -> list[ShapeObject]:
+    for _ in range(20):  # a fresh start when random placement painted itself into a corner
+        try:
+            return place_objects(rng, kinds)
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"could not place {kinds} without overlap")
+
+
+def sample_shape_scene(rng: np.random.Generator, category: str, split: str = "train") -> ShapeSample:
+    """Draw one scene of ``category`` for ``split`` with its prompt and caption (deterministic in ``rng``)."""
+    check_split(split)
+    if category not in CATEGORIES:
+        raise InvalidArgumentError(f"category={category!r} must be one of {list(CATEGORIES)}")
+    relation = None
+    if category in ("single_object", "colors"):
+        kinds = pick_kinds(rng, 1, split)
+        objects = _place(rng, kinds)
+        reqs = (ObjectReq(kinds[0][1], kinds[0][0] if category == "colors" else None, 1),)
+    elif category == "counting":
+        kinds = pick_kinds(rng, 1, split) * int(rng.integers(1, 5))
+        objects = _place(rng, kinds)
+        reqs = (ObjectReq(kinds[0][1], None, len(kinds)),)
+    elif category == "position":
+        kinds = pick_kinds(rng, 2, split)
+        relation = str(_pick(rng, RELATIONS))
+        objects = _place_relation(rng, kinds, relation)
+        reqs = tuple(ObjectReq(shape, None, 1) for _, shape in kinds)
+    else:  # two_object, color_attr
+        kinds = pick_kinds(rng, 2, split)
+        objects = _place(rng, kinds)
+        reqs = tuple(ObjectReq(shape, color if category == "color_attr" else None, 1) for color, shape in kinds)
+    spec = Spec(reqs, Relation(0, relation, 1) if relation else None)
+    scene = Scene(objects)
+    prefix = _pick(rng, PREFIXES)
+    caption = prefix + describe(scene_spec(scene, relation))
+    return ShapeSample(category, scene, spec, describe(spec), caption)
+
+
+def sample_category(rng: np.random.Generator) -> str:
+    """A GenEval category, uniformly."""
+    return _pick(rng, CATEGORIES)
