@@ -170,12 +170,14 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
     guided_modes = torch.zeros(len(vocab.modality_names) + 1, dtype=torch.bool)
     for name in guidance.modalities if branches > 1 else ():
         guided_modes[grammar.mode_of(name)] = True
-    runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
-    # 3. Prefill, then one token per step.
+    # 3. Prefill, then one token per step. Inference mode is entered per step, never held across a `yield`:
+    #    a consumer may resume this generator on another thread (as web servers do).
     with torch.inference_mode():
+        runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
         logits = runner.prefill()
-        for index in range(max_new_tokens):
-            remaining = max_new_tokens - index
+    for index in range(max_new_tokens):
+        remaining = max_new_tokens - index
+        with torch.inference_mode():
             logits = logits.float()
             if not torch.isfinite(logits).all():
                 raise GenerationError(f"the core produced non-finite logits at step {index}; check the weights "
@@ -189,10 +191,11 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
                                    tables["top_p"][mode], tables["greedy"][mode],
                                    draw_noise(tuple(step_logits.shape), generator), tables["filtered"])
             after = grammar.advance(state, tokens, remaining)
-            yield Step(index, tokens, state, after)
-            state = after
-            if index + 1 == max_new_tokens or bool((state.mode == grammar.done_mode).all()):
-                return
+        yield Step(index, tokens, state, after)
+        state = after
+        if index + 1 == max_new_tokens or bool((state.mode == grammar.done_mode).all()):
+            return
+        with torch.inference_mode():
             logits = runner.decode(tokens.repeat(branches))
 
 

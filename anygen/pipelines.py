@@ -137,14 +137,18 @@ class AnyGenPipeline:
                                generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities)
         return self._segments(sampled.rows[0])
 
-    def stream(self, segments: Interleaved, max_new_tokens: int = 256, generator: Generators = None,
-               sampling: dict[str, SamplingParams] | None = None,
+    def stream(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
+               generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
                output_modalities: Sequence[str] | None = None) -> Iterator[Event]:
-        """Like :meth:`generate`, as typed events (text deltas, media codes so far, finished segments)."""
-        prompt = self.model.processor.encode(self._segments_in(segments))
-        rows = [[self.model.vocab.bos_id, *prompt]]
+        """Like :meth:`generate`, as typed events (text deltas, media codes so far, finished segments).
+
+        The iterator may be resumed on any thread.
+        """
+        prompt = self._segments_in(segments)
+        rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = decode_steps(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
-                             sampling=sampling, open_modalities=output_modalities, generator=generator)
+                             sampling=sampling, guidance=plan, open_modalities=output_modalities,
+                             generator=generator)
         return stream_events(self.model.processor, steps, rows)
 
     # ---- shared steps -----------------------------------------------------------------------------------------
@@ -154,12 +158,26 @@ class AnyGenPipeline:
                 max_new_tokens: int | None = None, open_modalities: Sequence[str] | None = (),
                 image_size: tuple[int, int] | None = None, audio_samples: int | None = None) -> Sampled:
         """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row."""
-        vocab, encode = self.model.vocab, self.model.processor.encode
-        opened = [vocab.begin_id(begin)] if begin else []
-        to_ids = lambda segs: [vocab.bos_id, *encode(segs), *opened]  # noqa: E731
         rules = self._rules(image_size, audio_samples)
         if max_new_tokens is None:  # exactly one span: its codes and the end token
             max_new_tokens = next(r.max_len for r in rules if r.modality == begin) + 1
+        prompts, plan = self._prompt_ids(rows, begin, guidance, image_guidance)
+        vocab = self.model.vocab
+        opened = [vocab.begin_id(begin)] if begin else []
+        out = generate(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
+                       guidance=plan, open_modalities=open_modalities, generator=generator)
+        if begin is None:
+            return Sampled(out.sequences)
+        end = vocab.end_id(begin)  # a single-span task: keep the span, drop whatever followed it
+        return Sampled([opened + seq[: seq.index(end) + 1] for seq in out.sequences])
+
+    def _prompt_ids(self, rows: list[Interleaved], begin: str | None,
+                    guidance: tuple[list[Interleaved], float] | None,
+                    image_guidance: tuple[list[Interleaved], float] | None) -> tuple[list[list[int]], Guidance | None]:
+        """Prompt ids per row (ending in ``begin``'s opening token) and the guidance plan, if any guidance."""
+        vocab, encode = self.model.vocab, self.model.processor.encode
+        opened = [vocab.begin_id(begin)] if begin else []
+        to_ids = lambda segs: [vocab.bos_id, *encode(segs), *opened]  # noqa: E731
         plan = None
         if guidance is not None and (guidance[1] != 1.0 or image_guidance is not None):
             plan = Guidance([to_ids(r) for r in guidance[0]], guidance[1], modalities=tuple(vocab.modality_names[1:]),
@@ -168,13 +186,7 @@ class AnyGenPipeline:
                             image_scale=1.0 if image_guidance is None else image_guidance[1])
         elif guidance is not None:
             check_range("guidance_scale", guidance[1], 0.0, None)
-        with torch.inference_mode():
-            out = generate(self.model.core, vocab, rules, [to_ids(r) for r in rows], max_new_tokens=max_new_tokens,
-                           sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator)
-        if begin is None:
-            return Sampled(out.sequences)
-        end = vocab.end_id(begin)  # a single-span task: keep the span, drop whatever followed it
-        return Sampled([opened + seq[: seq.index(end) + 1] for seq in out.sequences])
+        return [to_ids(r) for r in rows], plan
 
     def _segments(self, ids: list[int]) -> Interleaved:
         return self.model.processor.decode(ids)

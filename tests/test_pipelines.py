@@ -111,3 +111,18 @@ def test_anygen_eval_runs_every_suite_on_a_saved_model(pipe: AnyGenPipeline, tmp
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert "caption" in json.dumps(result)
+
+
+def test_stream_can_be_resumed_on_other_threads(pipe: AnyGenPipeline) -> None:
+    """Web servers pull each event on whichever worker thread is free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompt = [TextSegment("a red circle")]
+    expected = list(pipe.stream(prompt, max_new_tokens=24, guidance_scale=2.0, generator=seed(4)))
+    events = pipe.stream(prompt, max_new_tokens=24, guidance_scale=2.0, generator=seed(4))
+    got = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        while (event := pool.submit(next, events, None).result()) is not None:
+            got.append(event)
+    assert [type(e) for e in got] == [type(e) for e in expected]
+    assert [getattr(e, "text", None) for e in got] == [getattr(e, "text", None) for e in expected]
