@@ -39,6 +39,9 @@ def test_tokenizers_and_decoders_do_not_import_the_core(leaf: str) -> None:
         assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {sorted(bad)}"
 
 
-def test_no_top_level_module_shadows_a_dependency() -> None:
-    top = {p.stem for p in PACKAGE.parent.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
-    assert not top & {"tokenizers", "transformers", "diffusers", "gradio", "torch"}
+@pytest.mark.parametrize("folder", [".", "benchmarks", "apps", "tests"])
+def test_no_script_folder_shadows_a_dependency(folder: str) -> None:
+    """Running `python <folder>/x.py` puts <folder> first on sys.path: no module there may shadow a dependency."""
+    root = PACKAGE.parent / folder
+    names = {p.stem for p in root.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    assert not names & {"tokenizers", "transformers", "diffusers", "gradio", "torch", "accelerate", "safetensors"}
