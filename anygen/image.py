@@ -9,8 +9,8 @@ CMYK, 16-bit ...) becomes RGB; transparent pixels are composited on white; EXIF 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

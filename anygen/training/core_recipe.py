@@ -1,0 +1,443 @@
+"""Recipe: train the core of an any-to-any model on the mixed synthetic corpus (``anygen train``).
+
+Run ``anygen train --config configs/train/tiny.yaml [--set key=value ...]`` (or ``python -m
+anygen.training.core_cli``), or call :func:`main`. ``accelerate launch`` runs the same recipe on several processes.
+
+The corpus (text->image, image->text, editing, text->speech, speech->text, text->melody, melody->text,
+interleaved, text-only) is built and tokenized once by the main process and committed under
+``<out_dir>/data``; every later start reads it back. Each step's rows are a pure function of ``(seed, step,
+process)``, and checkpoints under ``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG,
+so a run that is stopped (``train.max_minutes``, a crash, SIGKILL) and started again with the same command ends
+with the weights an uninterrupted run would have. Metrics go to ``<out_dir>/metrics.jsonl`` (and TensorBoard when
+``train.log_with`` asks for it); the trained model to ``<out_dir>/final``.
+
+Example:
+    >>> from anygen.config import load_config
+    >>> config = load_config(CoreTrainConfig, "configs/train/smoke.yaml", ["train.out_dir=/tmp/core"])
+    >>> result = main(config)  # doctest: +SKIP
+    >>> AnyGen.from_pretrained(result.final_dir)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from anygen.config import to_dict
+from anygen.core import CoreConfig
+from anygen.data.corpus import TASKS, DataConfig, build_split
+from anygen.errors import CheckpointError, InvalidArgumentError, check_range
+from anygen.model import AnyGen
+from anygen.processor import Batch
+from anygen.tokenizers.text import TextTokenizer
+from anygen.training.checkpoint import (
+    capture_rng_state,
+    checkpoint_step,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from anygen.training.core_data import (
+    TASK_MODALITIES,
+    RowKey,
+    TokenizedCorpus,
+    collate,
+    draw_rows,
+    split_by_length,
+    target_tokens,
+    tokenize_corpus,
+)
+from anygen.training.core_metrics import LossWindow, MetricsLogger
+from anygen.training.tokenizer_tasks import cosine_lr
+
+# kind -> (modality, class in anygen.tokenizers, needs a trained ``path``)
+TOKENIZER_KINDS: dict[str, tuple[str, str, bool]] = {
+    "image_vq": ("image", "ImageVQ", True), "audio_codec": ("audio", "AudioCodec", True),
+    "grid": ("image", "GridImageTokenizer", False), "mulaw": ("audio", "MuLawAudioTokenizer", False)}
+
+
+@dataclass
+class TokenizerSpec:
+    """A modality tokenizer: trained (``image_vq`` / ``audio_codec`` loaded from ``path``) or weight-free
+    (``grid`` / ``mulaw``, built from ``options``, e.g. ``{cell: 8}``) so that tests need no weights."""
+
+    kind: Literal["image_vq", "audio_codec", "grid", "mulaw"] = "grid"
+    path: str | None = None
+    options: dict[str, int | float] = field(default_factory=dict)
+
+    def check(self, key: str, modality: str) -> None:
+        want, _, trained = TOKENIZER_KINDS[self.kind]
+        if want != modality:
+            raise InvalidArgumentError(f"{key}.kind={self.kind!r} tokenizes {want}, not {modality}")
+        if trained and (self.path is None or self.options):
+            raise InvalidArgumentError(f"{key}.kind={self.kind!r} needs a path (of its save_pretrained directory) "
+                                       "and no options")
+        if not trained and self.path is not None:
+            raise InvalidArgumentError(f"{key}.path must be empty for the weight-free kind {self.kind!r}")
+        if not trained:
+            self.build(key)  # cheap without weights: bad options fail now, not after the corpus is built
+
+    def build(self, key: str) -> Any:
+        _, name, trained = TOKENIZER_KINDS[self.kind]
+        cls = getattr(importlib.import_module("anygen.tokenizers"), name)
+        if trained:
+            return cls.from_pretrained(self.path)
+        try:
+            return cls(**self.options)
+        except (TypeError, InvalidArgumentError) as err:
+            raise InvalidArgumentError(f"{key}.options={self.options}: {err}") from err
+
+
+def _default_tokenizers() -> dict[str, TokenizerSpec]:
+    return {"image": TokenizerSpec("grid", options={"cell": 8}),
+            "audio": TokenizerSpec("mulaw", options={"sample_rate": 16000})}
+
+
+@dataclass
+class ModelSection:
+    """The model: modality tokenizers, a BPE of ``text_vocab_size`` trained on the corpus' texts, and the core.
+    With ``init_from`` (a saved AnyGen directory) training continues from it and the rest of this section is unused."""
+
+    tokenizers: dict[str, TokenizerSpec] = field(default_factory=_default_tokenizers)
+    text_vocab_size: int = 2048
+    core: CoreConfig = field(default_factory=CoreConfig)
+    init_from: str | None = None
+    attn_implementation: Literal["sdpa", "eager", "xformers"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        check_range("model.text_vocab_size", self.text_vocab_size, 257, 1_000_000)
+        for name, spec in self.tokenizers.items():
+            spec.check(f"model.tokenizers.{name}", name)
+
+
+@dataclass
+class DataSection:
+    """``corpus``: what to build; ``task_weights``: sampling weight per task (empty: proportional to the corpus
+    sizes; listed: unlisted tasks get 0); ``cond_dropout``: probability of dropping a guided task's condition."""
+
+    corpus: DataConfig = field(default_factory=DataConfig)
+    task_weights: dict[str, float] = field(default_factory=dict)
+    cond_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("data.cond_dropout", self.cond_dropout, 0.0, 2 / 3)  # editing drops both with 1.5 x this
+        for task, weight in self.task_weights.items():
+            if task not in TASKS:
+                raise InvalidArgumentError(f"data.task_weights has unknown task {task!r}; valid: {list(TASKS)}")
+            check_range(f"data.task_weights.{task}", weight, 0.0, None)
+            if weight > 0 and self.corpus.sizes.get(task, 0) == 0:
+                raise InvalidArgumentError(f"data.task_weights.{task}={weight} but data.corpus.sizes.{task} is 0")
+        if sum(self.weights().values()) <= 0:
+            raise InvalidArgumentError("data.task_weights (or data.corpus.sizes) must give some task a weight > 0")
+
+    def weights(self) -> dict[str, float]:
+        """The sampling weight of every task."""
+        if self.task_weights:
+            return {t: float(self.task_weights.get(t, 0.0)) for t in TASKS}
+        return {t: float(self.corpus.sizes.get(t, 0)) for t in TASKS}
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warm-up then cosine decay from ``lr`` to ``min_lr`` over ``steps`` optimizer steps.
+    Each step takes ``grad_accum`` micro-batches of ``batch_size`` rows per process; ``grad_clip=0`` is off."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    min_lr: float = 3e-5
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("optim.lr", self.lr, 0.0, 1.0, low_inclusive=False)
+        check_range("optim.min_lr", self.min_lr, 0.0, self.lr)
+        if len(self.betas) != 2:
+            raise InvalidArgumentError(f"optim.betas={list(self.betas)} must hold two values")
+        for i, beta in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", beta, 0.0, 1.0, high_inclusive=False)
+        check_range("optim.weight_decay", self.weight_decay, 0.0, None)
+        check_range("optim.grad_clip", self.grad_clip, 0.0, None)
+        check_range("optim.warmup_steps", self.warmup_steps, 0, None)
+        for key in ("steps", "batch_size", "grad_accum"):
+            check_range(f"optim.{key}", getattr(self, key), 1, None)
+
+
+@dataclass
+class TrainSection:
+    """Bookkeeping. ``loss_weights`` scale each modality's target tokens; ``max_minutes`` (0: none) ends the run
+    with a checkpoint once spent, and the same command continues it; ``threads=0`` keeps torch's default."""
+
+    out_dir: str = "runs/core"
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    max_minutes: float = 0.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    threads: int = 0
+    log_with: list[Literal["jsonl", "tensorboard"]] = field(default_factory=lambda: ["jsonl"])
+
+    def __post_init__(self) -> None:
+        for key in ("checkpoint_every", "keep_last", "log_every"):
+            check_range(f"train.{key}", getattr(self, key), 1, None)
+        check_range("train.max_minutes", self.max_minutes, 0.0, None)
+        check_range("train.threads", self.threads, 0, 1024)
+        for name, weight in self.loss_weights.items():
+            check_range(f"train.loss_weights.{name}", weight, 0.0, None)
+
+
+@dataclass
+class CoreTrainConfig:
+    """Everything :func:`main` needs (YAML files in ``configs/train/``).
+
+    Example:
+        >>> config = load_config(CoreTrainConfig, "configs/train/smoke.yaml", ["optim.steps=4"])  # doctest: +SKIP
+        >>> config.optim.batch_size * config.optim.grad_accum  # doctest: +SKIP
+        8
+    """
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        if self.model.init_from is not None:
+            return  # the modalities come from the saved model; checked once it is loaded
+        modalities = ("text", *self.model.tokenizers)
+        _check_names(self.train.loss_weights, modalities, "train.loss_weights")
+        for task, n in self.data.corpus.sizes.items():
+            missing = sorted(set(TASK_MODALITIES[task]) - set(modalities))
+            if n > 0 and missing:
+                raise InvalidArgumentError(f"data.corpus.sizes.{task}={n} needs model.tokenizers.{missing[0]}")
+
+
+@dataclass
+class CoreTrainResult:
+    """Where a run ended: ``complete`` once ``optim.steps`` were done (then ``final_dir`` holds the model);
+    otherwise it stopped at ``max_minutes`` with a checkpoint, and the same command continues."""
+
+    step: int
+    complete: bool
+    loss: float | None
+    tokens_per_second: float | None
+    final_dir: str | None
+
+
+def main(config: CoreTrainConfig) -> CoreTrainResult:
+    """Train (or resume) the core described by ``config``."""
+    began = time.monotonic()
+    # 1. Devices and processes (CPU when no GPU), threads, mixed precision, gradient accumulation.
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
+                              gradient_accumulation_steps=config.optim.grad_accum)
+    out = Path(config.train.out_dir)
+    logger = MetricsLogger(out, config.train.log_with, accelerator.is_main_process)
+    # 2. The model and the tokenized corpus: built and committed by the main process, read back by the others.
+    with accelerator.main_process_first():
+        model, corpus = _model_and_corpus(config, out / "data", accelerator.is_main_process)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.optim.weight_decay), lr=config.optim.lr,
+                                  betas=tuple(config.optim.betas))
+    # 3. Resume from the last committed checkpoint: model, optimizer, RNG (the data follow from the step).
+    state, start = _resume(out / "checkpoints", model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if state is not None and accelerator.scaler is not None and "scaler" in state:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    # 4. The loop: per step, grad_accum micro-batches -> one optimizer step; logs and checkpoints on schedule.
+    logger.drop_after(start)
+    window = LossWindow()
+    vocab, weights, total = accelerator.unwrap_model(model).vocab, config.data.weights(), config.optim.steps
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not accelerator.is_main_process,
+               desc="train core")
+    done, record = start, {}
+    for step in bar:
+        lr = _set_lr(optimizer, config.optim, step)
+        # The step's rows (a function of seed, step, process), sorted by length into grad_accum micro-batches.
+        rows = draw_rows(corpus, weights, config.data.cond_dropout, config.optim.batch_size * config.optim.grad_accum,
+                         RowKey(step, accelerator.process_index), config.train.seed)
+        batches = [collate(part, vocab) for part in split_by_length(rows, config.optim.grad_accum)]
+        _train_step(accelerator, model, optimizer, batches, config, window)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == total:
+            record = {"step": done, "lr": lr, **window.flush(accelerator)}
+            logger.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        out_of_time = _out_of_time(accelerator, began, config.train.max_minutes)
+        if done % config.train.checkpoint_every == 0 or done == total or out_of_time:
+            _commit(accelerator, out / "checkpoints", done, model, optimizer, config.train.keep_last)
+        if out_of_time:
+            break
+    logger.close()
+    # 5. The trained model, in the format users load with AnyGen.from_pretrained.
+    final_dir = _save_final(accelerator, model, out / "final") if done == total else None
+    return CoreTrainResult(step=done, complete=done == total, loss=record.get("loss"),
+                           tokens_per_second=record.get("tokens_per_s"), final_dir=final_dir)
+
+
+# ---- 2. model and corpus ---------------------------------------------------------------------------------------
+def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
+    """The model to train: ``model.init_from`` loaded, or a new one (seeded) from the model section."""
+    section = config.model
+    if section.init_from is not None:
+        model = AnyGen.from_pretrained(section.init_from, section.attn_implementation)
+    else:
+        tokenizers = {name: spec.build(f"model.tokenizers.{name}") for name, spec in section.tokenizers.items()}
+        torch.manual_seed(config.train.seed)
+        model = AnyGen.create(text, tokenizers, section.core, attn_implementation=section.attn_implementation)
+    _check_names(config.train.loss_weights, model.vocab.modality_names, "train.loss_weights")
+    return model.train()
+
+
+def _model_and_corpus(config: CoreTrainConfig, root: Path, show_progress: bool) -> tuple[AnyGen, TokenizedCorpus]:
+    fingerprint = _fingerprint(config)
+    saved = latest_checkpoint(root)
+    if saved is not None:
+        state = load_checkpoint(saved)
+        if state["fingerprint"] != fingerprint:
+            raise InvalidArgumentError(f"{root} holds data prepared for another data.corpus / model config; use a "
+                                       f"new train.out_dir or delete {root}")
+        model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])))
+        corpus = TokenizedCorpus.from_state(state["corpus"])
+    else:
+        items = build_split(config.data.corpus, "train")
+        text = None
+        if config.model.init_from is None:
+            texts = [s.text for item in items for s in (*item["prompt"], *item["target"]) if s.modality == "text"]
+            text = TextTokenizer.train(texts, config.model.text_vocab_size)
+        model = build_model(config, text)
+        corpus = tokenize_corpus(items, model.processor, progress=show_progress)
+        state = {"fingerprint": fingerprint, "text_tokenizer": model.text_tokenizer.backend.to_str(),
+                 "corpus": corpus.to_state()}
+        save_checkpoint(root, 0, state, keep_last=1)
+    _check_context(model, corpus)
+    return model, corpus
+
+
+def _fingerprint(config: CoreTrainConfig) -> str:
+    """What the tokenized corpus depends on (sampling weights and the core's shape are not part of it)."""
+    section = config.model
+    paths = {f"model.tokenizers.{name}.path": spec.path for name, spec in section.tokenizers.items()}
+    paths["model.init_from"] = section.init_from
+    data = {"corpus": to_dict(config.data.corpus), "text_vocab_size": section.text_vocab_size,
+            "tokenizers": {k: asdict(v) for k, v in section.tokenizers.items()},
+            "files": {key: _digest(Path(path), key) for key, path in paths.items() if path is not None}}
+    return json.dumps(data, sort_keys=True)
+
+
+def _digest(path: Path, key: str) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if not files:
+        raise CheckpointError(f"{key}={str(path)!r} is not a directory written by save_pretrained")
+    sha = hashlib.sha256()
+    for file in files:
+        sha.update(str(file.relative_to(path)).encode())
+        sha.update(file.read_bytes())
+    return sha.hexdigest()
+
+
+def _check_context(model: AnyGen, corpus: TokenizedCorpus) -> None:
+    length, task = corpus.longest()
+    context = model.core.config.max_position_embeddings
+    if length > context:
+        raise InvalidArgumentError(f"model.core.max_position_embeddings={context} is shorter than the longest "
+                                   f"training row ({length} tokens, task {task})")
+
+
+def _check_names(weights: dict[str, float], valid: Any, key: str) -> None:
+    unknown = sorted(set(weights) - set(valid))
+    if unknown:
+        raise InvalidArgumentError(f"{key} has unknown modality(ies) {unknown}; valid: {list(valid)}")
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (embeddings included) only, not on norms or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+# ---- 3. resume / commit ----------------------------------------------------------------------------------------
+def _resume(root: Path, model: AnyGen, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any] | None, int]:
+    path = latest_checkpoint(root)
+    if path is None:
+        return None, 0
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match this config's model: {err}") from err
+    restore_rng_state(state["rng"])
+    return state, checkpoint_step(path)
+
+
+def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, keep_last: int) -> None:
+    """Only the main process writes, after every process has finished the step."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": capture_rng_state()}
+        if accelerator.scaler is not None:
+            state["scaler"] = accelerator.scaler.state_dict()
+        save_checkpoint(root, step, state, keep_last=keep_last)
+    accelerator.wait_for_everyone()
+
+
+def _save_final(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> str:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(directory)
+    accelerator.wait_for_everyone()
+    return str(directory)
+
+
+# ---- 4. one step, schedule and time budget ---------------------------------------------------------------------------
+def _train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                batches: list[Batch], config: CoreTrainConfig, window: LossWindow) -> None:
+    """grad_accum micro-batches -> one optimizer step; the loss is the mean over all the step's target tokens."""
+    step_tokens = max(sum(target_tokens(b) for b in batches), 1)
+    for batch in batches:
+        batch = batch.to(accelerator.device)
+        with accelerator.accumulate(model):
+            output = model(batch.input_ids, batch.attention_mask, batch.labels,
+                           loss_weights=config.train.loss_weights)
+            share = len(batches) * target_tokens(batch) / step_tokens  # accelerate divides by grad_accum
+            accelerator.backward(output.loss * share)
+            if accelerator.sync_gradients and config.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        window.add(output.loss * share, output.losses, int(batch.attention_mask.sum()))
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, optim: OptimSection, step: int) -> float:
+    lr = optim.lr * cosine_lr(step, optim.steps, optim.warmup_steps, optim.min_lr / optim.lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _out_of_time(accelerator: Accelerator, began: float, max_minutes: float) -> bool:
+    """Every process must agree, so the main process' clock decides."""
+    if max_minutes <= 0:
+        return False
+    late = torch.tensor([float(time.monotonic() - began > 60 * max_minutes)], device=accelerator.device)
+    return bool(accelerator.reduce(late, "sum").item() > 0)

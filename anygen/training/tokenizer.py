@@ -1,0 +1,220 @@
+"""Recipe: train a modality tokenizer (``ImageVQ`` or ``AudioCodec``) with resumable, atomic checkpoints.
+
+Run from the shell with ``anygen train-tokenizer --config configs/tokenizer/image-tiny.yaml [--set k=v ...]``
+(or ``python -m anygen.training.tokenizer_cli``), or from Python with :func:`main`. accelerate picks the devices and
+processes (``accelerate launch`` scales the same recipe out); every batch is a pure function of ``(seed, step,
+process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run stopped.
+
+Example:
+    >>> from anygen.config import load_config
+    >>> config = load_config(TokenizerTrainConfig, "configs/tokenizer/image-tiny.yaml", ["train.steps=10"])
+    >>> result = main(config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from anygen.errors import InvalidArgumentError
+from anygen.tokenizers.audio import AudioCodecConfig
+from anygen.tokenizers.image import ImageVQConfig
+from anygen.training.checkpoint import (
+    capture_rng_state,
+    checkpoint_step,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from anygen.training.sources import check_weights
+from anygen.training.tokenizer_tasks import TASKS, cosine_lr
+
+SOURCES = {"image": ("scenes", "photos", "folder"), "audio": ("speech", "melodies", "folder")}
+
+
+@dataclass
+class DataConfig:
+    """Training data. ``sources`` / ``eval_sources`` map source names to mixing weights (see ``sources.py``);
+    ``shapes_eval_per_category`` ShapesEval prompts per category judge image reconstructions (0: off)."""
+
+    sources: dict[str, float] = field(default_factory=lambda: {"scenes": 3.0, "photos": 1.0})
+    eval_sources: dict[str, float] = field(default_factory=lambda: {"scenes": 1.0, "photos": 1.0})
+    folder: str | None = None
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    clip_seconds: float = 1.0
+    eval_batches: int = 4
+    shapes_eval_per_category: int = 8
+
+    def __post_init__(self) -> None:
+        if self.clip_seconds <= 0 or self.clip_seconds > 60:
+            raise InvalidArgumentError(f"data.clip_seconds={self.clip_seconds} must be in (0, 60]")
+        if self.eval_batches < 1:
+            raise InvalidArgumentError(f"data.eval_batches={self.eval_batches} must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. ``threads=0`` leaves torch's default; ``max_minutes=0`` means no time limit."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    checkpoint_every: int = 250
+    keep_last: int = 2
+    seed: int = 0
+    threads: int = 0
+    max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_last"):
+            if getattr(self, key) < 1:
+                raise InvalidArgumentError(f"train.{key}={getattr(self, key)} must be >= 1")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.threads < 0:
+            raise InvalidArgumentError(f"train.lr={self.lr} must be > 0, train.warmup_steps >= 0, "
+                                       f"train.min_lr_ratio in [0, 1], train.threads >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the reconstruction losses (``edge``: image gradients / mel time differences)."""
+
+    l1: float = 1.0
+    l2: float = 1.0
+    edge: float = 0.5
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Everything :func:`main` needs; only the section named by ``modality`` (``image`` or ``audio``) is used."""
+
+    modality: Literal["image", "audio"] = "image"
+    output_dir: str = "runs/tokenizer"
+    final_dir: str | None = None
+    image: ImageVQConfig = field(default_factory=ImageVQConfig)
+    audio: AudioCodecConfig = field(default_factory=AudioCodecConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.modality not in SOURCES:
+            raise InvalidArgumentError(f"modality={self.modality!r} must be one of {list(SOURCES)}")
+        check_weights(self.data.sources, SOURCES[self.modality], "data.sources")
+        check_weights(self.data.eval_sources, SOURCES[self.modality], "data.eval_sources")
+        if self.modality == "image" and list(self.data.image_size) != list(self.image.image_size):
+            raise InvalidArgumentError(f"data.image_size={self.data.image_size} must equal "
+                                       f"image.image_size={self.image.image_size}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or time-limited) run reached."""
+
+    step: int
+    metrics: dict[str, float]
+    final_dir: str | None
+
+
+def main(config: TokenizerTrainConfig) -> TrainResult:
+    """Train (or resume) the tokenizer described by ``config``; returns the last evaluation."""
+    # 1. Devices, threads, seeds, the task and the model.
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    accelerator = Accelerator()
+    set_seed(config.train.seed)
+    task = TASKS[config.modality](config)
+    model = task.build_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    # 2. Resume from the last committed checkpoint (model, optimizer, RNG; data follows from the step).
+    root = Path(config.output_dir) / "checkpoints"
+    start = _resume(root, model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # 3. The loop: batch -> loss -> step; periodic evaluation and checkpoints.
+    metrics: dict[str, float] = {}
+    began = time.monotonic()
+    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
+               disable=not accelerator.is_main_process, desc=f"train {config.modality} tokenizer")
+    step = start
+    for step in bar:
+        _set_lr(optimizer, config, step)
+        losses = task.losses(model, task.batch(step, "train", accelerator.process_index).to(accelerator.device))
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses.total)
+        accelerator.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.logs.items()}, refresh=False)
+        done = step + 1
+        out_of_time = bool(config.train.max_minutes) and time.monotonic() - began > 60 * config.train.max_minutes
+        if done % config.train.eval_every == 0 or done == config.train.steps or out_of_time:
+            metrics = _evaluate(accelerator, task, model, config, done)
+        if done % config.train.checkpoint_every == 0 or done == config.train.steps or out_of_time:
+            _commit(accelerator, root, done, model, optimizer, config.train.keep_last)
+        if out_of_time:
+            break
+    else:
+        step = config.train.steps - 1
+    # 4. The final tokenizer, in the same format users load with ``from_pretrained``.
+    return TrainResult(step=step + 1, metrics=metrics, final_dir=_save_final(accelerator, model, config))
+
+
+def _resume(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    path = latest_checkpoint(root)
+    if path is None:
+        return 0
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"])
+    return checkpoint_step(path)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, config: TokenizerTrainConfig, step: int) -> None:
+    scale = cosine_lr(step, config.train.steps, config.train.warmup_steps, config.train.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = config.train.lr * scale
+
+
+def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, keep_last: int) -> None:
+    """Only rank 0 writes, after every process has finished the step."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": capture_rng_state()}
+        save_checkpoint(root, step, state, keep_last=keep_last)
+    accelerator.wait_for_everyone()
+
+
+def _evaluate(accelerator: Accelerator, task: object, model: torch.nn.Module, config: TokenizerTrainConfig,
+              step: int) -> dict[str, float]:
+    if not accelerator.is_main_process:
+        return {}
+    rng = capture_rng_state()  # evaluation must not change the training RNG stream
+    metrics = task.evaluate(accelerator.unwrap_model(model))
+    restore_rng_state(rng)
+    record = {"step": step, **{k: round(v, 5) for k, v in metrics.items()}}
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(config.output_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    tqdm.write(json.dumps(record))
+    return metrics
+
+
+def _save_final(accelerator: Accelerator, model: torch.nn.Module, config: TokenizerTrainConfig) -> str | None:
+    accelerator.wait_for_everyone()
+    if config.final_dir and accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(config.final_dir)
+    return config.final_dir

@@ -1,0 +1,166 @@
+"""What differs between training an image tokenizer and an audio codec: model, batches, losses, evaluation.
+
+The recipe (:mod:`anygen.training.tokenizer`) is one loop; it receives a task object with four methods:
+``build_model()``, ``batch(step, split, shard)``, ``losses(model, batch)`` and ``evaluate(model)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from anygen.tokenizers.audio import FEATURE_STD, AudioCodec
+from anygen.tokenizers.image import ImageVQ
+from anygen.tokenizers.quantizer import codebook_usage
+from anygen.training.sources import SAMPLE_RATE, audio_batch, image_batch
+
+EVAL_SEED = 1_000_003  # evaluation batches use their own seed (and held-out photos / voices)
+
+
+@dataclass
+class StepLosses:
+    """The loss to back-propagate and the numbers to log."""
+
+    total: torch.Tensor
+    logs: dict[str, float]
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical finite differences of ``(B, C, H, W)``."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean PSNR (dB) over the batch for images in ``[0, 1]``."""
+    mse = ((reconstruction.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+class ImageTask:
+    """Train an :class:`ImageVQ` on a mix of shape scenes and photo crops (or a folder of images)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def build_model(self) -> nn.Module:
+        return ImageVQ(self.config.image)
+
+    def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
+        data, train = self.config.data, self.config.train
+        sources = data.sources if split == "train" else data.eval_sources
+        seed = train.seed + 7 * shard if split == "train" else EVAL_SEED
+        return image_batch(sources, train.batch_size, tuple(data.image_size), seed, step, split, data.folder)
+
+    def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
+        weights = self.config.loss
+        out = model(batch)
+        recon = out.reconstruction
+        l1 = (recon - batch).abs().mean()
+        l2 = ((recon - batch) ** 2).mean()
+        edge = sum((a - b).abs().mean() for a, b in zip(image_gradients(recon), image_gradients(batch)))
+        total = weights.l1 * l1 + weights.l2 * l2 + weights.edge * edge + out.vq_loss
+        logs = {k: float(v.detach()) for k, v in {"l1": l1, "l2": l2, "edge": edge, "vq": out.vq_loss}.items()}
+        return StepLosses(total=total, logs=logs)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """PSNR per held-out source, codebook usage / perplexity and the ShapesEval pass rate of reconstructions."""
+        model.eval()
+        metrics: dict[str, float] = {}
+        codes = []
+        for source in sorted(self.config.data.eval_sources):
+            images = torch.cat([image_batch({source: 1.0}, self.config.train.batch_size,
+                                            tuple(self.config.data.image_size), EVAL_SEED, i, "eval",
+                                            self.config.data.folder) for i in range(self.config.data.eval_batches)])
+            out = model(images)
+            metrics[f"psnr_{source}"] = psnr(out.reconstruction, images)
+            codes.append(out.codes)
+        used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), model.codebook_size)
+        metrics.update(codebook_usage=used, perplexity=perplexity)
+        if "scenes" in self.config.data.eval_sources and self.config.data.shapes_eval_per_category:
+            metrics["shapes_pass"] = shapes_pass_rate(model, self.config.data.shapes_eval_per_category)
+        model.train()
+        return metrics
+
+
+def shapes_pass_rate(model: ImageVQ, n_per_category: int = 8, seed: int = 0) -> float:
+    """ShapesEval pass rate of the model's reconstructions of the suite's own reference scenes."""
+    from anygen.data.scenes import render_scene
+    from anygen.evaluation.shapes import ShapesEval
+
+    suite = ShapesEval(n_per_category=n_per_category, seed=seed)
+    size = tuple(model.config.image_size)
+    originals = [render_scene(s.scene, size[0]) for s in suite.samples]
+    recon = model.decode_to_pil(model.encode(originals), size=size)
+    return float(suite.score(recon).overall)
+
+
+class AudioTask:
+    """Train an :class:`AudioCodec` on espeak-ng speech and melodies (or a folder of audio files)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def build_model(self) -> nn.Module:
+        return AudioCodec(self.config.audio)
+
+    def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
+        data, train = self.config.data, self.config.train
+        sources = data.sources if split == "train" else data.eval_sources
+        seed = train.seed + 7 * shard if split == "train" else EVAL_SEED
+        samples = round(data.clip_seconds * SAMPLE_RATE)
+        return audio_batch(sources, train.batch_size, samples, seed, step, split, data.folder)
+
+    def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
+        weights = self.config.loss
+        out = model(batch)
+        diff = out.reconstruction - out.target
+        l1, l2 = diff.abs().mean(), (diff ** 2).mean()
+        # "edge" for audio: match the spectro-temporal differences (onsets and harmonics stay sharp)
+        delta = (out.reconstruction.diff(dim=-1) - out.target.diff(dim=-1)).abs().mean()
+        total = weights.l1 * l1 + weights.l2 * l2 + weights.edge * delta + out.vq_loss
+        logs = {k: float(v.detach()) for k, v in {"l1": l1, "l2": l2, "delta": delta, "vq": out.vq_loss}.items()}
+        return StepLosses(total=total, logs=logs)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Log-spectrogram L1 (natural-log units, decoder output vs input) per held-out source; codebook usage."""
+        model.eval()
+        metrics: dict[str, float] = {}
+        codes = []
+        for source in sorted(self.config.data.eval_sources):
+            dist = []
+            for i in range(self.config.data.eval_batches):
+                out = model(self._eval_batch(source, i))
+                dist.append(float(spectral_distance(out.reconstruction, out.target)))
+                codes.append(out.codes)
+            metrics[f"spec_l1_{source}"] = sum(dist) / len(dist)
+        used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), model.codebook_size)
+        metrics.update(codebook_usage=used, perplexity=perplexity, tokens_per_second=model.tokens_for(SAMPLE_RATE))
+        model.train()
+        return metrics
+
+    def _eval_batch(self, source: str, index: int) -> torch.Tensor:
+        samples = round(self.config.data.clip_seconds * SAMPLE_RATE)
+        return audio_batch({source: 1.0}, self.config.train.batch_size, samples, EVAL_SEED, index, "eval",
+                           self.config.data.folder)
+
+
+def spectral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of two normalised log-power spectrograms, in natural-log units."""
+    return (a - b).abs().mean() * FEATURE_STD
+
+
+def cosine_lr(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+TASKS = {"image": ImageTask, "audio": AudioTask}

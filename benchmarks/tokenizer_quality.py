@@ -1,0 +1,185 @@
+"""Measure the trained tokenizers and write the ``tokenizers`` section of benchmarks/RESULTS.md.
+
+Image tokenizer: PSNR / SSIM on held-out shape scenes (ShapesEval's test prompts, rendered) and on held-out photo
+crops (``coffee``, ``flower``: never used for training), codebook usage and perplexity, and the ShapesEval pass rate
+of the reconstructions against the originals'. Audio codec: log-mel distance on held-out speech (held-out voices)
+and melodies / chords (held-out timbre included), keyword and melody recognition of the reconstructions against
+the originals', tokens per second. Both: encode / decode throughput on the CPU threads given.
+
+    python benchmarks/tokenizer_quality.py --image /work/artifacts/tokenizers/image-final \
+        --audio /work/artifacts/tokenizers/audio-final --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section
+
+from anygen.audio import log_mel
+from anygen.tokenizers import AudioCodec, ImageVQ
+from anygen.tokenizers.quantizer import codebook_usage
+from anygen.training.sources import image_batch
+from anygen.training.tokenizer_tasks import EVAL_SEED, psnr
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    metric: str
+    value: str
+    note: str = ""
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM of two ``(B, 3, H, W)`` batches in ``[0, 1]`` (scikit-image, per image)."""
+    from skimage.metrics import structural_similarity
+
+    x, y = a.clamp(0, 1).permute(0, 2, 3, 1).numpy(), b.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return float(np.mean([structural_similarity(i, j, channel_axis=2, data_range=1.0) for i, j in zip(x, y)]))
+
+
+def timed(fn, repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
+    from anygen.data.scenes import render_scene
+    from anygen.evaluation.shapes import ShapesEval
+    from anygen.image import to_pil, to_tensor
+
+    size = tuple(model.config.image_size)
+    suite = ShapesEval(n_per_category=n_per_category, seed=1, split="test")
+    scenes = to_tensor([render_scene(s.scene, size[0]) for s in suite.samples])
+    photos = torch.cat([image_batch({"photos": 1.0}, 32, size, EVAL_SEED, i, "eval") for i in range(n_photos // 32)])
+    scene_codes, photo_codes = model.encode(scenes), model.encode(photos)
+    scene_rec, photo_rec = model.decode(scene_codes, size), model.decode(photo_codes, size)
+    original_pass = suite.score(to_pil(scenes)).overall
+    recon_pass = suite.score(to_pil(scene_rec)).overall
+    used, perplexity = codebook_usage(torch.cat([scene_codes.flatten(), photo_codes.flatten()]), model.codebook_size)
+    batch = photos[:32]
+    encode_s = timed(lambda: model.encode(batch))
+    decode_s = timed(lambda: model.decode(model.encode(batch), size))
+    params = sum(p.numel() for p in model.parameters())
+    return [
+        Row("tokens per image", f"{model.tokens_for(size)}", f"{size[0]}x{size[1]} px, codebook {model.codebook_size}"),
+        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("PSNR, held-out shape scenes", f"{psnr(scene_rec, scenes):.2f} dB", f"{len(scenes)} ShapesEval test scenes"),
+        Row("SSIM, held-out shape scenes", f"{ssim(scene_rec, scenes):.4f}", ""),
+        Row("PSNR, held-out photo crops", f"{psnr(photo_rec, photos):.2f} dB", f"{len(photos)} crops of coffee / flower"),
+        Row("SSIM, held-out photo crops", f"{ssim(photo_rec, photos):.4f}", ""),
+        Row("codebook usage", f"{100 * used:.1f} %", f"perplexity {perplexity:.0f} of {model.codebook_size}"),
+        Row("ShapesEval pass, originals", f"{original_pass:.3f}", ""),
+        Row("ShapesEval pass, reconstructions", f"{recon_pass:.3f}",
+            f"{100 * recon_pass / max(original_pass, 1e-9):.1f} % of the originals' rate (target >= 95 %)"),
+        Row("image encode throughput", f"{32 / encode_s:.0f} images/s", "batch 32"),
+        Row("image encode + decode throughput", f"{32 / decode_s:.0f} images/s", "batch 32"),
+    ]
+
+
+def mel_l1(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean |log-mel difference| (natural-log units) over the common frames."""
+    a, b = log_mel(reference), log_mel(other)
+    frames = min(a.shape[-1], b.shape[-1])
+    return float((a[..., :frames] - b[..., :frames]).abs().mean())
+
+
+def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
+    from anygen.data.melody import sample_chord, sample_melody
+    from anygen.evaluation.melody import score_music_audio
+    from anygen.evaluation.speech import KeywordClassifier, speech_samples
+
+    speech = speech_samples(n_per_word=n_per_word, seed=0, split="test")
+    rng = np.random.default_rng([EVAL_SEED, 5])
+    music = [sample_melody(rng, "test") if i % 3 else sample_chord(rng, "test") for i in range(n_music)]
+    round_trip = lambda w: codec.decode(codec.encode([w]))[0][: w.shape[-1]]
+    speech_rec = [round_trip(s.waveform) for s in speech]
+    music_rec = [round_trip(m.waveform) for m in music]
+    classifier = KeywordClassifier.fit()
+    truth = [s.text for s in speech]
+    kw_orig = np.mean([h == t for h, t in zip(classifier.predict([s.waveform for s in speech]), truth)])
+    kw_rec = np.mean([h == t for h, t in zip(classifier.predict(speech_rec), truth)])
+    mus_orig = np.mean([score_music_audio(m.waveform, 16000, m)["passed"] for m in music])
+    mus_rec = np.mean([score_music_audio(r, 16000, m)["passed"] for r, m in zip(music_rec, music)])
+    gl_only = [codec.features_to_waveform(codec.features(s.waveform[None]))[0][: s.waveform.shape[-1]] for s in speech]
+    codes = [codec.encode([s.waveform]) for s in speech]
+    used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), codec.codebook_size)
+    clip = torch.cat([s.waveform for s in speech])[: 10 * 16000]
+    seconds = clip.shape[0] / 16000
+    encode_s = timed(lambda: codec.encode([clip]), 2)
+    decode_s = timed(lambda: codec.decode(codec.encode([clip])), 2)
+    params = sum(p.numel() for p in codec.parameters())
+    ratio = lambda a, b: f"{100 * a / max(b, 1e-9):.1f} % of the originals' rate (target >= 95 %)"
+    return [
+        Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
+            f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
+        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
+            f"{len(speech)} clips, held-out voices; natural-log units, after Griffin-Lim"),
+        Row("log-mel L1, Griffin-Lim of the true spectrogram", f"{np.mean([mel_l1(s.waveform, g) for s, g in zip(speech, gl_only)]):.3f}",
+            "the floor set by phase reconstruction alone"),
+        Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
+            f"{len(music)} clips, test timbres"),
+        Row("codebook usage (speech)", f"{100 * used:.1f} %", f"perplexity {perplexity:.0f} of {codec.codebook_size}"),
+        Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
+        Row("keyword accuracy, reconstructions", f"{kw_rec:.3f}", ratio(kw_rec, kw_orig)),
+        Row("melody / chord recognition, originals", f"{mus_orig:.3f}", "anygen.evaluation.melody"),
+        Row("melody / chord recognition, reconstructions", f"{mus_rec:.3f}", ratio(mus_rec, mus_orig)),
+        Row("audio encode throughput", f"{seconds / encode_s:.0f} s of audio / s", "one 10 s clip"),
+        Row("audio encode + decode throughput", f"{seconds / decode_s:.1f} s of audio / s",
+            f"Griffin-Lim {codec.config.griffin_lim_iters} iterations"),
+    ]
+
+
+def render(rows: list[Row], title: str) -> str:
+    lines = [f"### {title}", "", "| metric | value | note |", "|---|---|---|"]
+    lines += [f"| {r.metric} | {r.value} | {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default="/work/artifacts/tokenizers/image-final")
+    parser.add_argument("--audio", default="/work/artifacts/tokenizers/audio-final")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scenes-per-category", type=int, default=20)
+    parser.add_argument("--photos", type=int, default=128)
+    parser.add_argument("--words", type=int, default=4, help="held-out clips per keyword")
+    parser.add_argument("--music", type=int, default=60)
+    parser.add_argument("--no-write", action="store_true", help="print the section without writing RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    command = "python benchmarks/tokenizer_quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    header = f"Command: `{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__})."
+    sections = ["## Tokenizers", "", header, ""]
+    # No global inference_mode: the keyword classifier is fitted with autograd; the tokenizers run under no_grad.
+    sections += [render(image_rows(ImageVQ.from_pretrained(args.image), args.scenes_per_category, args.photos),
+                        f"Image tokenizer (`{args.image}`)"), ""]
+    sections += [render(audio_rows(AudioCodec.from_pretrained(args.audio), args.words, args.music),
+                        f"Audio codec (`{args.audio}`)")]
+    body = "\n".join(sections)
+    print(body)
+    if not args.no_write:
+        write_section("tokenizers", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
