@@ -12,7 +12,8 @@ from anygen.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Every folder of configs/ and the dataclass its YAML files must load into.
-SCHEMAS = {"tokenizer": "anygen.training.tokenizer:TokenizerTrainConfig", "data": "anygen.data.corpus:DataConfig"}
+SCHEMAS = {"tokenizer": "anygen.training.tokenizer:TokenizerTrainConfig", "data": "anygen.data.corpus:DataConfig",
+           "train": "anygen.training.core_recipe:CoreTrainConfig"}
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
