@@ -40,6 +40,13 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
+def _sources_and_seed(config: Any, split: str, shard: int) -> tuple[dict[str, float], int]:
+    """Training draws from the configured sources with a per-process seed; evaluation from a fixed set."""
+    if split == "train":
+        return config.data.sources, config.train.seed + 7 * shard
+    return config.data.eval_sources, EVAL_SEED
+
+
 class ImageTask:
     """Train an :class:`ImageVQ` on a mix of shape scenes and photo crops (or a folder of images)."""
 
@@ -50,10 +57,9 @@ class ImageTask:
         return ImageVQ(self.config.image)
 
     def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
-        data, train = self.config.data, self.config.train
-        sources = data.sources if split == "train" else data.eval_sources
-        seed = train.seed + 7 * shard if split == "train" else EVAL_SEED
-        return image_batch(sources, train.batch_size, tuple(data.image_size), seed, step, split, data.folder)
+        data = self.config.data
+        sources, seed = _sources_and_seed(self.config, split, shard)
+        return image_batch(sources, self.config.train.batch_size, tuple(data.image_size), seed, step, split, data.folder)
 
     def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
         weights = self.config.loss
@@ -109,11 +115,10 @@ class AudioTask:
         return AudioCodec(self.config.audio)
 
     def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
-        data, train = self.config.data, self.config.train
-        sources = data.sources if split == "train" else data.eval_sources
-        seed = train.seed + 7 * shard if split == "train" else EVAL_SEED
+        data = self.config.data
+        sources, seed = _sources_and_seed(self.config, split, shard)
         samples = round(data.clip_seconds * SAMPLE_RATE)
-        return audio_batch(sources, train.batch_size, samples, seed, step, split, data.folder)
+        return audio_batch(sources, self.config.train.batch_size, samples, seed, step, split, data.folder)
 
     def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
         weights = self.config.loss
