@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_demo import demo_model_dir, load_pipe, serve  # noqa: E402
+from test_demo import interleaving_model_dir, load_pipe, serve  # noqa: E402
 
 from anygen.tokenizers.text import TextTokenizer  # noqa: E402
 
@@ -33,7 +33,7 @@ def page(tmp_path_factory: pytest.TempPathFactory, text_tokenizer: TextTokenizer
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    model_dir = demo_model_dir(tmp_path_factory, text_tokenizer)
+    model_dir = interleaving_model_dir(tmp_path_factory, text_tokenizer)
     with serve(load_pipe(model_dir), tmp_path_factory.mktemp("gradio")) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 960, "height": 900})
