@@ -129,3 +129,20 @@ def test_default_config_yaml_loads():
     path = Path(__file__).resolve().parents[1] / "configs" / "data" / "default.yaml"
     cfg = load_config(DataConfig, path)
     assert cfg == DataConfig() and np.isclose(cfg.eval_fraction, 0.1)
+
+
+def test_category_weights_reweight_training_scenes_only():
+    def categories(cfg: DataConfig, split: str) -> list[str]:
+        items = build_task(cfg, split, "text_to_image")
+        return [i["meta"]["category"] for i in items if i["meta"]["source"] == "shapes"]
+
+    uniform = DataConfig(sizes={"text_to_image": 300}, digit_fraction=0.0)
+    weighted = DataConfig(sizes={"text_to_image": 300}, digit_fraction=0.0,
+                          category_weights={"counting": 5.0, "single_object": 0.0})
+    train = categories(weighted, "train")
+    assert "single_object" not in train and train.count("counting") > 2 * categories(uniform, "train").count("counting")
+    assert categories(weighted, "test") == categories(uniform, "test")  # evaluation splits stay uniform
+    with pytest.raises(InvalidArgumentError, match="category_weights has unknown"):
+        DataConfig(category_weights={"pose": 1.0})
+    with pytest.raises(InvalidArgumentError, match="category_weights.counting"):
+        DataConfig(category_weights={"counting": -1.0})

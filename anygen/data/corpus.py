@@ -23,7 +23,7 @@ from anygen.data.edits import EDIT_OPS, sample_edit
 from anygen.data.interleaved import sample_document
 from anygen.data.melody import sample_chord, sample_melody
 from anygen.data.scenes import render_scene
-from anygen.data.shapes import SPLITS, check_split, sample_category, sample_shape_scene
+from anygen.data.shapes import CATEGORIES, SPLITS, check_split, sample_category, sample_shape_scene
 from anygen.data.speech import KEYWORDS, render_many, sample_voice
 from anygen.errors import InvalidArgumentError, check_range
 from anygen.types import AudioSegment, ImageSegment, TextSegment
@@ -47,6 +47,9 @@ class DataConfig:
         eval_fraction: validation and test each get ``ceil(eval_fraction * size)`` items per task.
         digit_fraction: share of text_to_image / image_to_text items that are handwritten digits.
         chord_fraction: share of melody items that are chords.
+        category_weights: relative frequency of the GenEval categories in the *training* shape scenes (e.g.
+            ``{counting: 2, position: 2}`` oversamples the hard ones); empty = uniform. Evaluation splits stay
+            uniform.
     """
 
     seed: int = 0
@@ -55,6 +58,7 @@ class DataConfig:
     eval_fraction: float = 0.1
     digit_fraction: float = 0.1
     chord_fraction: float = 0.25
+    category_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.sizes) - set(TASKS))
@@ -66,6 +70,18 @@ class DataConfig:
         check_range("eval_fraction", self.eval_fraction, 0.0, 1.0)
         check_range("digit_fraction", self.digit_fraction, 0.0, 1.0)
         check_range("chord_fraction", self.chord_fraction, 0.0, 1.0)
+        unknown = sorted(set(self.category_weights) - set(CATEGORIES))
+        if unknown:
+            raise InvalidArgumentError(f"category_weights has unknown categories {unknown}; "
+                                       f"valid: {list(CATEGORIES)}")
+        for name, weight in self.category_weights.items():
+            check_range(f"category_weights.{name}", weight, 0.0, 1000.0)
+        if self.category_weights and not any(self.category_weights.get(c, 1.0) > 0 for c in CATEGORIES):
+            raise InvalidArgumentError("category_weights must leave at least one category with weight > 0")
+
+    def categories(self, split: str) -> dict[str, float] | None:
+        """The category weights for ``split`` (None = uniform; only the training split is reweighted)."""
+        return self.category_weights if split == "train" and self.category_weights else None
 
     def size_for(self, task: str, split: str) -> int:
         """Items of ``task`` in ``split``."""
@@ -79,7 +95,7 @@ def _image_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str
         text = f"a handwritten {DIGIT_NAMES[label]}" if rng.random() < 0.5 else f"the digit {label}"
         meta = {"source": "digits", "label": label}
     else:
-        sample = sample_shape_scene(rng, sample_category(rng), split)
+        sample = sample_shape_scene(rng, sample_category(rng, cfg.categories(split)), split)
         image = render_scene(sample.scene, cfg.image_size)
         text = sample.prompt if task == "text_to_image" else sample.caption
         meta = {"source": "shapes", "category": sample.category, "scene": sample.scene.to_dict(),

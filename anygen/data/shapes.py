@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,9 @@ def sample_shape_scene(rng: np.random.Generator, category: str, split: str = "tr
     return ShapeSample(category, scene, spec, describe(spec), caption)
 
 
-def sample_category(rng: np.random.Generator) -> str:
-    """A GenEval category, uniformly."""
-    return _pick(rng, CATEGORIES)
+def sample_category(rng: np.random.Generator, weights: Mapping[str, float] | None = None) -> str:
+    """A GenEval category: uniformly, or in proportion to ``weights`` (missing categories: weight 1)."""
+    if not weights:
+        return _pick(rng, CATEGORIES)
+    p = np.array([weights.get(c, 1.0) for c in CATEGORIES], dtype=np.float64)
+    return CATEGORIES[int(rng.choice(len(CATEGORIES), p=p / p.sum()))]
