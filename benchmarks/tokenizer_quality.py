@@ -4,15 +4,19 @@ Image tokenizer: PSNR / SSIM on held-out shape scenes (ShapesEval's test prompts
 crops (``coffee``, ``flower``: never used for training), codebook usage and perplexity, and the ShapesEval pass rate
 of the reconstructions against the originals'. Audio codec: log-mel distance on held-out speech (held-out voices)
 and melodies / chords (held-out timbre included), keyword and melody recognition of the reconstructions against
-the originals', tokens per second. Both: encode / decode throughput on the CPU threads given.
+the originals', tokens per second. Optional waveform codec (``--waveform DIR``): SI-SNR and log-mel distance on
+the same held-out clips, keyword and melody recognition of its reconstructions, codebook usage, tokens per second.
+All: encode / decode throughput on the CPU threads given.
 
     python benchmarks/tokenizer_quality.py --image /work/artifacts/tokenizers/image-final \
-        --audio /work/artifacts/tokenizers/audio-final --threads 2
+        --audio /work/artifacts/tokenizers/audio-final --threads 2 \
+        [--waveform /work/artifacts/tokenizers/audio-waveform-final]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import time
@@ -26,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section
 
 from anygen.audio import log_mel
-from anygen.tokenizers import AudioCodec, ImageVQ
+from anygen.tokenizers import AudioCodec, ImageVQ, WaveformCodec
 from anygen.tokenizers.quantizer import codebook_usage
 from anygen.training.sources import image_batch
-from anygen.training.tokenizer_tasks import EVAL_SEED, psnr
+from anygen.training.tokenizer_tasks import EVAL_SEED, mean_codebook_usage, psnr, si_snr
 
 
 @dataclass
@@ -100,32 +104,61 @@ def mel_l1(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float((a[..., :frames] - b[..., :frames]).abs().mean())
 
 
-def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
+@functools.lru_cache(maxsize=1)
+def held_out_audio(n_per_word: int, n_music: int) -> tuple[list, list]:
+    """Held-out speech (test voices) and melodies / chords (test timbres): the same clips for every audio table."""
     from anygen.data.melody import sample_chord, sample_melody
-    from anygen.evaluation.melody import score_music_audio
-    from anygen.evaluation.speech import KeywordClassifier, speech_samples
+    from anygen.evaluation.speech import speech_samples
 
     speech = speech_samples(n_per_word=n_per_word, seed=0, split="test")
     rng = np.random.default_rng([EVAL_SEED, 5])
     music = [sample_melody(rng, "test") if i % 3 else sample_chord(rng, "test") for i in range(n_music)]
-    round_trip = lambda w: codec.decode(codec.encode([w]))[0][: w.shape[-1]]
-    speech_rec = [round_trip(s.waveform) for s in speech]
-    music_rec = [round_trip(m.waveform) for m in music]
-    classifier = KeywordClassifier.fit()
-    truth = [s.text for s in speech]
+    return speech, music
+
+
+def round_trip(codec: AudioCodec | WaveformCodec, wave: torch.Tensor) -> torch.Tensor:
+    """Encode and decode one clip, cut back to its length."""
+    return codec.decode(codec.encode([wave]))[0][: wave.shape[-1]]
+
+
+def recognition_rows(speech: list, music: list, speech_rec: list[torch.Tensor],
+                     music_rec: list[torch.Tensor]) -> list[Row]:
+    """Keyword accuracy and melody / chord recognition of the originals and of their reconstructions."""
+    from anygen.evaluation.melody import score_music_audio
+    from anygen.evaluation.speech import default_classifier
+
+    classifier, truth = default_classifier(), [s.text for s in speech]
     kw_orig = np.mean([h == t for h, t in zip(classifier.predict([s.waveform for s in speech]), truth)])
     kw_rec = np.mean([h == t for h, t in zip(classifier.predict(speech_rec), truth)])
     mus_orig = np.mean([score_music_audio(m.waveform, 16000, m)["passed"] for m in music])
     mus_rec = np.mean([score_music_audio(r, 16000, m)["passed"] for r, m in zip(music_rec, music)])
-    gl_only = [codec.features_to_waveform(codec.features(s.waveform[None]))[0][: s.waveform.shape[-1]] for s in speech]
-    codes = [codec.encode([s.waveform]) for s in speech]
-    used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), codec.codebook_size)
+    ratio = lambda a, b: f"{100 * a / max(b, 1e-9):.1f} % of the originals' rate (target >= 95 %)"
+    return [
+        Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
+        Row("keyword accuracy, reconstructions", f"{kw_rec:.3f}", ratio(kw_rec, kw_orig)),
+        Row("melody / chord recognition, originals", f"{mus_orig:.3f}", "anygen.evaluation.melody"),
+        Row("melody / chord recognition, reconstructions", f"{mus_rec:.3f}", ratio(mus_rec, mus_orig)),
+    ]
+
+
+def throughput(codec: AudioCodec | WaveformCodec, speech: list) -> tuple[float, float]:
+    """Seconds of audio encoded, and encoded + decoded, per second of wall time on one 10 s clip."""
     clip = torch.cat([s.waveform for s in speech])[: 10 * 16000]
     seconds = clip.shape[0] / 16000
     encode_s = timed(lambda: codec.encode([clip]), 2)
-    decode_s = timed(lambda: codec.decode(codec.encode([clip])), 2)
+    round_trip_s = timed(lambda: codec.decode(codec.encode([clip])), 2)
+    return seconds / encode_s, seconds / round_trip_s
+
+
+def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
+    speech, music = held_out_audio(n_per_word, n_music)
+    speech_rec = [round_trip(codec, s.waveform) for s in speech]
+    music_rec = [round_trip(codec, m.waveform) for m in music]
+    gl_only = [codec.features_to_waveform(codec.features(s.waveform[None]))[0][: s.waveform.shape[-1]] for s in speech]
+    codes = [codec.encode([w]) for w in [s.waveform for s in speech] + [m.waveform for m in music]]
+    used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), codec.codebook_size)
+    encode_rate, round_trip_rate = throughput(codec, speech)
     params = sum(p.numel() for p in codec.parameters())
-    ratio = lambda a, b: f"{100 * a / max(b, 1e-9):.1f} % of the originals' rate (target >= 95 %)"
     return [
         Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
             f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
@@ -136,14 +169,39 @@ def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
             "the floor set by phase reconstruction alone"),
         Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
             f"{len(music)} clips, test timbres"),
-        Row("codebook usage (speech)", f"{100 * used:.1f} %", f"perplexity {perplexity:.0f} of {codec.codebook_size}"),
-        Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
-        Row("keyword accuracy, reconstructions", f"{kw_rec:.3f}", ratio(kw_rec, kw_orig)),
-        Row("melody / chord recognition, originals", f"{mus_orig:.3f}", "anygen.evaluation.melody"),
-        Row("melody / chord recognition, reconstructions", f"{mus_rec:.3f}", ratio(mus_rec, mus_orig)),
-        Row("audio encode throughput", f"{seconds / encode_s:.0f} s of audio / s", "one 10 s clip"),
-        Row("audio encode + decode throughput", f"{seconds / decode_s:.1f} s of audio / s",
+        Row("codebook usage (speech + music)", f"{100 * used:.1f} %",
+            f"perplexity {perplexity:.0f} of {codec.codebook_size}; codes of all held-out clips above"),
+        *recognition_rows(speech, music, speech_rec, music_rec),
+        Row("audio encode throughput", f"{encode_rate:.0f} s of audio / s", "one 10 s clip"),
+        Row("audio encode + decode throughput", f"{round_trip_rate:.1f} s of audio / s",
             f"Griffin-Lim {codec.config.griffin_lim_iters} iterations"),
+    ]
+
+
+def waveform_rows(codec: WaveformCodec, n_per_word: int, n_music: int) -> list[Row]:
+    speech, music = held_out_audio(n_per_word, n_music)
+    speech_rec = [round_trip(codec, s.waveform) for s in speech]
+    music_rec = [round_trip(codec, m.waveform) for m in music]
+    snr = lambda clips, recs: np.mean([float(si_snr(r[None], c.waveform[None])[0]) for c, r in zip(clips, recs)])
+    codes = [codec.encode([w]).reshape(-1, codec.num_codebooks) for w in [c.waveform for c in speech + music]]
+    used, perplexity = mean_codebook_usage(torch.cat(codes), codec.codebook_size)
+    encode_rate, round_trip_rate = throughput(codec, speech)
+    params = sum(p.numel() for p in codec.parameters())
+    return [
+        Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
+            f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
+        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("SI-SNR, held-out speech", f"{snr(speech, speech_rec):.2f} dB", f"{len(speech)} clips, held-out voices"),
+        Row("SI-SNR, held-out melodies / chords", f"{snr(music, music_rec):.2f} dB", f"{len(music)} clips, test timbres"),
+        Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
+            "natural-log units, as in the audio codec's table"),
+        Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
+            ""),
+        Row("codebook usage (speech + music)", f"{100 * used:.1f} %",
+            f"mean over the {codec.num_codebooks} codebooks; perplexity {perplexity:.0f} of {codec.codebook_size}"),
+        *recognition_rows(speech, music, speech_rec, music_rec),
+        Row("audio encode throughput", f"{encode_rate:.0f} s of audio / s", "one 10 s clip"),
+        Row("audio encode + decode throughput", f"{round_trip_rate:.1f} s of audio / s", "one 10 s clip, one pass"),
     ]
 
 
@@ -157,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="/work/artifacts/tokenizers/image-final")
     parser.add_argument("--audio", default="/work/artifacts/tokenizers/audio-final")
+    parser.add_argument("--waveform", default=None, help="also measure a WaveformCodec saved in this directory")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scenes-per-category", type=int, default=20)
     parser.add_argument("--photos", type=int, default=128)
@@ -174,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"Image tokenizer (`{args.image}`)"), ""]
     sections += [render(audio_rows(AudioCodec.from_pretrained(args.audio), args.words, args.music),
                         f"Audio codec (`{args.audio}`)")]
+    if args.waveform:
+        sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(args.waveform), args.words, args.music),
+                                f"Waveform codec (`{args.waveform}`)")]
     body = "\n".join(sections)
     print(body)
     if not args.no_write:

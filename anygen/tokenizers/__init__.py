@@ -18,6 +18,8 @@ _LAZY = {
     "MuLawAudioTokenizer": "anygen.tokenizers.simple",
     "ImageVQ": "anygen.tokenizers.image",
     "AudioCodec": "anygen.tokenizers.audio",
+    "WaveformCodec": "anygen.tokenizers.waveform",
+    "SignalTokenizer": "anygen.tokenizers.signal",
 }
 
 __all__ = ["ModalityTokenizer", "TOKENIZER_CLASSES", "register_tokenizer", "tokenizer_class", *_LAZY]

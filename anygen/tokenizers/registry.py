@@ -15,6 +15,8 @@ TOKENIZER_CLASSES: dict[str, str | type] = {
     "MuLawAudioTokenizer": "anygen.tokenizers.simple:MuLawAudioTokenizer",
     "ImageVQ": "anygen.tokenizers.image:ImageVQ",
     "AudioCodec": "anygen.tokenizers.audio:AudioCodec",
+    "WaveformCodec": "anygen.tokenizers.waveform:WaveformCodec",
+    "SignalTokenizer": "anygen.tokenizers.signal:SignalTokenizer",
 }
 
 

@@ -1,4 +1,4 @@
-"""Recipe: train a modality tokenizer (``ImageVQ`` or ``AudioCodec``) with resumable, atomic checkpoints.
+"""Recipe: train a modality tokenizer (``ImageVQ``, ``AudioCodec`` or ``WaveformCodec``) with resumable checkpoints.
 
 Run from the shell with ``anygen train-tokenizer --config configs/tokenizer/image-tiny.yaml [--set k=v ...]``
 (or ``python -m anygen.training.tokenizer_cli``), or from Python with :func:`main`. accelerate picks the devices and
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from anygen.errors import InvalidArgumentError
 from anygen.tokenizers.audio import AudioCodecConfig
 from anygen.tokenizers.image import ImageVQConfig
+from anygen.tokenizers.waveform import WaveformCodecConfig
 from anygen.training.checkpoint import (
     capture_rng_state,
     checkpoint_step,
@@ -97,17 +98,44 @@ class LossConfig:
 
 
 @dataclass
+class WaveformLossConfig:
+    """Weights of the waveform codec's losses: ``waveform`` (L1 on the samples), ``mel`` (L1 between natural-log mel
+    spectrograms with ``n_mels`` bands) and ``stft`` (L1 between natural-log STFT power), the last two averaged over
+    the FFT sizes ``fft_sizes`` (hop: a quarter of the size); the quantiser's commitment loss is always added."""
+
+    waveform: float = 1.0
+    mel: float = 1.0
+    stft: float = 1.0
+    fft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    n_mels: int = 64
+
+    def __post_init__(self) -> None:
+        if min(self.waveform, self.mel, self.stft) < 0:
+            raise InvalidArgumentError(f"waveform_loss.waveform={self.waveform}, waveform_loss.mel={self.mel} and "
+                                       f"waveform_loss.stft={self.stft} must be >= 0")
+        if not self.fft_sizes or any(not 64 <= n <= 8192 for n in self.fft_sizes) or self.n_mels < 1:
+            raise InvalidArgumentError(f"waveform_loss.fft_sizes={self.fft_sizes} must be a non-empty list of sizes "
+                                       f"in [64, 8192] and waveform_loss.n_mels={self.n_mels} >= 1")
+
+
+@dataclass
 class TokenizerTrainConfig:
-    """Everything :func:`main` needs; only the section named by ``modality`` (``image`` or ``audio``) is used."""
+    """Everything :func:`main` needs. ``modality`` picks the task: ``image`` trains an ``ImageVQ`` (section
+    ``image``, losses ``loss``); ``audio`` trains the codec named by ``audio_codec``: ``spectrogram`` an
+    ``AudioCodec`` (sections ``audio``, ``loss``) or ``waveform`` a ``WaveformCodec`` (``waveform``,
+    ``waveform_loss``). The other sections are ignored."""
 
     modality: Literal["image", "audio"] = "image"
+    audio_codec: Literal["spectrogram", "waveform"] = "spectrogram"
     output_dir: str = "runs/tokenizer"
     final_dir: str | None = None
     image: ImageVQConfig = field(default_factory=ImageVQConfig)
     audio: AudioCodecConfig = field(default_factory=AudioCodecConfig)
+    waveform: WaveformCodecConfig = field(default_factory=WaveformCodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    waveform_loss: WaveformLossConfig = field(default_factory=WaveformLossConfig)
 
     def __post_init__(self) -> None:
         if self.modality not in SOURCES:
@@ -117,6 +145,11 @@ class TokenizerTrainConfig:
         if self.modality == "image" and list(self.data.image_size) != list(self.image.image_size):
             raise InvalidArgumentError(f"data.image_size={self.data.image_size} must equal "
                                        f"image.image_size={self.image.image_size}")
+
+    @property
+    def task(self) -> str:
+        """Key of the task in ``TASKS``: ``image``, ``audio`` (spectrogram codec) or ``waveform``."""
+        return "waveform" if self.modality == "audio" and self.audio_codec == "waveform" else self.modality
 
 
 @dataclass
@@ -135,7 +168,7 @@ def main(config: TokenizerTrainConfig) -> TrainResult:
         torch.set_num_threads(config.train.threads)
     accelerator = Accelerator()
     set_seed(config.train.seed)
-    task = TASKS[config.modality](config)
+    task = TASKS[config.task](config)
     model = task.build_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.99), weight_decay=0.0)
     # 2. Resume from the last committed checkpoint (model, optimizer, RNG; data follows from the step).

@@ -1,4 +1,4 @@
-"""What differs between training an image tokenizer and an audio codec: model, batches, losses, evaluation.
+"""What differs between training an image tokenizer and the audio codecs: model, batches, losses, evaluation.
 
 The recipe (:mod:`anygen.training.tokenizer`) is one loop; it receives a task object with four methods:
 ``build_model()``, ``batch(step, split, shard)``, ``losses(model, batch)`` and ``evaluate(model)``.
@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
+from anygen.audio import LOG_FLOOR, log_mel, mel_filterbank
 from anygen.tokenizers.audio import FEATURE_STD, AudioCodec
 from anygen.tokenizers.image import ImageVQ
 from anygen.tokenizers.quantizer import codebook_usage
+from anygen.tokenizers.waveform import WaveformCodec
 from anygen.training.sources import SAMPLE_RATE, audio_batch, image_batch
 
 EVAL_SEED = 1_000_003  # evaluation batches use their own seed (and held-out photos / voices)
@@ -155,6 +158,83 @@ class AudioTask:
                            self.config.data.folder)
 
 
+class WaveformTask(AudioTask):
+    """Train a :class:`WaveformCodec` on the same audio as :class:`AudioTask`, with waveform-domain losses."""
+
+    def build_model(self) -> nn.Module:
+        return WaveformCodec(self.config.waveform)
+
+    def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
+        weights = self.config.waveform_loss
+        out = model(batch)
+        wave = (out.reconstruction - out.target).abs().mean()
+        mel, stft = multi_resolution_losses(out.reconstruction, out.target, weights.fft_sizes, weights.n_mels)
+        total = weights.waveform * wave + weights.mel * mel + weights.stft * stft + out.vq_loss
+        logs = {k: float(v.detach()) for k, v in {"wave": wave, "mel": mel, "stft": stft, "vq": out.vq_loss}.items()}
+        return StepLosses(total=total, logs=logs)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """SI-SNR (dB) and log-mel L1 (natural-log units) per held-out source; codebook usage per codebook."""
+        model.eval()
+        metrics: dict[str, float] = {}
+        codes = []
+        for source in sorted(self.config.data.eval_sources):
+            snr, mel = [], []
+            for i in range(self.config.data.eval_batches):
+                out = model(self._eval_batch(source, i))
+                recon = out.reconstruction.clamp(-1.0, 1.0)  # what decode() returns
+                audible = out.target.pow(2).mean(-1) > 1e-6  # SI-SNR of a silent clip is undefined
+                snr += si_snr(recon[audible], out.target[audible]).tolist()
+                mel.append(float((log_mel(recon) - log_mel(out.target)).abs().mean()))
+                codes.append(out.codes)
+            metrics[f"si_snr_{source}"] = sum(snr) / max(1, len(snr))
+            metrics[f"mel_l1_{source}"] = sum(mel) / len(mel)
+        used, perplexity = mean_codebook_usage(torch.cat(codes), model.codebook_size)
+        metrics.update(codebook_usage=used, perplexity=perplexity, tokens_per_second=model.tokens_for(SAMPLE_RATE))
+        model.train()
+        return metrics
+
+
+def si_snr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant signal-to-noise ratio in dB of each row of ``(B, T)`` waveforms -> ``(B,)``."""
+    estimate = estimate - estimate.mean(-1, keepdim=True)
+    reference = reference - reference.mean(-1, keepdim=True)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
+    target = scale * reference  # the part of the estimate that is the reference
+    noise = estimate - target
+    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+
+
+def multi_resolution_losses(reconstruction: torch.Tensor, target: torch.Tensor, fft_sizes: list[int],
+                            n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 between natural-log mel spectrograms and between natural-log STFT power of ``(B, T)`` 16 kHz waveforms,
+    each averaged over the FFT sizes (Hann window, hop a quarter of the size). Returns ``(mel, stft)``."""
+    mel_terms, stft_terms = [], []
+    for n_fft in fft_sizes:
+        a, b = _power(reconstruction, n_fft), _power(target, n_fft)  # (B, n_fft / 2 + 1, frames)
+        filters = mel_filterbank(SAMPLE_RATE, n_fft, n_mels).to(a.device)  # (n_mels, n_fft / 2 + 1)
+        stft_terms.append((_log(a) - _log(b)).abs().mean())
+        mel_terms.append((_log(filters @ a) - _log(filters @ b)).abs().mean())
+    return torch.stack(mel_terms).mean(), torch.stack(stft_terms).mean()
+
+
+def _power(waves: torch.Tensor, n_fft: int) -> torch.Tensor:
+    window = torch.hann_window(n_fft, device=waves.device)
+    spec = torch.stft(waves, n_fft, n_fft // 4, window=window, pad_mode="constant", return_complex=True)
+    return torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2 without abs(): finite gradients at zero
+
+
+def _log(power: torch.Tensor) -> torch.Tensor:
+    return torch.log(power.clamp_min(LOG_FLOOR))
+
+
+def mean_codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
+    """Fraction of codes used and perplexity, averaged over the codebooks of ``(..., num_codebooks)`` codes."""
+    per_book = [codebook_usage(book, codebook_size) for book in rearrange(codes, "... k -> k (...)")]
+    return sum(u for u, _ in per_book) / len(per_book), sum(p for _, p in per_book) / len(per_book)
+
+
 def spectral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of two normalised log-power spectrograms, in natural-log units."""
     return (a - b).abs().mean() * FEATURE_STD
@@ -168,4 +248,4 @@ def cosine_lr(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-TASKS = {"image": ImageTask, "audio": AudioTask}
+TASKS = {"image": ImageTask, "audio": AudioTask, "waveform": WaveformTask}
