@@ -6,6 +6,7 @@ Saved layout (``save_pretrained``)::
     model.safetensors      the core's weights (tied duplicates stored once)
     text_tokenizer/        tokenizer.json
     tokenizers/<modality>/ each modality tokenizer's own files
+    decoders/<modality>/   optional decoders' own files (e.g. a DiffusionDecoder for images)
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class AnyGen(nn.Module):
         vocab: the id layout.
         text_tokenizer: text <-> ids.
         tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
+        decoders: optional decoders by modality, e.g. ``{"image": DiffusionDecoder}`` (the pipelines'
+            ``decoder="diffusion"``); saved under ``decoders/<modality>/``.
 
     Example:
         >>> from anygen.tokenizers import GridImageTokenizer, TextTokenizer
@@ -66,7 +69,7 @@ class AnyGen(nn.Module):
     """
 
     def __init__(self, core: nn.Module, vocab: Vocab, text_tokenizer: TextTokenizer,
-                 tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+                 tokenizers: Mapping[str, ModalityTokenizer], decoders: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         _check_tokenizers(vocab, tokenizers)
         rows = core.get_input_embeddings().weight.shape[0]
@@ -75,6 +78,7 @@ class AnyGen(nn.Module):
         self.core, self.vocab, self.text_tokenizer = core, vocab, text_tokenizer
         self.tokenizers = dict(tokenizers)  # not submodules: each tokenizer saves its own files
         self.processor = Processor(vocab, text_tokenizer, self.tokenizers)
+        self.decoders = dict(decoders or {})  # optional, e.g. {"image": DiffusionDecoder}; not submodules either
 
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -157,6 +161,8 @@ class AnyGen(nn.Module):
             takes_dtype = "dtype" in inspect.signature(tok.save_pretrained).parameters
             tok.save_pretrained(directory / "tokenizers" / name, **({"dtype": dtype} if takes_dtype else {}))
             entries[name] = {"class": type(tok).__name__, "path": f"tokenizers/{name}"}
+        for name, decoder in self.decoders.items():
+            decoder.save_pretrained(directory / "decoders" / name, dtype=dtype)
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
                   "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
         (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -173,7 +179,7 @@ class AnyGen(nn.Module):
         text = TextTokenizer.from_pretrained(directory / config["text_tokenizer"])
         core = core_from_config(dict(config["core"]), attn_implementation)
         _load_weights(core, directory / WEIGHTS)
-        model = cls(core.to(dtype), vocab, text, tokenizers)
+        model = cls(core.to(dtype), vocab, text, tokenizers, _load_decoders(directory))
         return model.eval()
 
 
@@ -192,6 +198,15 @@ def _check_tokenizers(vocab: Vocab, tokenizers: Mapping[str, ModalityTokenizer])
     extra = set(tokenizers) - set(vocab.modality_names)
     if extra:
         raise CheckpointError(f"tokenizers for modalities the vocab lacks: {sorted(extra)}")
+
+
+def _load_decoders(directory: Path) -> dict[str, Any]:
+    """The decoders saved under ``decoders/<modality>/`` (none for a model without that folder)."""
+    if not (directory / "decoders").is_dir():
+        return {}
+    from anygen.decoders import load_decoder  # imports diffusers only for models that carry a decoder
+
+    return {p.name: load_decoder(p) for p in sorted((directory / "decoders").iterdir()) if p.is_dir()}
 
 
 def _unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

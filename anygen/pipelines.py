@@ -20,17 +20,20 @@ import torch
 from PIL import Image
 
 from anygen.audio import check_waveform, resample
+from anygen.decoders.base import VQDecoder
+from anygen.decoders.checks import check_mask, check_settings
 from anygen.errors import InvalidArgumentError, check_range
 from anygen.generation import Generators, Guidance, SamplingParams, decode_steps, generate
-from anygen.image import load_image, to_pil
+from anygen.image import load_image, to_pil, to_tensor
 from anygen.model import AnyGen
 from anygen.processor import drop_condition
 from anygen.streaming import Event, stream_events
-from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, TextSegment
+from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
 ImageInput = Image.Image | torch.Tensor | str | Path | bytes
+MaskInput = Image.Image | torch.Tensor
 OutputType = Literal["pil", "pt", "np"]
-DECODERS = ("vq",)
+DECODERS = ("vq", "diffusion")
 
 
 @dataclass
@@ -38,6 +41,19 @@ class Sampled:
     """Generated ids per row, starting with the begin token of a span the prompt opened (if any)."""
 
     rows: list[list[int]]
+
+
+@dataclass
+class Rendering:
+    """How generated image codes become pixels: ``decoder`` and, for ``"diffusion"``, its sampling settings;
+    ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and the kept pixels (``mask`` ``(1, H, W)``)."""
+
+    decoder: str = "vq"
+    steps: int = 20
+    guidance_scale: float = 1.0
+    strength: float = 1.0
+    image: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 class AnyGenPipeline:
@@ -63,40 +79,74 @@ class AnyGenPipeline:
     def text_to_image(self, prompt: str | Sequence[str], negative_prompt: str | None = None, num_images: int = 1,
                       guidance_scale: float = 2.0, generator: Generators = None, temperature: float = 1.0,
                       top_k: int = 0, top_p: float = 1.0, height: int | None = None, width: int | None = None,
-                      decoder: str = "vq", output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
+                      decoder: str = "vq", decoder_steps: int = 20, decoder_guidance_scale: float = 1.0,
+                      output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
         """Images for each prompt (``num_images`` per prompt, prompts in order).
 
         ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``).
+        ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
+        (``decoder_steps`` DDIM steps, ``decoder_guidance_scale``) instead of the tokenizer's own decoder.
         """
         prompts = _as_list(prompt, "prompt")
         _check_count("num_images", num_images)
-        _check_decoder(decoder)
+        size = self._image_shape(height, width)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale), size)
         rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(num_images)]
         uncond = [[TextSegment(negative_prompt)] if negative_prompt else []] * len(rows)
-        size = self._image_shape(height, width)
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
                                guidance=(uncond, guidance_scale), generator=generator, image_size=size)
-        return self._images(sampled, size, output_type)
+        return self._images(sampled, size, output_type, render, generator)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
                    guidance_scale: float = 2.0, image_guidance_scale: float = 1.5, num_images: int = 1,
                    generator: Generators = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   decoder: str = "vq", output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
-        """Apply ``instruction`` to ``image``; guidance as in InstructPix2Pix (text and image scales)."""
+                   decoder: str = "vq", strength: float = 1.0, decoder_steps: int = 20,
+                   decoder_guidance_scale: float = 1.0,
+                   output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
+        """Apply ``instruction`` to ``image``; guidance as in InstructPix2Pix (text and image scales).
+
+        With ``decoder="diffusion"``, ``strength < 1`` renders SDEdit-style: the input image is re-noised to the
+        matching timestep and denoised under the new codes, so more of the input survives at lower strength.
+        """
         images = [self._image(x) for x in _as_list(image, "image", kind=(Image.Image, torch.Tensor, str, Path, bytes))]
         instructions = _as_list(instruction, "instruction")
         if len(instructions) != len(images):
             raise InvalidArgumentError(f"got {len(images)} images but {len(instructions)} instructions")
         _check_count("num_images", num_images)
-        _check_decoder(decoder)
-        rows = [[ImageSegment(x), TextSegment(t)] for x, t in zip(images, instructions) for _ in range(num_images)]
-        uncond = [drop_condition(r) for r in rows]
-        uncond_all = [drop_condition(r, ("text", "image")) for r in rows]
         size = self._image_shape(None, None)
-        sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
-                               guidance=(uncond, guidance_scale), image_guidance=(uncond_all, image_guidance_scale),
-                               generator=generator, image_size=size)
-        return self._images(sampled, size, output_type)
+        start = torch.cat([to_tensor(x, size=size) for x in images]).repeat_interleave(num_images, dim=0)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale, strength, start), size)
+        sampled = self._edit_codes(images, instructions, num_images, guidance_scale, image_guidance_scale,
+                                   generator, SamplingParams(temperature, top_k, top_p))
+        return self._images(sampled, size, output_type, render, generator)
+
+    def inpaint(self, image: ImageInput, mask_image: MaskInput, prompt: str, guidance_scale: float = 2.0,
+                image_guidance_scale: float = 1.5, num_images: int = 1, generator: Generators = None,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, strength: float = 1.0,
+                decoder_steps: int = 20, decoder_guidance_scale: float = 1.0,
+                output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
+        """Regenerate the masked part of ``image`` following ``prompt``; the rest keeps its pixels.
+
+        The core writes new codes for ``(image, prompt)`` exactly as :meth:`edit_image` does; the diffusion
+        decoder renders them while the unmasked region is re-noised from ``image`` at every step and blended in.
+
+        Args:
+            mask_image: white (or 1) = regenerate, black (or 0) = keep; a PIL image (resized like ``image``) or a
+                tensor ``(H, W)`` / ``(1, H, W)`` of the model's image size, values in ``[0, 1]``.
+            strength: as in :meth:`edit_image`; 1 regenerates the masked region from pure noise.
+        """
+        if not isinstance(image, (Image.Image, torch.Tensor, str, Path, bytes)) or not isinstance(prompt, str):
+            raise InvalidArgumentError(f"inpaint takes one image and one prompt string, got {type(image).__name__} "
+                                       f"and {type(prompt).__name__}")
+        picture = self._image(image)
+        _check_count("num_images", num_images)
+        size = self._image_shape(None, None)
+        start = to_tensor(picture, size=size).repeat(num_images, 1, 1, 1)
+        render = self._rendering(Rendering("diffusion", decoder_steps, decoder_guidance_scale, strength, start,
+                                           _mask(mask_image, size)), size)
+        sampled = self._edit_codes([picture], [prompt], num_images, guidance_scale, image_guidance_scale, generator,
+                                   SamplingParams(temperature, top_k, top_p))
+        return self._images(sampled, size, output_type, render, generator)
 
     def caption(self, image: ImageInput | Sequence[ImageInput], max_new_tokens: int = 48,
                 generator: Generators = None, do_sample: bool = False, temperature: float = 1.0) -> str | list[str]:
@@ -198,12 +248,57 @@ class AnyGenPipeline:
         return ["".join(s.text for s in self._segments(r) if isinstance(s, TextSegment)).strip()
                 for r in sampled.rows]
 
-    def _images(self, sampled: Sampled, size: tuple[int, int], output_type: OutputType):
+    def _edit_codes(self, images: list[Image.Image | torch.Tensor], instructions: list[str], num_images: int,
+                    guidance_scale: float, image_guidance_scale: float, generator: Generators,
+                    params: SamplingParams) -> Sampled:
+        """New image codes for each (image, instruction) pair, ``num_images`` each, with both guidance terms."""
+        rows = [[ImageSegment(x), TextSegment(t)] for x, t in zip(images, instructions) for _ in range(num_images)]
+        uncond = [drop_condition(r) for r in rows]
+        uncond_all = [drop_condition(r, ("text", "image")) for r in rows]
+        return self._sample(rows, "image", {"image": params}, guidance=(uncond, guidance_scale),
+                            image_guidance=(uncond_all, image_guidance_scale), generator=generator,
+                            image_size=self._image_shape(None, None))
+
+    def _rendering(self, render: Rendering, size: tuple[int, int]) -> Rendering:
+        """Check the decoder choice and its settings before anything is sampled."""
+        if render.decoder not in DECODERS:
+            raise InvalidArgumentError(f"decoder={render.decoder!r} is not available; choose one of {list(DECODERS)}")
+        if render.decoder == "vq":
+            if render.strength != 1.0:
+                raise InvalidArgumentError(f"strength={render.strength!r} needs decoder='diffusion' (the VQ "
+                                           "decoder renders codes only)")
+            return render
+        check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
+        diffusion = self._diffusion_decoder()
+        if tuple(diffusion.image_size) != tuple(size):
+            raise InvalidArgumentError(f"the diffusion decoder renders {tuple(diffusion.image_size)} images; "
+                                       f"height/width {tuple(size)} need decoder='vq'")
+        check_mask(render.mask, 1, size)
+        return render
+
+    def _diffusion_decoder(self):
+        decoder = self.model.decoders.get("image")
+        if decoder is None:
+            raise InvalidArgumentError("decoder='diffusion' needs a model with a diffusion decoder in "
+                                       "model.decoders['image'] (saved under decoders/image/); this model has none. "
+                                       "Train one with `anygen train-decoder` (docs/decoders.md) or use decoder='vq'")
+        tok = self._tokenizer("image")
+        if decoder.codebook_size != tok.codebook_size:
+            raise InvalidArgumentError(f"the diffusion decoder renders codes of a {decoder.codebook_size}-entry "
+                                       f"codebook but the image tokenizer has {tok.codebook_size}")
+        return decoder
+
+    def _images(self, sampled: Sampled, size: tuple[int, int], output_type: OutputType, render: Rendering,
+                generator: Generators):
         if output_type not in ("pil", "pt", "np"):
             raise InvalidArgumentError(f"output_type={output_type!r} must be 'pil', 'pt' or 'np'")
-        tok = self._tokenizer("image")
         codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
-        images = tok.decode(codes, size).clamp(0, 1)  # (B, 3, H, W)
+        if render.decoder == "vq":
+            images = VQDecoder(self._tokenizer("image")).decode(codes, size)  # (B, 3, H, W)
+        else:
+            images = self._diffusion_decoder().decode(
+                codes, size, num_inference_steps=render.steps, guidance_scale=render.guidance_scale,
+                generator=generator, image=render.image, strength=render.strength, mask=render.mask)
         if output_type == "pt":
             return images
         if output_type == "np":
@@ -254,7 +349,9 @@ class AnyGenPipeline:
                 tok = self._tokenizer("audio")
                 s = AudioSegment(resample(check_waveform(s.waveform), s.sample_rate, tok.sample_rate),
                                  tok.sample_rate)
-            if not isinstance(s, (TextSegment, ImageSegment, AudioSegment, CodesSegment)):
+            if isinstance(s, MediaSegment):
+                self._tokenizer(s.modality)  # a plug-in modality this model must have
+            if not isinstance(s, (TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
                 raise InvalidArgumentError(f"segments must hold strings or segments, got {type(s).__name__}")
             out.append(s)
         return out
@@ -287,6 +384,12 @@ def _check_count(name: str, value: int) -> None:
         raise InvalidArgumentError(f"{name}={value!r} must be an integer in [1, 64]")
 
 
-def _check_decoder(decoder: str) -> None:
-    if decoder not in DECODERS:
-        raise InvalidArgumentError(f"decoder={decoder!r} is not available; choose one of {list(DECODERS)}")
+def _mask(mask: MaskInput, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL mask (resized to ``size``, white = 1) or a tensor, as ``(1, H, W)`` floats; 0.5 splits keep / redo."""
+    if isinstance(mask, Image.Image):
+        gray = mask.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+        return (torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0) >= 0.5).float()[None]
+    if not isinstance(mask, torch.Tensor):
+        raise InvalidArgumentError(f"mask_image must be a PIL image or a tensor (H, W) / (1, H, W), got "
+                                   f"{type(mask).__name__}")
+    return mask.float()

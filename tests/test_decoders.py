@@ -1,0 +1,312 @@
+"""Decoders: the diffusion decoder's contract (determinism, saving, SDEdit strength, inpainting, argument errors),
+its training recipe (CLI run, exact resume) and the pipelines' ``decoder="diffusion"``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CORE
+
+from anygen.config import load_config
+from anygen.decoders import DiffusionDecoder, DiffusionDecoderConfig, VQDecoder, load_decoder
+from anygen.errors import CheckpointError, InvalidArgumentError
+from anygen.image import to_pil, to_tensor
+from anygen.model import AnyGen
+from anygen.pipelines import AnyGenPipeline
+from anygen.tokenizers.image import ImageVQ, ImageVQConfig
+from anygen.tokenizers.quantizer import QuantizerConfig
+from anygen.training import decoder_recipe as recipe
+from anygen.training.checkpoint import committed_checkpoints
+from anygen.training.decoder_cli import add_arguments
+from anygen.training.decoder_cli import main as cli_main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoder" / "image-tiny.yaml"
+TINY_DECODER = {"patch_size": 2, "block_out_channels": [16, 32], "attention_head_dim": 8, "cond_dim": 16}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Models this small run fastest on one thread (and never wait for a busy second core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def seed(n: int) -> torch.Generator:
+    return torch.Generator().manual_seed(n)
+
+
+def tiny_tokenizer() -> ImageVQ:
+    """16x16 px -> 4x4 = 16 codes of a 16-entry codebook, with its codebook initialised by one training pass."""
+    torch.manual_seed(0)
+    config = ImageVQConfig(channels=[8, 16, 16], res_blocks=0, latent_dim=4, image_size=[16, 16],
+                           quantizer=QuantizerConfig(codebook_size=16, codebook_dim=4))
+    tokenizer = ImageVQ(config)
+    tokenizer(torch.rand(8, 3, 16, 16))  # k-means initialisation of the codebook
+    return tokenizer.eval()
+
+
+def tiny_decoder(untrained: bool = False, **overrides: object) -> DiffusionDecoder:
+    """A tiny decoder; unless ``untrained``, its zero-initialised last layer is randomised as training would."""
+    torch.manual_seed(1)
+    decoder = DiffusionDecoder(DiffusionDecoderConfig(**{**TINY_DECODER, **overrides}), tiny_tokenizer())
+    if not untrained:
+        torch.nn.init.normal_(decoder.unet.conv_out.weight, std=0.05)
+    return decoder.eval()
+
+
+@pytest.fixture(scope="module")
+def decoder() -> DiffusionDecoder:
+    return tiny_decoder()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(2, 3, 16, 16, generator=seed(5))
+
+
+@pytest.fixture(scope="module")
+def codes(decoder: DiffusionDecoder, images: torch.Tensor) -> torch.Tensor:
+    return decoder.tokenizer.encode(images)
+
+
+# -- the decoder -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver"])
+def test_decode_is_deterministic_per_seed(decoder, codes, scheduler) -> None:
+    def run(generator, **kwargs: object) -> torch.Tensor:
+        return decoder.decode(codes, num_inference_steps=3, scheduler=scheduler, generator=generator, **kwargs)
+
+    out = run(seed(0))
+    assert out.shape == (2, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out, run(seed(0)))
+    assert not torch.equal(out, run(seed(1)))
+    rows = run([seed(0), seed(1)])  # one generator per row: each row as if decoded alone
+    alone = decoder.decode(codes[1:], num_inference_steps=3, scheduler=scheduler, generator=seed(1))
+    assert torch.allclose(rows[1:], alone, atol=1e-5)
+    assert not torch.allclose(run(seed(0), guidance_scale=3.0), out)
+
+
+def test_an_untrained_decoder_renders_the_tokenizer_s_reconstruction(codes) -> None:
+    decoder = tiny_decoder(untrained=True)
+    expected = decoder.tokenizer.decode(codes)
+    for scheduler in ("ddim", "dpmsolver"):
+        out = decoder.decode(codes, num_inference_steps=3, scheduler=scheduler, generator=seed(0))
+        assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_embeddings_start_from_the_codebook_and_the_tokenizer_stays_frozen(decoder, images) -> None:
+    vectors = decoder.tokenizer.quantizer.lookup(torch.arange(16)[None, :, None])[0]
+    assert torch.allclose(tiny_decoder().code_embedding.weight, vectors)
+    model = tiny_decoder().train()
+    before = {k: v.clone() for k, v in model.tokenizer.state_dict().items()}
+    loss = model(images, condition_dropout=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and not model.tokenizer.training
+    assert model.code_embedding.weight.grad is not None and model.null_tokens.grad is not None
+    assert all(p.grad is None for p in model.tokenizer.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.tokenizer.state_dict().items())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_other_prediction_types_train_and_sample(prediction_type, images) -> None:
+    model = tiny_decoder(prediction_type=prediction_type)
+    assert torch.isfinite(model.train()(images))
+    assert model.eval().decode(model.tokenizer.encode(images), num_inference_steps=2).shape == (2, 3, 16, 16)
+
+
+def test_hidden_states_are_optional(images) -> None:
+    model = tiny_decoder(hidden_size=8)
+    codes = model.tokenizer.encode(images)
+    hidden = torch.randn(2, 16, 8, generator=seed(2))
+    plain = model.decode(codes, num_inference_steps=2, generator=seed(0))
+    with_hidden = model.decode(codes, hidden_states=hidden, num_inference_steps=2, generator=seed(0))
+    assert not torch.allclose(plain, with_hidden)
+    model.train()(images, hidden_states=hidden).backward()
+    assert model.hidden_projection.weight.grad is not None
+
+
+def test_vq_decoder_is_the_tokenizer_s_own(decoder, codes) -> None:
+    assert torch.equal(VQDecoder(decoder.tokenizer).decode(codes), decoder.tokenizer.decode(codes))
+
+
+def test_save_load_round_trip_and_refusals(decoder, codes, tmp_path) -> None:
+    decoder.save_pretrained(tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_decoder(tmp_path / "d")
+    assert isinstance(loaded, DiffusionDecoder)
+    a = decoder.decode(codes, num_inference_steps=2, generator=seed(0))
+    assert torch.equal(a, loaded.decode(codes, num_inference_steps=2, generator=seed(0)))
+    decoder.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    half = DiffusionDecoder.from_pretrained(tmp_path / "half")
+    assert torch.allclose(half.decode(codes, num_inference_steps=2, generator=seed(0)), a, atol=0.05)
+    (tmp_path / "pickle").mkdir()
+    torch.save({}, tmp_path / "pickle" / "model.bin")
+    with pytest.raises(CheckpointError, match="pickle"):
+        DiffusionDecoder.from_pretrained(tmp_path / "pickle")
+    tiny_decoder(cond_dim=24).save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text((tmp_path / "d" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="shape"):
+        DiffusionDecoder.from_pretrained(tmp_path / "other")
+
+
+# -- SDEdit strength and inpainting ------------------------------------------------------------------------------
+def test_strength_runs_the_matching_part_of_the_schedule(decoder, codes, images, monkeypatch) -> None:
+    assert torch.equal(decoder.decode(codes, image=images, strength=0.0), images)
+    calls = []
+    predict = decoder.predict
+    monkeypatch.setattr(decoder, "predict", lambda *a: calls.append(int(a[1])) or predict(*a))
+    out = decoder.decode(codes, image=images, strength=0.5, num_inference_steps=10, generator=seed(0))
+    assert out.shape == images.shape and len(calls) == 5 and max(calls) < 600
+    calls.clear()
+    decoder.decode(codes, num_inference_steps=10, generator=seed(0))
+    assert len(calls) == 10 and calls[0] == 999
+
+
+def test_mask_keeps_the_unmasked_pixels(decoder, codes, images) -> None:
+    kept = decoder.decode(codes, image=images, mask=torch.zeros(16, 16), num_inference_steps=3, generator=seed(0))
+    assert torch.allclose(kept, images, atol=1e-6)
+    everywhere = decoder.decode(codes, image=images, mask=torch.ones(1, 16, 16), num_inference_steps=3,
+                                generator=seed(0))
+    assert torch.equal(everywhere, decoder.decode(codes, image=images, num_inference_steps=3, generator=seed(0)))
+    half = torch.zeros(16, 16)
+    half[:, 8:] = 1.0
+    out = decoder.decode(codes, image=images, mask=half, strength=0.7, num_inference_steps=4, generator=seed(0))
+    assert torch.allclose(out[..., :8], images[..., :8], atol=1e-6)
+    assert not torch.allclose(out[..., 8:], images[..., 8:], atol=1e-2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps"),
+    ({"strength": 1.5, "image": "images"}, "strength"),
+    ({"strength": -0.1, "image": "images"}, "strength"),
+    ({"strength": 0.5}, "image is required"),
+    ({"mask": torch.zeros(16, 16)}, "image is required"),
+    ({"mask": torch.zeros(8, 8), "image": "images"}, "mask"),
+    ({"mask": torch.full((16, 16), 2.0), "image": "images"}, "mask"),
+    ({"image": torch.rand(3, 8, 8)}, "image"),
+    ({"guidance_scale": float("nan")}, "guidance_scale"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
+    ({"scheduler": "euler"}, "scheduler"),
+    ({"size": (32, 32)}, "size"),
+    ({"hidden_states": torch.zeros(2, 16, 8)}, "hidden_states"),
+    ({"generator": [torch.Generator()]}, "generator"),
+    ({"codes": torch.zeros(2, 15, dtype=torch.long)}, "codes"),
+    ({"codes": torch.full((2, 16), 16)}, r"\[0, 16\)"),
+    ({"codes": torch.zeros(2, 16)}, "integer"),
+])
+def test_bad_arguments_fail_before_any_compute(decoder, codes, images, monkeypatch, kwargs, match) -> None:
+    def boom(*_: object) -> None:
+        raise AssertionError("heavy compute ran before the argument check")
+
+    monkeypatch.setattr(decoder, "predict", boom)
+    monkeypatch.setattr(decoder, "condition", boom)
+    kwargs = {k: images if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(InvalidArgumentError, match=match):
+        decoder.decode(kwargs.pop("codes", codes), **kwargs)
+
+
+# -- the recipe --------------------------------------------------------------------------------------------------
+def recipe_args(tmp_path: Path, tokenizer: Path, steps: int = 4) -> list[str]:
+    overrides = [f"tokenizer={tokenizer}", f"output_dir={tmp_path / 'run'}", f"final_dir={tmp_path / 'final'}",
+                 "decoder.patch_size=2", "decoder.block_out_channels=[16, 32]", "decoder.attention_head_dim=8",
+                 "decoder.cond_dim=16", "data.sources={scenes: 1.0}", "data.eval_sources={scenes: 1.0}",
+                 "data.eval_batches=1", "data.eval_steps=2", f"train.steps={steps}", "train.batch_size=4",
+                 "train.warmup_steps=1", "train.eval_every=100", "train.checkpoint_every=2", "train.threads=0"]
+    return ["--config", str(CONFIG), *[item for o in overrides for item in ("--set", o)]]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_recipe_runs_from_the_cli_and_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys) -> None:
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    assert cli_main(parse(recipe_args(tmp_path / "a", tmp_path / "tok"))) == 0
+    assert '"psnr_scenes"' in capsys.readouterr().out and (tmp_path / "a" / "run" / "metrics.jsonl").is_file()
+    reference = DiffusionDecoder.from_pretrained(tmp_path / "a" / "final").state_dict()
+
+    real_batch = recipe.image_batch
+
+    def crash_at_step_3(sources, batch_size, size, seed, step, split="train", folder=None):
+        if split == "train" and step == 3:
+            raise KeyboardInterrupt("killed at step 3")
+        return real_batch(sources, batch_size, size, seed, step, split, folder)
+
+    monkeypatch.setattr(recipe, "image_batch", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(parse(recipe_args(tmp_path / "b", tmp_path / "tok")))
+    assert [p.name for p in committed_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["step-00000002"]
+    monkeypatch.setattr(recipe, "image_batch", real_batch)
+    assert cli_main(parse(recipe_args(tmp_path / "b", tmp_path / "tok"))) == 0
+    resumed = DiffusionDecoder.from_pretrained(tmp_path / "b" / "final").state_dict()
+    for key, value in resumed.items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_recipe_config_errors_name_the_key(tmp_path) -> None:
+    with pytest.raises(InvalidArgumentError, match="decoder.hidden_size"):
+        load_config(recipe.DecoderTrainConfig, CONFIG, ["decoder.hidden_size=64"])
+    with pytest.raises(InvalidArgumentError, match="condition_dropout"):
+        load_config(recipe.DecoderTrainConfig, CONFIG, ["condition_dropout=1.0"])
+    with pytest.raises(InvalidArgumentError, match="tokenizer"):
+        recipe.main(load_config(recipe.DecoderTrainConfig, CONFIG, [f"tokenizer={tmp_path / 'missing'}",
+                                                                    "train.threads=0"]))
+
+
+# -- pipelines -----------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def pipe(text_tokenizer) -> AnyGenPipeline:
+    tokenizer = tiny_tokenizer()
+    model = AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE)
+    torch.manual_seed(2)
+    model.decoders["image"] = DiffusionDecoder(DiffusionDecoderConfig(**TINY_DECODER), tokenizer)
+    return AnyGenPipeline(model.eval(), image_size=(16, 16))
+
+
+def test_pipelines_render_through_the_diffusion_decoder(pipe, tmp_path) -> None:
+    settings = {"decoder": "diffusion", "decoder_steps": 2}
+    images = pipe.text_to_image("a red circle", num_images=2, generator=seed(0), **settings)
+    assert len(images) == 2 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in images)
+    first = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings)
+    assert torch.equal(first, pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings))
+    source_image = to_pil(torch.rand(3, 16, 16, generator=seed(1)))[0]
+    source = to_tensor(source_image)[0]
+    edited = pipe.edit_image(source_image, "make it blue", strength=0.5, generator=seed(0), output_type="pt",
+                             **settings)
+    assert edited.shape == (1, 3, 16, 16)
+    kept = pipe.inpaint(source_image, torch.zeros(16, 16), "a blue square", decoder_steps=2, generator=seed(0),
+                        output_type="pt")
+    assert torch.allclose(kept[0], source, atol=1e-6)
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (16, 0, 32, 32))  # right half: regenerate
+    out = pipe.inpaint(source_image, mask, "a blue square", decoder_steps=2, generator=seed(0), output_type="pt")
+    assert torch.allclose(out[0, :, :, :8], source[:, :, :8], atol=1e-6)
+    pipe.model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "decoders" / "image" / "model.safetensors").is_file()
+    loaded = AnyGenPipeline(AnyGen.from_pretrained(tmp_path / "m"), image_size=(16, 16))
+    assert torch.equal(first, loaded.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings))
+
+
+def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None:
+    monkeypatch.setattr(pipe, "_sample", lambda *a, **k: pytest.fail("sampled before the check"))
+    source = torch.rand(3, 16, 16)
+    with pytest.raises(InvalidArgumentError, match="strength"):
+        pipe.edit_image(source, "x", strength=0.5)  # needs decoder="diffusion"
+    with pytest.raises(InvalidArgumentError, match="num_inference_steps"):
+        pipe.text_to_image("a", decoder="diffusion", decoder_steps=0)
+    with pytest.raises(InvalidArgumentError, match="mask"):
+        pipe.inpaint(source, torch.zeros(8, 8), "x")
+    with pytest.raises(InvalidArgumentError, match="decoder"):
+        pipe.text_to_image("a", decoder="gan")
+    pipe.model.decoders.clear()
+    with pytest.raises(InvalidArgumentError, match="train-decoder"):
+        pipe.text_to_image("a", decoder="diffusion")
