@@ -6,15 +6,17 @@ Layout (global ids)::
     [text_size, text_size + S)          specials: <|pad|> <|bos|> <|eos|>, then <|m|> <|/m|> per modality m
     one span of codebook_size ids per codebook of each modality, in registration order
     padding up to a multiple of ``pad_to`` (never emitted: the grammar masks it)
+    then, per *appended* modality (added to a trained model): <|m|> <|/m|>, its spans, padding again
 
 Everything about a modality (its specials, spans, grammar) is derived from ``(name, codebook_size,
-num_codebooks)``, so adding a modality never touches this file.
+num_codebooks)``, so adding a modality never touches this file. A model that is already trained gets new
+modalities with :meth:`Vocab.extended`, which appends them after every existing id, so no id changes meaning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -55,28 +57,57 @@ class Vocab:
         range(105, 121)
     """
 
-    def __init__(self, text_size: int, modalities: list[ModalitySpec], pad_to: int = 64) -> None:
+    def __init__(self, text_size: int, modalities: list[ModalitySpec], pad_to: int = 64,
+                 appended: Sequence[ModalitySpec] = ()) -> None:
         if text_size <= 0:
             raise InvalidArgumentError(f"text_size={text_size} must be > 0")
-        names = [m.name for m in modalities]
+        names = [m.name for m in (*modalities, *appended)]
         if len(set(names)) != len(names) or TEXT in names:
             raise InvalidArgumentError(f"modality names must be unique and not 'text', got {names}")
+        if pad_to <= 0:
+            raise InvalidArgumentError(f"pad_to={pad_to} must be > 0")
         self.text_size = text_size
-        self.modalities = list(modalities)
+        self.base = list(modalities)
+        self.appended = list(appended)
+        self.modalities = self.base + self.appended  # every modality; its index + 1 is its modality id
         self.pad_to = pad_to
         specials = list(BASE_SPECIALS)
         for m in modalities:
             specials += [begin_token(m.name), end_token(m.name)]
         self.specials = {tok: text_size + i for i, tok in enumerate(specials)}
         self._starts: dict[str, list[int]] = {}
-        cursor = text_size + len(specials)
+        cursor = self._lay_out_spans(self.base, text_size + len(specials))
+        for m in self.appended:  # each appended block starts after the padded end of everything before it
+            start = self._padded(cursor)
+            self.specials[begin_token(m.name)], self.specials[end_token(m.name)] = start, start + 1
+            cursor = self._lay_out_spans([m], start + 2)
+        self.used_size = cursor
+        self.size = self._padded(cursor)
+
+    def _padded(self, cursor: int) -> int:
+        return -(-cursor // self.pad_to) * self.pad_to
+
+    def _lay_out_spans(self, modalities: Sequence[ModalitySpec], cursor: int) -> int:
+        """Give each codebook of ``modalities`` its span from ``cursor`` on; returns the first free id."""
         for m in modalities:
             if m.codebook_size <= 0 or m.num_codebooks <= 0:
                 raise InvalidArgumentError(f"modality {m.name!r}: codebook_size and num_codebooks must be > 0")
             self._starts[m.name] = [cursor + k * m.codebook_size for k in range(m.num_codebooks)]
             cursor += m.codebook_size * m.num_codebooks
-        self.used_size = cursor
-        self.size = -(-cursor // pad_to) * pad_to
+        return cursor
+
+    def extended(self, spec: ModalitySpec) -> "Vocab":
+        """A copy with ``spec`` appended after every existing id (padding included): no id changes meaning.
+
+        Example:
+            >>> v = Vocab(100, [ModalitySpec("image", 16)])
+            >>> w = v.extended(ModalitySpec("signal", 8))
+            >>> w.span("image") == v.span("image"), w.begin_id("signal"), w.span("signal"), w.size
+            (True, 128, range(130, 138), 192)
+        """
+        if spec.name in self.modality_names:
+            raise InvalidArgumentError(f"modality {spec.name!r} is already in this vocab {self.modality_names[1:]}")
+        return Vocab(self.text_size, self.base, self.pad_to, [*self.appended, spec])
 
     # ---- names -> ids -------------------------------------------------------------------------------------
     @property
@@ -168,14 +199,19 @@ class Vocab:
 
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"text_size": self.text_size, "pad_to": self.pad_to,
-                "modalities": [[m.name, m.codebook_size, m.num_codebooks] for m in self.modalities]}
+        """JSON-friendly layout; ``appended`` is present only for extended vocabs (older files lack it)."""
+        data: dict[str, Any] = {"text_size": self.text_size, "pad_to": self.pad_to,
+                                "modalities": [[m.name, m.codebook_size, m.num_codebooks] for m in self.base]}
+        if self.appended:
+            data["appended"] = [[m.name, m.codebook_size, m.num_codebooks] for m in self.appended]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Vocab":
         try:
             mods = [ModalitySpec(str(n), int(c), int(k)) for n, c, k in data["modalities"]]
-            return cls(int(data["text_size"]), mods, int(data.get("pad_to", 64)))
+            appended = [ModalitySpec(str(n), int(c), int(k)) for n, c, k in data.get("appended", [])]
+            return cls(int(data["text_size"]), mods, int(data.get("pad_to", 64)), appended)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"malformed vocab entry in config: {data!r} ({err})") from err
 

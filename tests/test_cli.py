@@ -13,7 +13,9 @@ from anygen.config import load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Every folder of configs/ and the dataclass its YAML files must load into.
 SCHEMAS = {"tokenizer": "anygen.training.tokenizer:TokenizerTrainConfig", "data": "anygen.data.corpus:DataConfig",
-           "train": "anygen.training.core_recipe:CoreTrainConfig"}
+           "train": "anygen.training.core_recipe:CoreTrainConfig",
+           "decoder": "anygen.training.decoder_recipe:DecoderTrainConfig",
+           "extend": "anygen.training.extend_recipe:ExtendConfig"}
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from accelerate import Accelerator
@@ -221,7 +221,7 @@ class CoreTrainConfig:
         if self.model.init_from is not None:
             return  # the modalities come from the saved model; checked once it is loaded
         modalities = ("text", *self.model.tokenizers)
-        _check_names(self.train.loss_weights, modalities, "train.loss_weights")
+        check_names(self.train.loss_weights, modalities, "train.loss_weights")
         for task, n in self.data.corpus.sizes.items():
             missing = sorted(set(TASK_MODALITIES[task]) - set(modalities))
             if n > 0 and missing:
@@ -244,17 +244,37 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
     """Train (or resume) the core described by ``config``."""
     began = time.monotonic()
     # 1. Devices and processes (CPU when no GPU), threads, mixed precision, gradient accumulation.
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
-                              gradient_accumulation_steps=config.optim.grad_accum)
-    out = Path(config.train.out_dir)
-    logger = MetricsLogger(out, config.train.log_with, accelerator.is_main_process)
+    accelerator, logger = start_run(config.optim, config.train)
     # 2. The model and the tokenized corpus: built and committed by the main process, read back by the others.
     with accelerator.main_process_first():
-        model, corpus = _model_and_corpus(config, out / "data", accelerator.is_main_process)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.optim.weight_decay), lr=config.optim.lr,
+        model, corpus = _model_and_corpus(config, Path(config.train.out_dir) / "data", accelerator.is_main_process)
+    optimizer = torch.optim.AdamW(param_groups(model, config.optim.weight_decay), lr=config.optim.lr,
                                   betas=tuple(config.optim.betas))
+    # 3-5. Resume, the loop, the final model.
+    return train_loop(accelerator, model, optimizer, corpus, logger, optim=config.optim, train=config.train,
+                      weights=config.data.weights(), cond_dropout=config.data.cond_dropout, began=began)
+
+
+def start_run(optim: OptimSection, train: TrainSection) -> tuple[Accelerator, MetricsLogger]:
+    """Step 1 of a recipe: threads, the accelerator (CPU when no GPU) and the metrics logger of ``train.out_dir``."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=train.mixed_precision,
+                              gradient_accumulation_steps=optim.grad_accum)
+    return accelerator, MetricsLogger(Path(train.out_dir), train.log_with, accelerator.is_main_process)
+
+
+def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.Optimizer, corpus: TokenizedCorpus,
+               logger: MetricsLogger, *, optim: OptimSection, train: TrainSection, weights: dict[str, float],
+               cond_dropout: float, began: float, desc: str = "train core",
+               export: Callable[[torch.nn.Module], AnyGen] | None = None) -> CoreTrainResult:
+    """Steps 3-5, shared by every recipe that trains an AnyGen on a :class:`TokenizedCorpus`.
+
+    Resumes from ``<train.out_dir>/checkpoints``, runs ``optim.steps`` steps of rows drawn from ``corpus`` by task
+    ``weights``, commits checkpoints, and saves ``export(model)`` (default: the model itself) to
+    ``<train.out_dir>/final`` once every step is done.
+    """
+    out = Path(train.out_dir)
     # 3. Resume from the last committed checkpoint: model, optimizer, RNG (the data follow from the step).
     state, start = _resume(out / "checkpoints", model, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -263,30 +283,29 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
     # 4. The loop: per step, grad_accum micro-batches -> one optimizer step; logs and checkpoints on schedule.
     logger.drop_after(start)
     window = LossWindow()
-    vocab, weights, total = accelerator.unwrap_model(model).vocab, config.data.weights(), config.optim.steps
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not accelerator.is_main_process,
-               desc="train core")
+    vocab, total = accelerator.unwrap_model(model).vocab, optim.steps
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not accelerator.is_main_process, desc=desc)
     done, record = start, {}
     for step in bar:
-        lr = _set_lr(optimizer, config.optim, step)
+        lr = _set_lr(optimizer, optim, step)
         # The step's rows (a function of seed, step, process), sorted by length into grad_accum micro-batches.
-        rows = draw_rows(corpus, weights, config.data.cond_dropout, config.optim.batch_size * config.optim.grad_accum,
-                         RowKey(step, accelerator.process_index), config.train.seed)
-        batches = [collate(part, vocab) for part in split_by_length(rows, config.optim.grad_accum)]
-        _train_step(accelerator, model, optimizer, batches, config, window)
+        rows = draw_rows(corpus, weights, cond_dropout, optim.batch_size * optim.grad_accum,
+                         RowKey(step, accelerator.process_index), train.seed)
+        batches = [collate(part, vocab) for part in split_by_length(rows, optim.grad_accum)]
+        _train_step(accelerator, model, optimizer, batches, optim, train, window)
         done = step + 1
-        if done % config.train.log_every == 0 or done == total:
+        if done % train.log_every == 0 or done == total:
             record = {"step": done, "lr": lr, **window.flush(accelerator)}
             logger.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        out_of_time = _out_of_time(accelerator, began, config.train.max_minutes)
-        if done % config.train.checkpoint_every == 0 or done == total or out_of_time:
-            _commit(accelerator, out / "checkpoints", done, model, optimizer, config.train.keep_last)
+        out_of_time = _out_of_time(accelerator, began, train.max_minutes)
+        if done % train.checkpoint_every == 0 or done == total or out_of_time:
+            _commit(accelerator, out / "checkpoints", done, model, optimizer, train.keep_last)
         if out_of_time:
             break
     logger.close()
     # 5. The trained model, in the format users load with AnyGen.from_pretrained.
-    final_dir = _save_final(accelerator, model, out / "final") if done == total else None
+    final_dir = _save_final(accelerator, model, out / "final", export) if done == total else None
     return CoreTrainResult(step=done, complete=done == total, loss=record.get("loss"),
                            tokens_per_second=record.get("tokens_per_s"), final_dir=final_dir)
 
@@ -301,7 +320,7 @@ def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
         tokenizers = {name: spec.build(f"model.tokenizers.{name}") for name, spec in section.tokenizers.items()}
         torch.manual_seed(config.train.seed)
         model = AnyGen.create(text, tokenizers, section.core, attn_implementation=section.attn_implementation)
-    _check_names(config.train.loss_weights, model.vocab.modality_names, "train.loss_weights")
+    check_names(config.train.loss_weights, model.vocab.modality_names, "train.loss_weights")
     return model.train()
 
 
@@ -326,7 +345,7 @@ def _model_and_corpus(config: CoreTrainConfig, root: Path, show_progress: bool) 
         state = {"fingerprint": fingerprint, "text_tokenizer": model.text_tokenizer.backend.to_str(),
                  "corpus": corpus.to_state()}
         save_checkpoint(root, 0, state, keep_last=1)
-    _check_context(model, corpus)
+    check_context(model, corpus)
     return model, corpus
 
 
@@ -337,11 +356,12 @@ def _fingerprint(config: CoreTrainConfig) -> str:
     paths["model.init_from"] = section.init_from
     data = {"corpus": to_dict(config.data.corpus), "text_vocab_size": section.text_vocab_size,
             "tokenizers": {k: asdict(v) for k, v in section.tokenizers.items()},
-            "files": {key: _digest(Path(path), key) for key, path in paths.items() if path is not None}}
+            "files": {key: directory_digest(Path(path), key) for key, path in paths.items() if path is not None}}
     return json.dumps(data, sort_keys=True)
 
 
-def _digest(path: Path, key: str) -> str:
+def directory_digest(path: Path, key: str) -> str:
+    """SHA-256 of every file under ``path`` (names and bytes); ``key`` names the setting in the error."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
     if not files:
         raise CheckpointError(f"{key}={str(path)!r} is not a directory written by save_pretrained")
@@ -352,7 +372,8 @@ def _digest(path: Path, key: str) -> str:
     return sha.hexdigest()
 
 
-def _check_context(model: AnyGen, corpus: TokenizedCorpus) -> None:
+def check_context(model: AnyGen, corpus: TokenizedCorpus) -> None:
+    """Raise naming ``model.core.max_position_embeddings`` when the longest corpus row does not fit."""
     length, task = corpus.longest()
     context = model.core.config.max_position_embeddings
     if length > context:
@@ -360,13 +381,14 @@ def _check_context(model: AnyGen, corpus: TokenizedCorpus) -> None:
                                    f"training row ({length} tokens, task {task})")
 
 
-def _check_names(weights: dict[str, float], valid: Any, key: str) -> None:
+def check_names(weights: dict[str, float], valid: Any, key: str) -> None:
+    """Raise naming ``key`` when ``weights`` names a modality outside ``valid``."""
     unknown = sorted(set(weights) - set(valid))
     if unknown:
         raise InvalidArgumentError(f"{key} has unknown modality(ies) {unknown}; valid: {list(valid)}")
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices (embeddings included) only, not on norms or biases."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -401,28 +423,29 @@ def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Mod
     accelerator.wait_for_everyone()
 
 
-def _save_final(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> str:
+def _save_final(accelerator: Accelerator, model: torch.nn.Module, directory: Path,
+                export: Callable[[torch.nn.Module], AnyGen] | None = None) -> str:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(directory)
+        trained = accelerator.unwrap_model(model)
+        (trained if export is None else export(trained)).save_pretrained(directory)
     accelerator.wait_for_everyone()
     return str(directory)
 
 
 # ---- 4. one step, schedule and time budget ---------------------------------------------------------------------------
 def _train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                batches: list[Batch], config: CoreTrainConfig, window: LossWindow) -> None:
+                batches: list[Batch], optim: OptimSection, train: TrainSection, window: LossWindow) -> None:
     """grad_accum micro-batches -> one optimizer step; the loss is the mean over all the step's target tokens."""
     step_tokens = max(sum(target_tokens(b) for b in batches), 1)
     for batch in batches:
         batch = batch.to(accelerator.device)
         with accelerator.accumulate(model):
-            output = model(batch.input_ids, batch.attention_mask, batch.labels,
-                           loss_weights=config.train.loss_weights)
+            output = model(batch.input_ids, batch.attention_mask, batch.labels, loss_weights=train.loss_weights)
             share = len(batches) * target_tokens(batch) / step_tokens  # accelerate divides by grad_accum
             accelerator.backward(output.loss * share)
-            if accelerator.sync_gradients and config.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            if accelerator.sync_gradients and optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         window.add(output.loss * share, output.losses, int(batch.attention_mask.sum()))
