@@ -93,6 +93,9 @@ class Answer:
     pipe: AnyGenPipeline
     parts: list[Part] = field(default_factory=list)
     open: bool = False
+    decoder: str = "vq"
+    generator: torch.Generator | None = None
+    _codes: torch.Tensor | None = None  # the open image span's codes so far
 
     def apply(self, event: Event) -> None:
         """Update the parts for one streaming event."""
@@ -100,10 +103,15 @@ class Answer:
             ongoing = self.open and isinstance(self.parts[-1], str)
             self._put(self.parts[-1] + event.text if ongoing else event.text)
         elif isinstance(event, MediaProgress):
+            self._codes = event.codes
             self._put(self._progress(event))
         elif isinstance(event, SegmentDone):
-            if not isinstance(event.segment, TextSegment):
+            if isinstance(event.segment, ImageSegment) and self.decoder != "vq" and self._codes is not None:
+                (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder, generator=self.generator)
+                self._put(enlarge(image, CHAT_IMAGE_SIZE))
+            elif not isinstance(event.segment, TextSegment):
                 self._put(media_part(event.segment))
+            self._codes = None
             self.open = False
 
     def _put(self, part: Part) -> None:
@@ -200,11 +208,11 @@ def make_generator(seed: float | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(value))
 
 
-def check_decoder(decoder: str) -> str:
-    """The decoder name if this version provides it, else a clear error."""
+def check_decoder(pipe: AnyGenPipeline, decoder: str) -> str:
+    """The decoder name if ``pipe``'s model can render with it, else a clear error (before anything is sampled)."""
     if decoder not in DECODERS:
         raise InvalidArgumentError(f"decoder={decoder!r} is not available; choose one of {list(DECODERS)}")
-    return decoder
+    return pipe.check_decoder(decoder)
 
 
 class EventThread:
@@ -270,6 +278,7 @@ class ChatSettings:
     generator: torch.Generator
     sampling: dict[str, SamplingParams]
     output_modalities: list[str]
+    decoder: str = "vq"  # how finished images are rendered (partial ones always use the tokenizer's decoder)
 
 
 def chat_turn(pipe: AnyGenPipeline, message: dict | None, history: list[dict] | None, settings: ChatSettings,
@@ -277,7 +286,7 @@ def chat_turn(pipe: AnyGenPipeline, message: dict | None, history: list[dict] | 
     """Answer one chat message; yields the whole history (Gradio messages) each time the answer grows."""
     segments, shown = read_message(message)
     history = [*(history or []), renderer.message("user", shown)]
-    answer = Answer(pipe)
+    answer = Answer(pipe, decoder=settings.decoder, generator=settings.generator)
     yield [*history, renderer.message("assistant", [])]
     worker = EventThread(lambda: pipe.stream(segments, max_new_tokens=settings.max_new_tokens,
                                              generator=settings.generator, sampling=settings.sampling,

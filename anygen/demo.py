@@ -175,11 +175,12 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
     def chat(message: dict | None, past: list[dict], max_new_tokens: float, seed: float, decoder: str,
              output_modalities: list[str], text_temperature: float, text_top_k: float, image_temperature: float,
              image_top_k: float, audio_temperature: float, audio_top_k: float) -> Iterator[tuple]:
-        check_decoder(decoder)
+        check_decoder(pipe, decoder)
         pairs = {"text": (text_temperature, text_top_k), "image": (image_temperature, image_top_k),
                  "audio": (audio_temperature, audio_top_k)}
         sampling = {name: SamplingParams(float(t), int(k)) for name, (t, k) in pairs.items() if name in names}
-        plan = ChatSettings(int(max_new_tokens), make_generator(seed), sampling, list(output_modalities or []))
+        plan = ChatSettings(int(max_new_tokens), make_generator(seed), sampling, list(output_modalities or []),
+                            decoder)
         renderer = Renderer(Path(tempfile.mkdtemp(prefix="anygen-chat-", dir=_cache_dir(gr))))
         for i, messages in enumerate(chat_turn(pipe, message, past, plan, renderer)):
             yield messages, messages, None if i == 0 else gr.skip()
@@ -207,7 +208,8 @@ def _image_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         check_prompt(prompt or "", "prompt")
         images = pipe.text_to_image(prompt or "", negative_prompt=negative or None, num_images=int(num_images),
                                     guidance_scale=float(guidance), generator=make_generator(seed),
-                                    temperature=float(temperature), top_k=int(top_k), decoder=check_decoder(decoder))
+                                    temperature=float(temperature), top_k=int(top_k),
+                                    decoder=check_decoder(pipe, decoder))
         return [enlarge(image) for image in images]
 
     run.click(user_errors(text_to_image), [prompt, negative, count, *controls], gallery, api_name="text_to_image")
@@ -235,7 +237,7 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         (edited,) = pipe.edit_image(load_image(source, max_pixels=MAX_PIXELS), instruction or "",
                                     guidance_scale=float(guidance), image_guidance_scale=float(image_guidance),
                                     generator=make_generator(seed), temperature=float(temperature),
-                                    top_k=int(top_k), decoder=check_decoder(decoder))
+                                    top_k=int(top_k), decoder=check_decoder(pipe, decoder))
         return enlarge(edited)
 
     def draw_source() -> Image.Image:

@@ -288,11 +288,33 @@ class AnyGenPipeline:
                                        f"codebook but the image tokenizer has {tok.codebook_size}")
         return decoder
 
+    def render_codes(self, codes: torch.Tensor, decoder: str = "vq", decoder_steps: int = 20,
+                     decoder_guidance_scale: float = 1.0, generator: Generators = None,
+                     output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
+        """Render image codes ``(B, N)`` (local ids, e.g. a stream's ``MediaProgress.codes``) with ``decoder``.
+
+        Example:
+            >>> codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 64, 64))  # doctest: +SKIP
+            >>> pipe.render_codes(codes, decoder="diffusion", decoder_steps=10)           # doctest: +SKIP
+        """
+        size = self._image_shape(None, None)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale), size)
+        return self._render(torch.as_tensor(codes).long(), size, output_type, render, generator)
+
+    def check_decoder(self, decoder: str) -> str:
+        """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""
+        self._rendering(Rendering(decoder), self._image_shape(None, None))
+        return decoder
+
     def _images(self, sampled: Sampled, size: tuple[int, int], output_type: OutputType, render: Rendering,
+                generator: Generators):
+        codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
+        return self._render(codes, size, output_type, render, generator)
+
+    def _render(self, codes: torch.Tensor, size: tuple[int, int], output_type: OutputType, render: Rendering,
                 generator: Generators):
         if output_type not in ("pil", "pt", "np"):
             raise InvalidArgumentError(f"output_type={output_type!r} must be 'pil', 'pt' or 'np'")
-        codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
         if render.decoder == "vq":
             images = VQDecoder(self._tokenizer("image")).decode(codes, size)  # (B, 3, H, W)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -269,6 +270,7 @@ def pipe(text_tokenizer) -> AnyGenPipeline:
     model = AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE)
     torch.manual_seed(2)
     model.decoders["image"] = DiffusionDecoder(DiffusionDecoderConfig(**TINY_DECODER), tokenizer)
+    torch.nn.init.normal_(model.decoders["image"].unet.conv_out.weight, std=0.05)  # renders differ from the VQ's
     return AnyGenPipeline(model.eval(), image_size=(16, 16))
 
 
@@ -310,3 +312,40 @@ def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None
     pipe.model.decoders.clear()
     with pytest.raises(InvalidArgumentError, match="train-decoder"):
         pipe.text_to_image("a", decoder="diffusion")
+
+
+def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
+    images = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt")
+    codes = pipe.model.tokenizers["image"].encode(images)  # (1, N)
+    vq = pipe.render_codes(codes, output_type="pt")
+    assert torch.equal(vq, VQDecoder(pipe.model.tokenizers["image"]).decode(codes, (16, 16)))
+    diffused = pipe.render_codes(codes, decoder="diffusion", decoder_steps=2, generator=seed(0), output_type="pt")
+    direct = pipe.model.decoders["image"].decode(codes, num_inference_steps=2, generator=seed(0))
+    assert torch.equal(diffused, direct)
+    with pytest.raises(InvalidArgumentError, match="decoder_steps|num_inference_steps"):
+        pipe.render_codes(codes, decoder="diffusion", decoder_steps=0)
+
+
+def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
+    from anygen.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, enlarge
+    from anygen.streaming import MediaProgress, SegmentDone
+    from anygen.types import ImageSegment
+
+    codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 16, 16, generator=seed(3)))[0]  # (N,)
+    vq_image = pipe.render_codes(codes[None])[0]
+
+    def finished_part(decoder: str) -> Image.Image:
+        answer = Answer(pipe, decoder=decoder, generator=seed(0))
+        answer.apply(MediaProgress(0, "image", codes, codes.numel()))
+        answer.apply(SegmentDone(0, ImageSegment(vq_image)))
+        (part,) = answer.parts
+        return part
+
+    expected = pipe.render_codes(codes[None], decoder="diffusion", generator=seed(0))[0]
+    assert not np.array_equal(np.asarray(expected), np.asarray(vq_image))
+    assert np.array_equal(np.asarray(finished_part("diffusion")), np.asarray(enlarge(expected, CHAT_IMAGE_SIZE)))
+    assert np.array_equal(np.asarray(finished_part("vq")), np.asarray(enlarge(vq_image, CHAT_IMAGE_SIZE)))
+    assert check_decoder(pipe, "diffusion") == "diffusion"
+    pipe.model.decoders.clear()
+    with pytest.raises(InvalidArgumentError, match="train-decoder"):
+        check_decoder(pipe, "diffusion")
