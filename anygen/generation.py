@@ -9,6 +9,7 @@ emit, :func:`~anygen.sampling.classifier_free_guidance` guides rows inside guide
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -52,6 +53,7 @@ class KVRunner:
         self.mask[:, : self.prompt_len] = mask
         self.positions = (mask.sum(-1) - 1).to(device)  # (R,) position of each row's last token
         self.cache = StaticCache(config=core.config, max_cache_len=total)
+        self.cache_key = cache_argument(core)
         self.step_index = 0
         # Every decode call has the same shapes (the mask always spans the whole cache; causality hides the
         # future slots), so a compiled step is traced once per batch size and cache length.
@@ -61,7 +63,7 @@ class KVRunner:
         mask = self.mask[:, : self.prompt_len]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.core(input_ids=self.ids.to(self.device), attention_mask=mask, position_ids=position_ids,
-                        past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                        **{self.cache_key: self.cache}, use_cache=True, logits_to_keep=1,
                         cache_position=torch.arange(self.prompt_len, device=self.device))
         return out.logits[:, -1]  # (R, V)
 
@@ -71,12 +73,18 @@ class KVRunner:
         self.step_index += 1
         self.positions = self.positions + 1
         return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
-                            self.cache, slot)
+                            self.cache, slot, self.cache_key)
+
+
+def cache_argument(core: torch.nn.Module) -> str:
+    """The keyword the core's ``forward`` takes its KV cache by: ``cache`` in newer transformers releases,
+    ``past_key_values`` before (and in models that still use that name)."""
+    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
 
 
 def _decode_forward(core: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                    cache: StaticCache, slot: torch.Tensor) -> torch.Tensor:
-    out = core(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    cache: StaticCache, slot: torch.Tensor, cache_key: str) -> torch.Tensor:
+    out = core(input_ids=tokens, attention_mask=mask, position_ids=positions, **{cache_key: cache},
                use_cache=True, cache_position=slot)
     return out.logits[:, -1]  # (R, V)
 
