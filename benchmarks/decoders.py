@@ -7,7 +7,7 @@ originals, the ShapesEval pass rate of the renderings, and the time to render on
 steps on the CPU threads given. The diffusion decoder is measured at one step (its direct estimate, closest to the
 original) and at ``--steps`` (sharper, a sample of the details the codes leave open).
 
-    python benchmarks/decoders.py --decoder /work/artifacts/decoders/image-final \
+    python benchmarks/decoders.py --decoder anygen/assets/anygen-tiny/decoders/image \
         --tokenizer anygen/assets/anygen-tiny/tokenizers/image --threads 2
 """
 
@@ -98,7 +98,7 @@ def check_same_tokenizer(decoder: DiffusionDecoder, tokenizer: ImageVQ) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decoder", default="/work/artifacts/decoders/image-final")
+    parser.add_argument("--decoder", default="anygen/assets/anygen-tiny/decoders/image")
     parser.add_argument("--tokenizer", default="anygen/assets/anygen-tiny/tokenizers/image")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the second quality column")

@@ -8,9 +8,9 @@ the originals', tokens per second. Optional waveform codec (``--waveform DIR``):
 the same held-out clips, keyword and melody recognition of its reconstructions, codebook usage, tokens per second.
 All: encode / decode throughput on the CPU threads given.
 
-    python benchmarks/tokenizer_quality.py --image /work/artifacts/tokenizers/image-final \
-        --audio /work/artifacts/tokenizers/audio-final --threads 2 \
-        [--waveform /work/artifacts/tokenizers/audio-waveform-final]
+    python benchmarks/tokenizer_quality.py --image anygen/assets/anygen-tiny/tokenizers/image \
+        --audio anygen/assets/anygen-tiny/tokenizers/audio --threads 2 \
+        [--waveform runs/tokenizers/audio-waveform-final]
 """
 
 from __future__ import annotations
@@ -213,8 +213,8 @@ def render(rows: list[Row], title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="/work/artifacts/tokenizers/image-final")
-    parser.add_argument("--audio", default="/work/artifacts/tokenizers/audio-final")
+    parser.add_argument("--image", default="anygen/assets/anygen-tiny/tokenizers/image")
+    parser.add_argument("--audio", default="anygen/assets/anygen-tiny/tokenizers/audio")
     parser.add_argument("--waveform", default=None, help="also measure a WaveformCodec saved in this directory")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scenes-per-category", type=int, default=20)
