@@ -16,30 +16,18 @@ Example:
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from anygen.decoders.diffusion import DiffusionDecoder, DiffusionDecoderConfig
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers.image import ImageVQ
-from anygen.training.checkpoint import (
-    capture_rng_state,
-    checkpoint_step,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
 from anygen.training.sources import check_weights, image_batch
-from anygen.training.tokenizer import TrainConfig, TrainResult
-from anygen.training.tokenizer_tasks import EVAL_SEED, cosine_lr, psnr
+from anygen.training.tokenizer import TrainConfig, TrainResult, train_task
+from anygen.training.tokenizer_tasks import EVAL_SEED, StepLosses, psnr
 
 IMAGE_SOURCES = ("scenes", "photos", "folder")
 
@@ -92,50 +80,37 @@ class DecoderTrainConfig:
 
 def main(config: DecoderTrainConfig) -> TrainResult:
     """Train (or resume) the decoder described by ``config``; returns the last evaluation."""
-    # 1. Devices, threads, seeds, the frozen tokenizer and the decoder around it.
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    accelerator = Accelerator()
     set_seed(config.train.seed)
-    decoder = DiffusionDecoder(config.decoder, _load_tokenizer(config.tokenizer))
-    trainable = [p for p in decoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    # 2. Resume from the last committed checkpoint (model, optimizer, RNG; data follows from the step).
-    root = Path(config.output_dir) / "checkpoints"
-    start = _resume(root, decoder, optimizer)
-    model, optimizer = accelerator.prepare(decoder.train(), optimizer)
-    # 3. The loop: images -> codes -> noisy images -> loss -> step; periodic evaluation and checkpoints.
-    size, seed = decoder.image_size, config.train.seed + 7 * accelerator.process_index
-    metrics: dict[str, float] = {}
-    began = time.monotonic()
-    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
-               disable=not accelerator.is_main_process, desc="train diffusion decoder")
-    step = start
-    for step in bar:
-        _set_lr(optimizer, config, step)
-        images = image_batch(config.data.sources, config.train.batch_size, size, seed, step, "train",
-                             config.data.folder).to(accelerator.device)
-        loss = model(images, condition_dropout=config.condition_dropout)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, config.train.grad_clip)
-        optimizer.step()
-        bar.set_postfix({"loss": f"{float(loss.detach()):.4f}"}, refresh=False)
-        done = step + 1
-        out_of_time = bool(config.train.max_minutes) and time.monotonic() - began > 60 * config.train.max_minutes
-        if done % config.train.eval_every == 0 or done == config.train.steps or out_of_time:
-            metrics = _evaluate(accelerator, accelerator.unwrap_model(model), config, done)
-        if done % config.train.checkpoint_every == 0 or done == config.train.steps or out_of_time:
-            _commit(accelerator, root, done, accelerator.unwrap_model(model), optimizer, config.train.keep_last)
-        if out_of_time:
-            break
-    else:
-        step = config.train.steps - 1
-    # 4. The final decoder, in the format users load with ``DiffusionDecoder.from_pretrained``.
-    accelerator.wait_for_everyone()
-    if config.final_dir and accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(config.final_dir)
-    return TrainResult(step=step + 1, metrics=metrics, final_dir=config.final_dir)
+    return train_task(DecoderTask(config), config.train, config.output_dir, config.final_dir,
+                      desc="train diffusion decoder")
+
+
+class DecoderTask:
+    """What the shared loop (:func:`~anygen.training.tokenizer.train_task`) needs to train a decoder: images ->
+    codes of the frozen tokenizer -> noisy images -> the DDPM loss."""
+
+    def __init__(self, config: DecoderTrainConfig) -> None:
+        self.config = config
+        self.image_size: tuple[int, int] = (0, 0)
+
+    def build_model(self) -> DiffusionDecoder:
+        decoder = DiffusionDecoder(self.config.decoder, _load_tokenizer(self.config.tokenizer))
+        self.image_size = decoder.image_size
+        return decoder.train()
+
+    def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
+        data, train = self.config.data, self.config.train
+        return image_batch(data.sources, train.batch_size, self.image_size, train.seed + 7 * shard, step, split,
+                           data.folder)
+
+    def losses(self, model: torch.nn.Module, batch: torch.Tensor) -> StepLosses:
+        loss = model(batch, condition_dropout=self.config.condition_dropout)
+        return StepLosses(total=loss, logs={"loss": float(loss.detach())})
+
+    def evaluate(self, model: DiffusionDecoder) -> dict[str, float]:
+        return evaluate(model, self.config)
 
 
 @torch.no_grad()
@@ -166,45 +141,3 @@ def _load_tokenizer(path: str) -> ImageVQ:
         return ImageVQ.from_pretrained(path)
     except CheckpointError as err:
         raise CheckpointError(f"tokenizer={path!r}: {err}") from err
-
-
-def _resume(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    path = latest_checkpoint(root)
-    if path is None:
-        return 0
-    state = load_checkpoint(path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"])
-    return checkpoint_step(path)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, config: DecoderTrainConfig, step: int) -> None:
-    scale = cosine_lr(step, config.train.steps, config.train.warmup_steps, config.train.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = config.train.lr * scale
-
-
-def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, keep_last: int) -> None:
-    """Only rank 0 writes, after every process has finished the step."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
-        save_checkpoint(root, step, state, keep_last=keep_last)
-    accelerator.wait_for_everyone()
-
-
-def _evaluate(accelerator: Accelerator, decoder: DiffusionDecoder, config: DecoderTrainConfig,
-              step: int) -> dict[str, float]:
-    if not accelerator.is_main_process:
-        return {}
-    rng = capture_rng_state()  # evaluation must not change the training RNG stream
-    metrics = evaluate(decoder, config)
-    restore_rng_state(rng)
-    record = {"step": step, **{k: round(v, 5) for k, v in metrics.items()}}
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(config.output_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    tqdm.write(json.dumps(record))
-    return metrics

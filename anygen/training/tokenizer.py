@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -163,44 +163,56 @@ class TrainResult:
 
 def main(config: TokenizerTrainConfig) -> TrainResult:
     """Train (or resume) the tokenizer described by ``config``; returns the last evaluation."""
-    # 1. Devices, threads, seeds, the task and the model.
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    accelerator = Accelerator()
     set_seed(config.train.seed)
-    task = TASKS[config.task](config)
+    return train_task(TASKS[config.task](config), config.train, config.output_dir, config.final_dir,
+                      desc=f"train {config.modality} tokenizer")
+
+
+def train_task(task: Any, train: TrainConfig, output_dir: str, final_dir: str | None, desc: str) -> TrainResult:
+    """The loop shared by the recipes that train one module on generated batches (tokenizers, decoders).
+
+    ``task`` has ``build_model()``, ``batch(step, split, shard)``, ``losses(model, batch) -> StepLosses`` and
+    ``evaluate(model) -> dict``; the model must have ``save_pretrained``. Checkpoints go to
+    ``<output_dir>/checkpoints``, evaluations to ``<output_dir>/metrics.jsonl``, the final model to ``final_dir``.
+    Call it after seeding: the model's initialisation draws from torch's global RNG.
+    """
+    # 1. The accelerator, the model and its optimizer (frozen parts, e.g. a decoder's tokenizer, are left out).
+    accelerator = Accelerator()
     model = task.build_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, betas=(0.9, 0.99), weight_decay=0.0)
     # 2. Resume from the last committed checkpoint (model, optimizer, RNG; data follows from the step).
-    root = Path(config.output_dir) / "checkpoints"
+    root = Path(output_dir) / "checkpoints"
     start = _resume(root, model, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     # 3. The loop: batch -> loss -> step; periodic evaluation and checkpoints.
     metrics: dict[str, float] = {}
     began = time.monotonic()
-    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
-               disable=not accelerator.is_main_process, desc=f"train {config.modality} tokenizer")
+    bar = tqdm(range(start, train.steps), initial=start, total=train.steps,
+               disable=not accelerator.is_main_process, desc=desc)
     step = start
     for step in bar:
-        _set_lr(optimizer, config, step)
+        _set_lr(optimizer, train, step)
         losses = task.losses(model, task.batch(step, "train", accelerator.process_index).to(accelerator.device))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses.total)
-        accelerator.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        accelerator.clip_grad_norm_(trainable, train.grad_clip)
         optimizer.step()
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.logs.items()}, refresh=False)
         done = step + 1
-        out_of_time = bool(config.train.max_minutes) and time.monotonic() - began > 60 * config.train.max_minutes
-        if done % config.train.eval_every == 0 or done == config.train.steps or out_of_time:
-            metrics = _evaluate(accelerator, task, model, config, done)
-        if done % config.train.checkpoint_every == 0 or done == config.train.steps or out_of_time:
-            _commit(accelerator, root, done, model, optimizer, config.train.keep_last)
+        out_of_time = bool(train.max_minutes) and time.monotonic() - began > 60 * train.max_minutes
+        if done % train.eval_every == 0 or done == train.steps or out_of_time:
+            metrics = _evaluate(accelerator, task, model, output_dir, done)
+        if done % train.checkpoint_every == 0 or done == train.steps or out_of_time:
+            _commit(accelerator, root, done, model, optimizer, train.keep_last)
         if out_of_time:
             break
     else:
-        step = config.train.steps - 1
-    # 4. The final tokenizer, in the same format users load with ``from_pretrained``.
-    return TrainResult(step=step + 1, metrics=metrics, final_dir=_save_final(accelerator, model, config))
+        step = train.steps - 1
+    # 4. The final model, in the same format users load with ``from_pretrained``.
+    return TrainResult(step=step + 1, metrics=metrics, final_dir=_save_final(accelerator, model, final_dir))
 
 
 def _resume(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -214,10 +226,10 @@ def _resume(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return checkpoint_step(path)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, config: TokenizerTrainConfig, step: int) -> None:
-    scale = cosine_lr(step, config.train.steps, config.train.warmup_steps, config.train.min_lr_ratio)
+def _set_lr(optimizer: torch.optim.Optimizer, train: TrainConfig, step: int) -> None:
+    scale = cosine_lr(step, train.steps, train.warmup_steps, train.min_lr_ratio)
     for group in optimizer.param_groups:
-        group["lr"] = config.train.lr * scale
+        group["lr"] = train.lr * scale
 
 
 def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
@@ -231,7 +243,7 @@ def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Mod
     accelerator.wait_for_everyone()
 
 
-def _evaluate(accelerator: Accelerator, task: object, model: torch.nn.Module, config: TokenizerTrainConfig,
+def _evaluate(accelerator: Accelerator, task: Any, model: torch.nn.Module, output_dir: str,
               step: int) -> dict[str, float]:
     if not accelerator.is_main_process:
         return {}
@@ -239,15 +251,15 @@ def _evaluate(accelerator: Accelerator, task: object, model: torch.nn.Module, co
     metrics = task.evaluate(accelerator.unwrap_model(model))
     restore_rng_state(rng)
     record = {"step": step, **{k: round(v, 5) for k, v in metrics.items()}}
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(config.output_dir) / "metrics.jsonl", "a") as f:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     tqdm.write(json.dumps(record))
     return metrics
 
 
-def _save_final(accelerator: Accelerator, model: torch.nn.Module, config: TokenizerTrainConfig) -> str | None:
+def _save_final(accelerator: Accelerator, model: torch.nn.Module, final_dir: str | None) -> str | None:
     accelerator.wait_for_everyone()
-    if config.final_dir and accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(config.final_dir)
-    return config.final_dir
+    if final_dir and accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final_dir)
+    return final_dir
