@@ -105,3 +105,27 @@ def test_folder_sources(tmp_path):
     assert waves.shape == (2, 4000)
     with pytest.raises(InvalidArgumentError, match="data.folder"):
         image_batch({"folder": 1.0}, 1, (16, 16), seed=0, step=0, folder=str(tmp_path / "missing"))
+
+
+def test_fine_tuning_the_decoder_alone_keeps_every_code(tmp_path):
+    first = ImageVQ.from_pretrained(recipe.main(tiny_config(tmp_path / "a")).final_dir)
+    tuned_dir = recipe.main(tiny_config(tmp_path / "b", [f"init_from={tmp_path / 'a' / 'final'}",
+                                                         "freeze=[encoder, quantizer]", "train.lr=0.01"])).final_dir
+    tuned = ImageVQ.from_pretrained(tuned_dir)
+    before, after = first.state_dict(), tuned.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quantizer."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first.encode(images), tuned.encode(images))
+
+
+def test_freeze_needs_a_trained_codec_and_known_parts(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="init_from"):
+        tiny_config(tmp_path, ["freeze=[encoder]"])
+    with pytest.raises(InvalidArgumentError, match="freeze"):
+        tiny_config(tmp_path, ["freeze=[encoder, quantizer, decoder]", f"init_from={tmp_path}"])
+    with pytest.raises(InvalidArgumentError, match="freeze"):
+        tiny_config(tmp_path, ["freeze=[encodr]", f"init_from={tmp_path}"])
+    with pytest.raises(InvalidArgumentError, match="init_from"):
+        tiny_config(tmp_path, [f"init_from={tmp_path / 'missing'}"])

@@ -37,7 +37,7 @@ from anygen.training.checkpoint import (
     save_checkpoint,
 )
 from anygen.training.sources import check_weights
-from anygen.training.tokenizer_tasks import TASKS, cosine_lr
+from anygen.training.tokenizer_tasks import PARTS, TASKS, cosine_lr
 
 SOURCES = {"image": ("scenes", "photos", "folder"), "audio": ("speech", "melodies", "folder")}
 
@@ -123,7 +123,11 @@ class TokenizerTrainConfig:
     """Everything :func:`main` needs. ``modality`` picks the task: ``image`` trains an ``ImageVQ`` (section
     ``image``, losses ``loss``); ``audio`` trains the codec named by ``audio_codec``: ``spectrogram`` an
     ``AudioCodec`` (sections ``audio``, ``loss``) or ``waveform`` a ``WaveformCodec`` (``waveform``,
-    ``waveform_loss``). The other sections are ignored."""
+    ``waveform_loss``). The other sections are ignored.
+
+    ``init_from`` starts from a saved codec of that kind (its own architecture replaces the section's) and
+    ``freeze`` lists parts (``encoder``, ``quantizer``, ``decoder``) that do not train: ``[encoder, quantizer]``
+    fine-tunes the decoder while every code stays the same, so a core trained on the codes keeps working."""
 
     modality: Literal["image", "audio"] = "image"
     audio_codec: Literal["spectrogram", "waveform"] = "spectrogram"
@@ -136,8 +140,17 @@ class TokenizerTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     waveform_loss: WaveformLossConfig = field(default_factory=WaveformLossConfig)
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.freeze) - set(PARTS))
+        if unknown or len(set(self.freeze)) == len(PARTS):
+            raise InvalidArgumentError(f"freeze={self.freeze} must name some (not all) of {list(PARTS)}")
+        if self.freeze and not self.init_from:
+            raise InvalidArgumentError(f"freeze={self.freeze} needs init_from: the directory of a trained codec")
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            raise InvalidArgumentError(f"init_from={self.init_from!r} is not a directory written by save_pretrained")
         if self.modality not in SOURCES:
             raise InvalidArgumentError(f"modality={self.modality!r} must be one of {list(SOURCES)}")
         check_weights(self.data.sources, SOURCES[self.modality], "data.sources")

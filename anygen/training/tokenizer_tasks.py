@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from anygen.audio import LOG_FLOOR, log_mel, mel_filterbank
+from anygen.errors import InvalidArgumentError
 from anygen.tokenizers.audio import FEATURE_STD, AudioCodec
 from anygen.tokenizers.image import ImageVQ
 from anygen.tokenizers.quantizer import codebook_usage
@@ -50,14 +51,47 @@ def _sources_and_seed(config: Any, split: str, shard: int) -> tuple[dict[str, fl
     return config.data.eval_sources, EVAL_SEED
 
 
-class ImageTask:
-    """Train an :class:`ImageVQ` on a mix of shape scenes and photo crops (or a folder of images)."""
+PARTS = ("encoder", "quantizer", "decoder")  # what every trainable codec is made of, and what may be frozen
+
+
+class CodecTask:
+    """What the tasks share: the model is ``model_class(config.<section>)`` or, with ``config.init_from``, the codec
+    saved there; the parts named in ``config.freeze`` get no gradients and stay in eval mode (a frozen quantizer
+    makes no codebook updates), so fine-tuning only the decoder keeps every code the same."""
+
+    model_class: type[nn.Module]
+    section: str
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def build_model(self) -> nn.Module:
-        return ImageVQ(self.config.image)
+        if self.config.init_from:
+            model = self.model_class.from_pretrained(self.config.init_from)
+        else:
+            model = self.model_class(getattr(self.config, self.section))
+        for name in self.config.freeze:
+            getattr(model, name).requires_grad_(False)
+        return self.train_mode(model)
+
+    def train_mode(self, model: nn.Module) -> nn.Module:
+        model.train()
+        for name in self.config.freeze:
+            getattr(model, name).eval()
+        return model
+
+
+class ImageTask(CodecTask):
+    """Train an :class:`ImageVQ` on a mix of shape scenes and photo crops (or a folder of images)."""
+
+    model_class, section = ImageVQ, "image"
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if list(model.config.image_size) != list(self.config.data.image_size):
+            raise InvalidArgumentError(f"data.image_size={self.config.data.image_size} must equal the image size "
+                                       f"{model.config.image_size} of the tokenizer in init_from")
+        return model
 
     def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
         data = self.config.data
@@ -92,7 +126,7 @@ class ImageTask:
         metrics.update(codebook_usage=used, perplexity=perplexity)
         if "scenes" in self.config.data.eval_sources and self.config.data.shapes_eval_per_category:
             metrics["shapes_pass"] = shapes_pass_rate(model, self.config.data.shapes_eval_per_category)
-        model.train()
+        self.train_mode(model)
         return metrics
 
 
@@ -108,14 +142,10 @@ def shapes_pass_rate(model: ImageVQ, n_per_category: int = 8, seed: int = 0) -> 
     return float(suite.score(recon).overall)
 
 
-class AudioTask:
+class AudioTask(CodecTask):
     """Train an :class:`AudioCodec` on espeak-ng speech and melodies (or a folder of audio files)."""
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
-
-    def build_model(self) -> nn.Module:
-        return AudioCodec(self.config.audio)
+    model_class, section = AudioCodec, "audio"
 
     def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
         data = self.config.data
@@ -149,7 +179,7 @@ class AudioTask:
             metrics[f"spec_l1_{source}"] = sum(dist) / len(dist)
         used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), model.codebook_size)
         metrics.update(codebook_usage=used, perplexity=perplexity, tokens_per_second=model.tokens_for(SAMPLE_RATE))
-        model.train()
+        self.train_mode(model)
         return metrics
 
     def _eval_batch(self, source: str, index: int) -> torch.Tensor:
@@ -161,8 +191,7 @@ class AudioTask:
 class WaveformTask(AudioTask):
     """Train a :class:`WaveformCodec` on the same audio as :class:`AudioTask`, with waveform-domain losses."""
 
-    def build_model(self) -> nn.Module:
-        return WaveformCodec(self.config.waveform)
+    model_class, section = WaveformCodec, "waveform"
 
     def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
         weights = self.config.waveform_loss
@@ -192,7 +221,7 @@ class WaveformTask(AudioTask):
             metrics[f"mel_l1_{source}"] = sum(mel) / len(mel)
         used, perplexity = mean_codebook_usage(torch.cat(codes), model.codebook_size)
         metrics.update(codebook_usage=used, perplexity=perplexity, tokens_per_second=model.tokens_for(SAMPLE_RATE))
-        model.train()
+        self.train_mode(model)
         return metrics
 
 
