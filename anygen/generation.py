@@ -19,7 +19,7 @@ from transformers import StaticCache
 from anygen.errors import GenerationError, InvalidArgumentError
 from anygen.grammar import Grammar, GrammarState, SpanRule, span_rules
 from anygen.processor import pad_rows
-from anygen.sampling import (Generators, Guidance, SamplingParams, classifier_free_guidance, draw_noise,
+from anygen.sampling import (Generators, Guidance, NoiseSource, SamplingParams, classifier_free_guidance,
                              sample_tokens)
 from anygen.vocab import Vocab
 
@@ -183,6 +183,7 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
     with torch.inference_mode():
         runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
         logits = runner.prefill()
+    noise = NoiseSource(b, generator)
     for index in range(max_new_tokens):
         remaining = max_new_tokens - index
         with torch.inference_mode():
@@ -197,7 +198,7 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             mode = state.mode
             tokens = sample_tokens(step_logits, allowed, tables["temperature"][mode], tables["top_k"][mode],
                                    tables["top_p"][mode], tables["greedy"][mode],
-                                   draw_noise(tuple(step_logits.shape), generator), tables["filtered"])
+                                   noise(index, step_logits.shape[-1]), tables["filtered"])
             after = grammar.advance(state, tokens, remaining)
         yield Step(index, tokens, state, after)
         state = after

@@ -113,8 +113,32 @@ def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor)
     return torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
 
 
-def draw_noise(shape: tuple[int, int], generator: Generators) -> torch.Tensor:
-    """``(B, V)`` Exponential(1) noise from one generator, or one generator per row."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.empty(shape).exponential_(1.0, generator=generator)
-    return torch.stack([torch.empty(shape[1]).exponential_(1.0, generator=g) for g in generator])
+class NoiseSource:
+    """Exponential(1) sampling noise for every decoding step: one stream per row, one tensor per step.
+
+    Each row takes one seed from the caller's generator (or from its own generator, or torch's global RNG for
+    ``None``) when generation starts; its noise at step ``t`` comes from a generator seeded with that seed and ``t``.
+    So the noise of token id ``i`` depends neither on the vocab's width nor on the other rows: a model whose vocab
+    grew by appended modalities (which the grammar masks out of old spans) samples exactly what it sampled before.
+    Same generator state, same noise.
+
+    Example:
+        >>> noise = NoiseSource(2, torch.Generator().manual_seed(0))
+        >>> noise(0, 5).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, rows: int, generator: Generators) -> None:
+        if generator is None or isinstance(generator, torch.Generator):
+            seeds = torch.randint(0, 2**62, (rows,), generator=generator)
+        else:
+            seeds = torch.cat([torch.randint(0, 2**62, (1,), generator=g) for g in generator])
+        self.seeds = seeds.tolist()
+        self._generator = torch.Generator()
+
+    def __call__(self, step: int, width: int) -> torch.Tensor:
+        """``(rows, width)`` noise for decoding step ``step``."""
+        noise = torch.empty(len(self.seeds), width)
+        for row, seed in enumerate(self.seeds):
+            noise[row].exponential_(1.0, generator=self._generator.manual_seed(seed + step))
+        return noise

@@ -76,6 +76,21 @@ def test_add_modality_keeps_old_ids_rows_and_logits(tiny_model: AnyGen) -> None:
         add_modality(model, SignalTokenizer())
 
 
+def test_old_tasks_sample_exactly_the_same_after_a_modality_is_appended(tiny_model: AnyGen) -> None:
+    """Sampling noise is drawn per token id (anygen.sampling.NoiseSource), so appended ids change no old sample."""
+    def sample(model: AnyGen) -> tuple[list, str, list]:
+        pipe = AnyGenPipeline(model, image_size=(32, 32), max_audio_seconds=0.1)
+        seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        image = pipe.text_to_image("a red circle", num_images=2, generator=seed(), output_type="pt")
+        wave, _ = pipe.speak("a blue square", generator=seed(), temperature=1.5)
+        caption = pipe.caption(image[0], do_sample=True, generator=seed())
+        return image.tolist(), caption, wave.tolist()
+
+    before = sample(tiny_model)
+    after = sample(add_modality(tiny_model, SignalTokenizer(length=16, levels=16)))
+    assert after == before
+
+
 def test_extended_model_round_trips_and_generates(tiny_model: AnyGen, tmp_path: Path) -> None:
     model = add_modality(tiny_model, SignalTokenizer(length=16, levels=16))
     model.save_pretrained(tmp_path / "m")

@@ -74,7 +74,7 @@ def test_cfg_at_scale_one_equals_conditional_sampling(tiny_model: AnyGen) -> Non
     guided = run(tiny_model, rows, seed=3, guidance=Guidance(uncond, 1.0, uncond_all_prompts=uncond,
                                                              image_scale=1.0)).sequences
     assert guided == plain
-    assert run(tiny_model, rows, seed=3, guidance=Guidance(uncond, 4.0)).sequences != plain
+    assert run(tiny_model, rows, seed=3, guidance=Guidance(uncond, 50.0)).sequences != plain
 
 
 def test_guidance_is_applied_only_inside_guided_spans(tiny_model: AnyGen) -> None:

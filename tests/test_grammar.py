@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from anygen.errors import InvalidArgumentError
-from anygen.generation import Grammar, SamplingParams, draw_noise, sample_tokens
+from anygen.generation import Grammar, SamplingParams, sample_tokens
+from anygen.sampling import NoiseSource
 from anygen.model import AnyGen
 
 IMAGE_SHAPE, AUDIO_SAMPLES = (32, 32), 8 * 400  # 16 image codes; audio spans of at most 8 frames x 2 codebooks
@@ -31,7 +32,7 @@ def run_grammar(model: AnyGen, prompts: list[list[int]], max_new: int, seed: int
         remaining = max_new - step
         allowed = grammar.allowed(state, remaining)
         tokens = sample_tokens(mock_model_logits(model.vocab, b, g), allowed, ones, torch.zeros(b, dtype=torch.long),
-                               ones, torch.zeros(b, dtype=torch.bool), draw_noise((b, model.vocab.size), g), False)
+                               ones, torch.zeros(b, dtype=torch.bool), NoiseSource(b, g)(step, model.vocab.size), False)
         assert allowed[torch.arange(b), tokens].all()
         state = grammar.advance(state, tokens, remaining)
         out.append(tokens)
@@ -142,5 +143,5 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     ones = torch.ones(8)
     for top_k, top_p in ((1, 1.0), (0, 1e-6)):
         out = sample_tokens(logits, allowed, ones, torch.full((8,), top_k), torch.full((8,), top_p),
-                            torch.zeros(8, dtype=torch.bool), draw_noise((8, 50), g), True)
+                            torch.zeros(8, dtype=torch.bool), NoiseSource(8, g)(0, 50), True)
         assert torch.equal(out, greedy)
