@@ -34,3 +34,14 @@ def test_every_task_returns_the_documented_types_deterministically(pipe: anygen.
     wave, rate = pipe.speak("hello", generator=seed())
     assert rate == 16000 and wave.ndim == 1 and wave.numel() > 0 and torch.isfinite(wave).all()
     assert isinstance(pipe.transcribe(wave, rate), str)
+
+
+def test_the_shipped_diffusion_decoder_renders_deterministically(pipe: anygen.AnyGenPipeline) -> None:
+    assert "image" in pipe.model.decoders
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    settings = {"decoder": "diffusion", "decoder_steps": 4, "output_type": "pt"}
+    a = pipe.text_to_image("a red circle", generator=seed(), **settings)
+    assert a.shape == (1, 3, 64, 64) and torch.isfinite(a).all()
+    assert torch.equal(a, pipe.text_to_image("a red circle", generator=seed(), **settings))
+    vq = pipe.text_to_image("a red circle", generator=seed(), output_type="pt")
+    assert not torch.equal(a, vq)  # the same codes, rendered by another decoder

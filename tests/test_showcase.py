@@ -15,5 +15,5 @@ def test_anygen_run_writes_a_complete_showcase(tiny_model: AnyGen, tmp_path: Pat
     for title in ("Text to image", "Image editing", "Image to text", "speech", "Interleaved"):
         assert title in page
     linked = re.findall(r'src="([^"]+)"', page)
-    assert sum(name.endswith(".png") for name in linked) >= 8 and sum(n.endswith(".wav") for n in linked) == 3
+    assert sum(name.endswith(".png") for name in linked) >= 8 and sum(n.endswith(".wav") for n in linked) >= 3
     assert all((tmp_path / "show" / name).is_file() for name in linked)

@@ -1,0 +1,92 @@
+"""Wall time of anygen-tiny's tasks through the Python API on this machine's CPU; writes the ``model-speed``
+section of benchmarks/RESULTS.md (the model card quotes it).
+
+Each task runs ``--repeats`` times after one warm-up call, with a fixed seed, and the median is reported:
+text-to-image (one 64x64 image with CFG 2, and a batch of 8), editing, captioning, speech (seconds of wall time
+per second of generated audio) and transcription; the diffusion decoder is timed at 20 steps when the model has
+one.
+
+    python benchmarks/model_speed.py --threads 2            # the shipped model
+    python benchmarks/model_speed.py --model DIR --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
+
+import anygen  # noqa: E402
+from anygen.data.scenes import render_scene  # noqa: E402
+from anygen.evaluation.shapes import ShapesEval  # noqa: E402
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]]:
+    """``(task, time, note)`` for every task the model has."""
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    prompt = "a red circle above a blue square"
+    picture = render_scene(ShapesEval(n_per_category=1, seed=0, split="test").samples[0].scene, 64)
+    one = median_seconds(lambda: pipe.text_to_image(prompt, generator=seed()), repeats)
+    eight = median_seconds(lambda: pipe.text_to_image(prompt, num_images=8, generator=seed()), repeats)
+    out = [("text to image, 1 image", f"{one:.2f} s", "64 codes, CFG 2 (cond + uncond in one batch), VQ decoder"),
+           ("text to image, batch of 8", f"{eight / 8:.3f} s per image", f"{eight:.2f} s for the batch")]
+    if "image" in pipe.model.decoders:
+        diff = median_seconds(lambda: pipe.text_to_image(prompt, generator=seed(), decoder="diffusion",
+                                                         decoder_steps=20), repeats)
+        out.append(("text to image, diffusion decoder", f"{diff:.2f} s", "as above, then 20 DDIM steps"))
+    edit = median_seconds(lambda: pipe.edit_image(picture, "make the circle green", generator=seed()), repeats)
+    caption = median_seconds(lambda: pipe.caption(picture), repeats)
+    out += [("edit image", f"{edit:.2f} s", "text + image guidance: three branches in one batch"),
+            ("caption", f"{caption:.2f} s", "greedy, up to 48 tokens")]
+    wave, rate = pipe.speak("hello", generator=seed())
+    seconds = max(wave.shape[-1] / rate, 1e-3)
+    speak = median_seconds(lambda: pipe.speak("hello", generator=seed()), repeats)
+    transcribe = median_seconds(lambda: pipe.transcribe(wave, rate), repeats)
+    out += [("speak", f"{speak / seconds:.2f} s per s of audio", f"{seconds:.2f} s of audio in {speak:.2f} s, "
+             "Griffin-Lim included"),
+            ("transcribe", f"{transcribe:.2f} s", f"{seconds:.2f} s clip, greedy")]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="saved model directory (default: the shipped anygen-tiny)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = anygen.load(args.model)
+    table = ["| task | time | note |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows(pipe, args.repeats))]
+    command = "python benchmarks/model_speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    body = (f"## Model speed (anygen-tiny through the Python API)\n\nCommand: `{command.strip()}` "
+            f"(CPU, {args.threads} threads, torch {torch.__version__}, {platform.machine()}; median of "
+            f"{args.repeats} after a warm-up).\n\n" + "\n".join(table))
+    print(body)
+    if not args.no_write:
+        write_section("model-speed", body)
+
+
+if __name__ == "__main__":
+    main()
