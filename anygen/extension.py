@@ -45,4 +45,5 @@ def add_modality(model: AnyGen, tokenizer: ModalityTokenizer, name: str | None =
                                    "append-only extension needs them equal")
     vocab = model.vocab.extended(ModalitySpec(name, int(tokenizer.codebook_size), int(tokenizer.num_codebooks)))
     extend_vocab(model.core, vocab.size)
-    return AnyGen(model.core, vocab, model.text_tokenizer, {**model.tokenizers, name: tokenizer})
+    return AnyGen(model.core, vocab, model.text_tokenizer, {**model.tokenizers, name: tokenizer}, model.decoders,
+                  list(model.adapters))

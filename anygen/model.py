@@ -7,6 +7,7 @@ Saved layout (``save_pretrained``)::
     text_tokenizer/        tokenizer.json
     tokenizers/<modality>/ each modality tokenizer's own files
     decoders/<modality>/   optional decoders' own files (e.g. a DiffusionDecoder for images)
+    adapters.safetensors   optional token-gated adapters of appended modalities (anygen.adapters)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from anygen.adapters import AdapterSpec, GatedAdapters
 from anygen.core import CoreConfig, build_core, core_from_config, extend_vocab, load_pretrained_core
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.generation import SpanRule, span_rules
@@ -37,6 +39,7 @@ from anygen.vocab import ModalitySpec, Vocab
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+ADAPTERS = "adapters.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -59,6 +62,8 @@ class AnyGen(nn.Module):
         tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
         decoders: optional decoders by modality, e.g. ``{"image": DiffusionDecoder}`` (the pipelines'
             ``decoder="diffusion"``); saved under ``decoders/<modality>/``.
+        adapters: token-gated adapters (:class:`~anygen.adapters.GatedAdapters`) built for ``core``; they are
+            attached to it here and saved in ``adapters.safetensors``.
 
     Example:
         >>> from anygen.tokenizers import GridImageTokenizer, TextTokenizer
@@ -69,7 +74,8 @@ class AnyGen(nn.Module):
     """
 
     def __init__(self, core: nn.Module, vocab: Vocab, text_tokenizer: TextTokenizer,
-                 tokenizers: Mapping[str, ModalityTokenizer], decoders: Mapping[str, Any] | None = None) -> None:
+                 tokenizers: Mapping[str, ModalityTokenizer], decoders: Mapping[str, Any] | None = None,
+                 adapters: list[GatedAdapters] | None = None) -> None:
         super().__init__()
         _check_tokenizers(vocab, tokenizers)
         rows = core.get_input_embeddings().weight.shape[0]
@@ -79,6 +85,11 @@ class AnyGen(nn.Module):
         self.tokenizers = dict(tokenizers)  # not submodules: each tokenizer saves its own files
         self.processor = Processor(vocab, text_tokenizer, self.tokenizers)
         self.decoders = dict(decoders or {})  # optional, e.g. {"image": DiffusionDecoder}; not submodules either
+        for adapter in adapters or []:
+            if adapter.spec.end_id > vocab.size:
+                raise CheckpointError(f"an adapter gates ids up to {adapter.spec.end_id} but the vocab has "
+                                      f"{vocab.size}")
+        self.adapters = nn.ModuleList([a.attach(core) for a in adapters or []])
 
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -165,6 +176,12 @@ class AnyGen(nn.Module):
             decoder.save_pretrained(directory / "decoders" / name, dtype=dtype)
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
                   "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
+        if len(self.adapters):
+            weights = {k: v.to(dtype) if dtype is not None else v for k, v in self.adapters.state_dict().items()}
+            if not all(torch.isfinite(t).all() for t in weights.values()):
+                raise CheckpointError("refusing to save non-finite adapter weights")
+            save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(directory / ADAPTERS))
+            config["adapters"] = [a.spec.to_dict() for a in self.adapters]
         (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
     @classmethod
@@ -179,8 +196,9 @@ class AnyGen(nn.Module):
         text = TextTokenizer.from_pretrained(directory / config["text_tokenizer"])
         core = core_from_config(dict(config["core"]), attn_implementation)
         _load_weights(core, directory / WEIGHTS)
-        model = cls(core.to(dtype), vocab, text, tokenizers, _load_decoders(directory))
-        return model.eval()
+        adapters = _load_adapters(core, config.get("adapters", []), directory / ADAPTERS)
+        model = cls(core, vocab, text, tokenizers, _load_decoders(directory), adapters)
+        return model.to(dtype).eval()
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
@@ -207,6 +225,18 @@ def _load_decoders(directory: Path) -> dict[str, Any]:
     from anygen.decoders import load_decoder  # imports diffusers only for models that carry a decoder
 
     return {p.name: load_decoder(p) for p in sorted((directory / "decoders").iterdir()) if p.is_dir()}
+
+
+def _load_adapters(core: nn.Module, specs: list[dict[str, Any]], path: Path) -> list[GatedAdapters]:
+    """The adapter sets ``config.json`` lists, with their weights from ``adapters.safetensors`` (checked)."""
+    if not specs:
+        return []
+    try:
+        adapters = nn.ModuleList([GatedAdapters(core, AdapterSpec(**spec)) for spec in specs])
+    except (TypeError, InvalidArgumentError) as err:
+        raise CheckpointError(f"config.json: bad adapters entry: {err}") from err
+    _load_weights(adapters, path)
+    return list(adapters)
 
 
 def _unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

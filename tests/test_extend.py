@@ -15,7 +15,8 @@ import torch
 from anygen import cli
 from anygen.config import load_config
 from anygen.data.signals import HELD_OUT_COMBOS, SignalSpec, build_split, parse_signal_text, render_signal
-from anygen.errors import InvalidArgumentError, MediaError
+from anygen.adapters import AdapterSpec, GatedAdapters
+from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.evaluation.signals import main as signal_eval
 from anygen.evaluation.signals import read_signal, run_signal_suite, signal_rates
 from anygen.extension import add_modality
@@ -150,6 +151,54 @@ def test_lora_and_full_modes_save_a_plain_model(saved_tiny: Path, tmp_path: Path
     changed = [k for k, v in base.core.state_dict().items() if "layers" in k and
                not torch.equal(extended.core.state_dict()[k], v)]
     assert changed
+
+
+def test_gated_mode_keeps_every_old_task_exact_and_adapts_the_new_modality(saved_tiny: Path, tmp_path: Path) -> None:
+    assert _extend(saved_tiny, tmp_path / "run", "gated", "optim.lr=0.05") == 0
+    base, extended = AnyGen.from_pretrained(saved_tiny), AnyGen.from_pretrained(tmp_path / "run" / "final")
+    n = base.vocab.size
+    for key, value in base.core.state_dict().items():
+        assert torch.equal(extended.core.state_dict()[key][:n], value), key  # the core itself is untouched
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert config["adapters"][0]["first_id"] == n and config["adapters"][0]["end_id"] == extended.vocab.size
+    assert (tmp_path / "run" / "final" / "adapters.safetensors").is_file()
+    # Old ids only: exactly the old logits. A new-modality token in the row: the adapters change what follows.
+    old_ids = torch.randint(0, base.vocab.used_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(extended(old_ids).logits[..., :n], base(old_ids).logits)
+        mixed = torch.cat([old_ids[:, :4], torch.full((2, 1), extended.vocab.begin_id("signal")), old_ids[:, 4:]], 1)
+        detached = AnyGen.from_pretrained(tmp_path / "run" / "final")
+        for adapter in detached.adapters:
+            adapter.detach()
+        with_adapters, without = extended(mixed).logits, detached(mixed).logits
+    assert torch.equal(with_adapters[:, :4], without[:, :4])  # before the first gated token: unchanged
+    assert not torch.allclose(with_adapters[:, 4:], without[:, 4:])
+    # Extending the extended model again keeps the first adapters (and their gate) in place.
+    again = add_modality(extended, SignalTokenizer(length=8, levels=8), "trace")
+    assert len(again.adapters) == 1 and again.adapters[0].spec.end_id == extended.vocab.size
+
+
+def test_gated_adapters_refuse_bad_settings(saved_tiny: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _extend(saved_tiny, tmp_path / "run", "gated", "lora.dropout=0.1") == 2
+    assert "lora.dropout" in capsys.readouterr().err
+    assert _extend(saved_tiny, tmp_path / "run", "gated", "lora.targets=[no_such_proj]") == 2
+    assert "no_such_proj" in capsys.readouterr().err
+    with pytest.raises(InvalidArgumentError, match="end_id"):
+        AdapterSpec(first_id=10, end_id=10)
+    model = AnyGen.from_pretrained(saved_tiny)
+    adapters = GatedAdapters(model.core, AdapterSpec(first_id=0, end_id=model.vocab.size, rank=2)).attach(model.core)
+    with pytest.raises(InvalidArgumentError, match="input_ids"):
+        model.core(inputs_embeds=torch.zeros(1, 2, model.core.config.hidden_size))
+    adapters.detach()
+
+
+def test_a_saved_model_with_broken_adapter_files_is_refused(saved_tiny: Path, tmp_path: Path) -> None:
+    assert _extend(saved_tiny, tmp_path / "run", "gated") == 0
+    final = tmp_path / "run" / "final"
+    (final / "adapters.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="adapters.safetensors"):
+        AnyGen.from_pretrained(final)
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -16,6 +16,10 @@ or call :func:`main`.
      every old parameter stays bit-identical.
    - ``lora``: the new rows (as in ``rows``) plus LoRA adapters (peft) on the core's attention and MLP
      projections (``lora.targets``); the adapters are merged before saving, so the result is a plain AnyGen.
+   - ``gated``: the new rows plus LoRA-shaped adapters that act only at the new modality's token positions
+     (:mod:`anygen.adapters`): a sequence without the new modality runs the unchanged core, so every old task
+     computes exactly what it computed before, while the new modality's positions get their own weights. The
+     adapters are saved beside the core (``adapters.safetensors``), not merged.
    - ``full``: every parameter (full fine-tuning).
 
 Everything else -- accelerate, the progress bar, ``metrics.jsonl``, atomic checkpoints and resume, the cosine
@@ -35,6 +39,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from anygen.adapters import LLAMA_PROJECTIONS, AdapterSpec, GatedAdapters
 from anygen.config import to_dict
 from anygen.data.corpus import TASKS, DataConfig, build_split
 from anygen.errors import CheckpointError, InvalidArgumentError, check_range
@@ -60,7 +65,6 @@ Item = dict[str, Any]
 CorpusBuilder = Callable[[dict[str, int], str, int], list[Item]]
 # modality name -> builder of its tasks' items: ``build(sizes, split, seed) -> items`` (see anygen.data.signals).
 CORPORA: dict[str, str | CorpusBuilder] = {"signal": "anygen.data.signals:build_split"}
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def register_corpus(modality: str, builder: CorpusBuilder) -> None:
@@ -117,7 +121,8 @@ class ModalitySection:
 
 @dataclass
 class LoraSection:
-    """LoRA adapters for ``mode: lora``: rank, scale ``alpha / rank``, dropout, and the module names adapted."""
+    """Adapters for ``mode: lora`` and ``mode: gated``: rank, scale ``alpha / rank``, dropout (``lora`` only), and
+    the module names adapted."""
 
     rank: int = 8
     alpha: float = 16.0
@@ -178,7 +183,11 @@ class ExtendConfig:
 
     model: str | None = None
     modality: ModalitySection = field(default_factory=lambda: ModalitySection("signal", "SignalTokenizer"))
-    mode: Literal["rows", "lora", "full"] = "lora"
+    mode: Literal["rows", "lora", "gated", "full"] = "lora"
+
+    def __post_init__(self) -> None:
+        if self.mode == "gated" and self.lora.dropout > 0:
+            raise InvalidArgumentError(f"lora.dropout={self.lora.dropout}: gated adapters take no dropout (use 0)")
     lora: LoraSection = field(default_factory=LoraSection)
     data: ExtendDataSection = field(default_factory=lambda: ExtendDataSection(sizes={"text_to_signal": 1000}))
     optim: OptimSection = field(default_factory=OptimSection)
@@ -210,7 +219,7 @@ def main(config: ExtendConfig) -> CoreTrainResult:
 
 # ---- 2. the model and what trains ---------------------------------------------------------------------------
 def build_model(config: ExtendConfig, tokenizer: ModalityTokenizer) -> AnyGen:
-    """``config.model`` with the new modality appended and, in ``lora`` mode, adapters added (seeded)."""
+    """``config.model`` with the new modality appended and, in ``lora`` / ``gated`` mode, adapters added (seeded)."""
     base = AnyGen.from_pretrained(config.model, config.attn_implementation)
     old_rows = base.vocab.size
     model = add_modality(base, tokenizer, config.modality.name)
@@ -218,6 +227,15 @@ def build_model(config: ExtendConfig, tokenizer: ModalityTokenizer) -> AnyGen:
     torch.manual_seed(config.train.seed)
     if config.mode == "lora":
         model.core = _with_lora(model.core, config.lora)
+    new_adapter = None
+    if config.mode == "gated":
+        spec = AdapterSpec(old_rows, model.vocab.size, config.lora.rank, config.lora.alpha, list(config.lora.targets))
+        try:
+            new_adapter = GatedAdapters(model.core, spec)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"lora.targets: {err}") from err
+        model = AnyGen(model.core, model.vocab, model.text_tokenizer, model.tokenizers, model.decoders,
+                       [*model.adapters, new_adapter])
     model.requires_grad_(config.mode == "full")
     if config.mode != "full":
         for weight in _embedding_weights(model):
@@ -226,6 +244,8 @@ def build_model(config: ExtendConfig, tokenizer: ModalityTokenizer) -> AnyGen:
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(True)
+    if new_adapter is not None:
+        new_adapter.requires_grad_(True)
     return model.train()
 
 
@@ -275,11 +295,11 @@ def _trainable_groups(model: AnyGen, config: ExtendConfig) -> list[dict[str, Any
 
 
 def export_model(model: nn.Module) -> AnyGen:
-    """The trained model as a plain AnyGen: LoRA adapters merged into the core's weights."""
+    """The trained model as an AnyGen: LoRA adapters merged into the core's weights, gated adapters kept beside it."""
     core = model.core
     if hasattr(core, "merge_and_unload"):
         core = core.merge_and_unload()
-    return AnyGen(core, model.vocab, model.text_tokenizer, model.tokenizers)
+    return AnyGen(core, model.vocab, model.text_tokenizer, model.tokenizers, model.decoders, list(model.adapters))
 
 
 # ---- 2. the corpus ------------------------------------------------------------------------------------------
