@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
-    """Adapt an AnyGenPipeline to the evaluators' callables (every sampling call seeded)."""
-    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    """Adapt an AnyGenPipeline to the evaluators' callables.
+
+    Every sampling call gets its own generator, seeded from ``seed`` and the call's index: the runs are
+    reproducible, and the items' samples are independent (one shared seed would give every prompt the same noise,
+    so a whole suite would pass or fail together with that one draw).
+    """
+    calls = itertools.count()
+    gen = lambda: torch.Generator().manual_seed(seed * 1_000_003 + next(calls))  # noqa: E731
 
     def text_to_image(prompts: list[str]) -> list:
         return [pipe.text_to_image(p, num_images=1, generator=gen())[0] for p in prompts]
