@@ -140,9 +140,14 @@ def _cache_dir(gr: Any) -> str:
     return str(path)
 
 
-def _sampling(gr: Any, name: str = "") -> list[Any]:
+def _default(method: Any, argument: str) -> Any:
+    """The pipeline method's own default for ``argument``, so the sliders start where the Python API does."""
+    return inspect.signature(method).parameters[argument].default
+
+
+def _sampling(gr: Any, name: str = "", temperature: float = 1.0) -> list[Any]:
     prefix = f"{name} " if name else ""
-    return [gr.Slider(0.05, 2.0, value=1.0, step=0.05, label=f"{prefix}temperature"),
+    return [gr.Slider(0.05, 2.0, value=temperature, step=0.05, label=f"{prefix}temperature"),
             gr.Slider(0, 256, value=0, step=1, label=f"{prefix}top-k (0 = off)")]
 
 
@@ -198,7 +203,9 @@ def _image_tab(gr: Any, pipe: AnyGenPipeline) -> None:
             count = gr.Slider(1, 8, value=4, step=1, label="images")
             run = gr.Button("Generate", variant="primary")
             with gr.Accordion("Advanced settings", open=False):
-                controls = [gr.Slider(0, 10, value=2.0, step=0.1, label="guidance"), *_sampling(gr),
+                controls = [gr.Slider(0, 10, value=_default(pipe.text_to_image, "guidance_scale"), step=0.1,
+                                      label="guidance"),
+                            *_sampling(gr, temperature=_default(pipe.text_to_image, "temperature")),
                             *_seed_and_decoder(gr)]
         gallery = gr.Gallery(label="samples", columns=4, object_fit="contain")
     gr.Examples([[p] for p in IMAGE_PROMPTS], inputs=[prompt])
@@ -224,8 +231,11 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
             instruction = gr.Textbox(EDIT[1], label="instruction")
             run = gr.Button("Edit", variant="primary")
             with gr.Accordion("Advanced settings", open=False):
-                controls = [gr.Slider(0, 10, value=2.0, step=0.1, label="text guidance"),
-                            gr.Slider(0, 10, value=1.5, step=0.1, label="image guidance"), *_sampling(gr),
+                controls = [gr.Slider(0, 10, value=_default(pipe.edit_image, "guidance_scale"), step=0.1,
+                                      label="text guidance"),
+                            gr.Slider(0, 10, value=_default(pipe.edit_image, "image_guidance_scale"), step=0.1,
+                                      label="image guidance"),
+                            *_sampling(gr, temperature=_default(pipe.edit_image, "temperature")),
                             *_seed_and_decoder(gr)]
         result = gr.Image(label="edited", type="pil")
 
@@ -253,7 +263,9 @@ def _speech_tab(gr: Any, pipe: AnyGenPipeline) -> None:
             text = gr.Textbox(SPEECH[0], label="text (words, or note names for a melody)")
             run = gr.Button("Speak", variant="primary")
             with gr.Accordion("Advanced settings", open=False):
-                controls = [gr.Slider(0, 10, value=1.0, step=0.1, label="guidance"), *_sampling(gr),
+                controls = [gr.Slider(0, 10, value=_default(pipe.speak, "guidance_scale"), step=0.1,
+                                      label="guidance"),
+                            *_sampling(gr, temperature=_default(pipe.speak, "temperature")),
                             gr.Number(0, precision=0, label="seed", minimum=0),
                             gr.Slider(0.1, 10.0, value=pipe.max_audio_seconds, step=0.1, label="max seconds")]
         audio = gr.Audio(label="speech", type="numpy")

@@ -156,9 +156,14 @@ class AnyGenPipeline:
         texts = self._texts(rows, max_new_tokens, generator, do_sample, temperature)
         return texts if isinstance(image, (list, tuple)) else texts[0]
 
-    def speak(self, text: str, guidance_scale: float = 1.0, generator: Generators = None, temperature: float = 1.0,
+    def speak(self, text: str, guidance_scale: float = 2.0, generator: Generators = None, temperature: float = 0.7,
               top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
-        """Speech (or a melody, for note names) for ``text``: returns ``(waveform (T,), sample_rate)``."""
+        """Speech (or a melody, for note names) for ``text``: returns ``(waveform (T,), sample_rate)``.
+
+        ``guidance_scale`` is classifier-free guidance against the empty text. The defaults (2.0, temperature 0.7)
+        were chosen on the validation split: anygen-tiny's spoken keywords are read right about 0.7 of the time
+        with them, 0.4 with plain sampling (``guidance_scale=1.0, temperature=1.0``); MODEL_CARD.md has the table.
+        """
         if not isinstance(text, str) or not text.strip():
             raise InvalidArgumentError("text must be a non-empty string for speak()")
         tok = self._tokenizer("audio")
