@@ -1,28 +1,31 @@
-"""Token-gated LoRA adapters: extra weights that act only at the positions of one modality's tokens.
+"""Token-gated LoRA adapters: extra weights that act from the first token of one modality on.
 
 An :class:`GatedAdapters` set belongs to a range of token ids ``[first_id, end_id)`` -- the ids an appended
 modality received (:func:`anygen.extension.add_modality`). Each adapted projection (``q_proj``, ``up_proj`` ...)
-computes ``W x + gate * (alpha / rank) * B A x``, where ``gate`` is 1 at positions whose input token lies in the
-range and 0 elsewhere. A forward pre-hook on the core reads ``input_ids`` on every call (prefill or one cached
-decode step alike) and sets the gate, so:
+computes ``W x + gate * (alpha / rank) * B A x``, where ``gate`` is 0 at every position before the row's first
+token in the range and 1 from that token on. A forward pre-hook on the core reads ``input_ids`` on every call and
+sets the gate; across the calls of one cached generation (prefill, then one token per step) it remembers, per
+cache object and row, whether a gated token has been seen. So:
 
 * a sequence without any token of the new modality runs the unchanged core: every old task computes exactly what
   it computed before (the adapters are not even evaluated);
-* at the new modality's positions (its begin / end tokens and codes) the adapters change the queries, keys,
-  values and MLPs, so text positions read adapted keys / values of the new modality through attention -- the
-  modality-specific-weights idea of mixture-of-transformers models, at LoRA cost.
+* from the new modality's begin token on, the adapters change queries, keys, values and MLPs -- of the modality's
+  codes and of the text that follows them (a description of a signal, say), which a frozen core could not learn.
 
 Adapters are not merged into the core (that would change old tasks); :class:`anygen.model.AnyGen` saves them
-beside it (``adapters.safetensors`` and an ``adapters`` entry in ``config.json``) and rebuilds them on load.
+beside it (``adapters.safetensors`` and an ``adapters`` entry in ``config.json``) and rebuilds them on load. The
+gate is per thread, so several threads may run one model at once.
 
 Example:
     >>> core = build_core(CoreConfig(64, 2, 4, 2, 128, 256), vocab_size=128)      # doctest: +SKIP
-    >>> adapters = GatedAdapters(core, first_id=100, end_id=128, rank=4)           # doctest: +SKIP
+    >>> adapters = GatedAdapters(core, AdapterSpec(first_id=100, end_id=128))      # doctest: +SKIP
     >>> adapters.attach(core)                                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -83,7 +86,8 @@ class GatedAdapters(nn.Module):
         # ModuleDict keys may not contain dots: "model.layers.0.self_attn.q_proj" -> "model__layers__0__...".
         self.pairs = nn.ModuleDict({name.replace(".", "__"): _LowRank(m.in_features, m.out_features, spec.rank)
                                     for name, m in targets.items()})
-        self._gate: torch.Tensor | None = None  # (B, T, 1) for the current forward; None = no position gated
+        self._local = threading.local()  # .gate: (B, T, 1) of this thread's current forward, None = nothing gated
+        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KV cache -> (B,) bool
         self._handles: list[Any] = []
 
     def attach(self, core: nn.Module) -> "GatedAdapters":
@@ -100,30 +104,49 @@ class GatedAdapters(nn.Module):
             handle.remove()
         self._handles = []
 
-    def gate(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``(B, T, 1)`` float: 1 where the token id is in ``[first_id, end_id)``."""
+    def gate(self, input_ids: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T)`` bool: True from each row's first token id in ``[first_id, end_id)`` on (from the start
+        for rows whose ``seen`` flag says an earlier call already had one)."""
         inside = (input_ids >= self.spec.first_id) & (input_ids < self.spec.end_id)
-        return inside.unsqueeze(-1).to(self.pairs_dtype)
-
-    @property
-    def pairs_dtype(self) -> torch.dtype:
-        return next(self.pairs.parameters()).dtype
+        gate = inside.cumsum(-1) > 0
+        return gate if seen is None else gate | seen[:, None]
 
     def _set_gate(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise InvalidArgumentError("a core with gated adapters must be called with input_ids (the gate is "
                                        "read from the token ids), not inputs_embeds")
-        gate = self.gate(input_ids)
-        self._gate = gate if bool(gate.any()) else None
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        seen = None
+        if cache is not None and _cached_tokens(cache, kwargs.get("cache_position")) > 0:
+            seen = self._seen.get(cache)
+            if seen is None or seen.shape[0] != input_ids.shape[0]:
+                raise InvalidArgumentError("gated adapters: this call continues a KV cache whose earlier calls "
+                                           "they did not see; run the prefill through the same model")
+        gate = self.gate(input_ids, seen)
+        if cache is not None:
+            self._seen[cache] = gate[:, -1]
+        self._local.gate = gate.unsqueeze(-1).to(self.pairs_dtype) if bool(gate.any()) else None
+
+    @property
+    def pairs_dtype(self) -> torch.dtype:
+        return next(self.pairs.parameters()).dtype
 
     def _adapt(self, pair: _LowRank):
         def hook(_module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-            if self._gate is None:
+            gate = getattr(self._local, "gate", None)
+            if gate is None:
                 return out
             delta = pair.lora_B(pair.lora_A(args[0].to(pair.lora_A.weight.dtype)))
-            return out + (self.scale * self._gate * delta).to(out.dtype)
+            return out + (self.scale * gate * delta).to(out.dtype)
         return hook
+
+
+def _cached_tokens(cache: Any, cache_position: torch.Tensor | None) -> int:
+    """How many positions the cache held before this call (the first cache slot the call writes)."""
+    if cache_position is not None:
+        return int(cache_position.reshape(-1)[0])
+    return int(cache.get_seq_length())
 
 
 def _targets(core: nn.Module, names: Sequence[str]) -> dict[str, nn.Linear]:

@@ -20,6 +20,7 @@ from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.evaluation.signals import main as signal_eval
 from anygen.evaluation.signals import read_signal, run_signal_suite, signal_rates
 from anygen.extension import add_modality
+from anygen.generation import KVRunner
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
 from anygen.tokenizers.signal import SignalTokenizer
@@ -173,6 +174,14 @@ def test_gated_mode_keeps_every_old_task_exact_and_adapts_the_new_modality(saved
         with_adapters, without = extended(mixed).logits, detached(mixed).logits
     assert torch.equal(with_adapters[:, :4], without[:, :4])  # before the first gated token: unchanged
     assert not torch.allclose(with_adapters[:, 4:], without[:, 4:])
+    # Cached decoding (prefill, then one token per call) carries the gate across calls: same logits as one
+    # forward over the whole row.
+    runner = KVRunner(extended.core, [mixed[0, :6].tolist(), old_ids[0, :6].tolist()], extended.vocab.pad_id, 4)
+    with torch.no_grad():
+        steps = [runner.prefill()] + [runner.decode(torch.stack([mixed[0, t], old_ids[0, t]])) for t in range(6, 9)]
+        full = [extended(mixed[:1, :9]).logits[0, 5:9], extended(old_ids[:1, :9]).logits[0, 5:9]]
+    torch.testing.assert_close(torch.stack([s[0] for s in steps]), full[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([s[1] for s in steps]), full[1], atol=1e-4, rtol=1e-4)
     # Extending the extended model again keeps the first adapters (and their gate) in place.
     again = add_modality(extended, SignalTokenizer(length=8, levels=8), "trace")
     assert len(again.adapters) == 1 and again.adapters[0].spec.end_id == extended.vocab.size
