@@ -64,7 +64,7 @@ def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]
     speak = median_seconds(lambda: pipe.speak("hello", generator=seed()), repeats)
     transcribe = median_seconds(lambda: pipe.transcribe(wave, rate), repeats)
     out += [("speak", f"{speak / seconds:.2f} s per s of audio", f"{seconds:.2f} s of audio in {speak:.2f} s, "
-             "Griffin-Lim included"),
+             "CFG 2 (the default), Griffin-Lim included"),
             ("transcribe", f"{transcribe:.2f} s", f"{seconds:.2f} s clip, greedy")]
     return out
 
