@@ -39,7 +39,8 @@ from anygen.errors import AnygenError, InvalidArgumentError
 from anygen.image import load_image
 from anygen.pipelines import DECODERS, AnyGenPipeline, load
 from anygen.sampling import SamplingParams
-from anygen.showcase import EDIT, IMAGE_PROMPTS, MELODY, SPEECH
+from anygen.data.scenes import Scene, ShapeObject, render_scene
+from anygen.showcase import EDIT, IMAGE_PROMPTS, MELODY, QUESTION, QUESTION_SCENE, SPEECH
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -47,7 +48,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = "5mb"
-CHAT_EXAMPLES = tuple(f"Play these notes: {notes}" for notes in (MELODY, "D4 F4 A4 D5", "E4 G4 B4 E5"))
+# Chat examples in the corpus' own interleaved formats: a question about a picture (answered with the number
+# spoken, then a caption) and a melody request; anygen-tiny gets the answer's format right and its content only
+# part of the time (MODEL_CARD.md).
+COLOUR_SCENE = Scene([ShapeObject("star", "blue", 0.5, 0.5, 0.25)])
+CHAT_EXAMPLES = ((QUESTION, QUESTION_SCENE), ("What colour is the shape?", COLOUR_SCENE),
+                 (f"Play these notes: {MELODY}", None), ("Play these notes: D4 F4 A4 D5", None))
 
 
 
@@ -140,6 +146,13 @@ def _cache_dir(gr: Any) -> str:
     return str(path)
 
 
+def _example_image(gr: Any, scene: Scene, index: int) -> str:
+    """A chat example's picture, rendered into Gradio's upload folder (the only place it serves files from)."""
+    path = Path(_cache_dir(gr)) / f"anygen-example-{index}.png"
+    render_scene(scene, 256).save(path)
+    return str(path)
+
+
 def _default(method: Any, argument: str) -> Any:
     """The pipeline method's own default for ``argument``, so the sliders start where the Python API does."""
     return inspect.signature(method).parameters[argument].default
@@ -175,7 +188,8 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         for name in ("text", "image", "audio"):
             with gr.Row():
                 settings += _sampling(gr, name)
-    gr.Examples([[{"text": text, "files": []}] for text in CHAT_EXAMPLES], inputs=[box])
+    gr.Examples([[{"text": text, "files": [] if scene is None else [_example_image(gr, scene, i)]}]
+                 for i, (text, scene) in enumerate(CHAT_EXAMPLES)], inputs=[box])
 
     def chat(message: dict | None, past: list[dict], max_new_tokens: float, seed: float, decoder: str,
              output_modalities: list[str], text_temperature: float, text_top_k: float, image_temperature: float,

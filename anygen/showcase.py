@@ -12,15 +12,25 @@ import torch
 from PIL import Image
 
 from anygen.audio import save_audio
+from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.pipelines import AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
-IMAGE_PROMPTS = ("a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
-                 "three purple stars")
+# Prompts the shipped anygen-tiny gets right at least half the time (8 seeded samples each, ShapesEval's judge):
+# "a red circle" 5/8, "a square" 7/8, "two circles" 7/8, "a circle and a star" 4/8. Colour pairs and relations
+# ("two blue squares", "a circle above a square") it gets right 0/8: MODEL_CARD.md has the per-category scores.
+IMAGE_PROMPTS = ("a red circle", "a square", "two circles", "a circle and a star")
 EDIT = ("a blue square", "make the square red")
 SPEECH = ("hello", "seven")
 MELODY = "C4 E4 G4 C5"
-INTERLEAVED = [TextSegment("Play these notes: D4 F4 A4 D5")]
+# An interleaved question about a picture; the corpus' answer is "Answer:", the number spoken, then a caption.
+QUESTION_SCENE = Scene([ShapeObject("circle", "red", 0.3, 0.3, 0.15), ShapeObject("circle", "red", 0.7, 0.7, 0.15)])
+QUESTION = "How many shapes are in this picture?"
+
+
+def question_segments(size: int = 64) -> Interleaved:
+    """The interleaved showcase prompt: :data:`QUESTION` about :data:`QUESTION_SCENE`, rendered at ``size``."""
+    return [TextSegment(QUESTION), ImageSegment(render_scene(QUESTION_SCENE, size))]
 
 
 @dataclass
@@ -87,8 +97,9 @@ def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_n
     page.add("Text to speech / melody, and back", body, time.perf_counter() - start)
     # 5. An interleaved answer.
     start = time.perf_counter()
-    answer = pipe.generate(INTERLEAVED, max_new_tokens=200, generator=gen())
-    page.add("Interleaved", _render(page, INTERLEAVED, "prompt") + "<p>&rarr;</p>" + _render(page, answer, "answer"),
+    question = question_segments(pipe.image_size[0])
+    answer = pipe.generate(question, max_new_tokens=200, generator=gen())
+    page.add("Interleaved", _render(page, question, "prompt") + "<p>&rarr;</p>" + _render(page, answer, "answer"),
              time.perf_counter() - start)
     return page.write(model_name)
 
