@@ -54,6 +54,7 @@ class Rendering:
     strength: float = 1.0
     image: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    output_type: str = "pil"
 
 
 class AnyGenPipeline:
@@ -90,12 +91,13 @@ class AnyGenPipeline:
         prompts = _as_list(prompt, "prompt")
         _check_count("num_images", num_images)
         size = self._image_shape(height, width)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale), size)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale,
+                                           output_type=output_type), size)
         rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(num_images)]
         uncond = [[TextSegment(negative_prompt)] if negative_prompt else []] * len(rows)
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
                                guidance=(uncond, guidance_scale), generator=generator, image_size=size)
-        return self._images(sampled, size, output_type, render, generator)
+        return self._images(sampled, size, render, generator)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
                    guidance_scale: float = 2.0, image_guidance_scale: float = 1.5, num_images: int = 1,
@@ -115,10 +117,11 @@ class AnyGenPipeline:
         _check_count("num_images", num_images)
         size = self._image_shape(None, None)
         start = torch.cat([to_tensor(x, size=size) for x in images]).repeat_interleave(num_images, dim=0)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale, strength, start), size)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale, strength, start,
+                                           output_type=output_type), size)
         sampled = self._edit_codes(images, instructions, num_images, guidance_scale, image_guidance_scale,
                                    generator, SamplingParams(temperature, top_k, top_p))
-        return self._images(sampled, size, output_type, render, generator)
+        return self._images(sampled, size, render, generator)
 
     def inpaint(self, image: ImageInput, mask_image: MaskInput, prompt: str, guidance_scale: float = 2.0,
                 image_guidance_scale: float = 1.5, num_images: int = 1, generator: Generators = None,
@@ -143,10 +146,10 @@ class AnyGenPipeline:
         size = self._image_shape(None, None)
         start = to_tensor(picture, size=size).repeat(num_images, 1, 1, 1)
         render = self._rendering(Rendering("diffusion", decoder_steps, decoder_guidance_scale, strength, start,
-                                           _mask(mask_image, size)), size)
+                                           _mask(mask_image, size), output_type), size)
         sampled = self._edit_codes([picture], [prompt], num_images, guidance_scale, image_guidance_scale, generator,
                                    SamplingParams(temperature, top_k, top_p))
-        return self._images(sampled, size, output_type, render, generator)
+        return self._images(sampled, size, render, generator)
 
     def caption(self, image: ImageInput | Sequence[ImageInput], max_new_tokens: int = 48,
                 generator: Generators = None, do_sample: bool = False, temperature: float = 1.0) -> str | list[str]:
@@ -265,7 +268,9 @@ class AnyGenPipeline:
                             image_size=self._image_shape(None, None))
 
     def _rendering(self, render: Rendering, size: tuple[int, int]) -> Rendering:
-        """Check the decoder choice and its settings before anything is sampled."""
+        """Check the decoder choice, its settings and the output type before anything is sampled."""
+        if render.output_type not in ("pil", "pt", "np"):
+            raise InvalidArgumentError(f"output_type={render.output_type!r} must be 'pil', 'pt' or 'np'")
         if render.decoder not in DECODERS:
             raise InvalidArgumentError(f"decoder={render.decoder!r} is not available; choose one of {list(DECODERS)}")
         if render.decoder == "vq":
@@ -303,32 +308,29 @@ class AnyGenPipeline:
             >>> pipe.render_codes(codes, decoder="diffusion", decoder_steps=10)           # doctest: +SKIP
         """
         size = self._image_shape(None, None)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale), size)
-        return self._render(torch.as_tensor(codes).long(), size, output_type, render, generator)
+        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale,
+                                           output_type=output_type), size)
+        return self._render(torch.as_tensor(codes).long(), size, render, generator)
 
     def check_decoder(self, decoder: str) -> str:
         """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""
         self._rendering(Rendering(decoder), self._image_shape(None, None))
         return decoder
 
-    def _images(self, sampled: Sampled, size: tuple[int, int], output_type: OutputType, render: Rendering,
-                generator: Generators):
+    def _images(self, sampled: Sampled, size: tuple[int, int], render: Rendering, generator: Generators):
         codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
-        return self._render(codes, size, output_type, render, generator)
+        return self._render(codes, size, render, generator)
 
-    def _render(self, codes: torch.Tensor, size: tuple[int, int], output_type: OutputType, render: Rendering,
-                generator: Generators):
-        if output_type not in ("pil", "pt", "np"):
-            raise InvalidArgumentError(f"output_type={output_type!r} must be 'pil', 'pt' or 'np'")
+    def _render(self, codes: torch.Tensor, size: tuple[int, int], render: Rendering, generator: Generators):
         if render.decoder == "vq":
             images = VQDecoder(self._tokenizer("image")).decode(codes, size)  # (B, 3, H, W)
         else:
             images = self._diffusion_decoder().decode(
                 codes, size, num_inference_steps=render.steps, guidance_scale=render.guidance_scale,
                 generator=generator, image=render.image, strength=render.strength, mask=render.mask)
-        if output_type == "pt":
+        if render.output_type == "pt":
             return images
-        if output_type == "np":
+        if render.output_type == "np":
             return images.permute(0, 2, 3, 1).numpy()
         return to_pil(images)
 

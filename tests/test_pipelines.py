@@ -62,16 +62,25 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.text_to_image("a", height=20), "multiple"),
     (lambda p: p.text_to_image("a", decoder="diffusion"), "decoder"),
     (lambda p: p.text_to_image("a", output_type="jpeg"), "output_type"),
-    (lambda p: p.text_to_image("a", generator=[seed(0)] * 3), "one per row"),
     (lambda p: p.text_to_image(["a", 3]), "prompt"),
     (lambda p: p.edit_image([Image.new("RGB", (32, 32))] * 2, "x"), "2 images but 1 instructions"),
     (lambda p: p.speak("   "), "non-empty"),
     (lambda p: p.speak("hi", max_seconds=0.0), "max_seconds"),
     (lambda p: p.transcribe(torch.zeros(100), 0), "sample_rate"),
 ])
-def test_bad_arguments_raise_clear_errors(pipe: AnyGenPipeline, call, match: str) -> None:
+def test_bad_arguments_raise_clear_errors(pipe: AnyGenPipeline, call, match: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the sampler ran before the bad argument was refused")
+
+    monkeypatch.setattr("anygen.pipelines.generate", no_sampling)
     with pytest.raises(InvalidArgumentError, match=match):
         call(pipe)
+
+
+def test_a_generator_list_of_the_wrong_length_is_refused(pipe: AnyGenPipeline) -> None:
+    with pytest.raises(InvalidArgumentError, match="one per row"):
+        pipe.text_to_image("a", generator=[seed(0)] * 3)
 
 
 def test_bad_media_and_misspelled_keywords(pipe: AnyGenPipeline) -> None:
