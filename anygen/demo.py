@@ -35,11 +35,11 @@ from anygen.chat import (
     enlarge,
     make_generator,
 )
+from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.errors import AnygenError, InvalidArgumentError
 from anygen.image import load_image
 from anygen.pipelines import DECODERS, AnyGenPipeline, load
 from anygen.sampling import SamplingParams
-from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.showcase import EDIT, IMAGE_PROMPTS, MELODY, QUESTION, QUESTION_SCENE, SPEECH
 
 if TYPE_CHECKING:

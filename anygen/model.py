@@ -160,12 +160,7 @@ class AnyGen(nn.Module):
             raise
 
     def _write(self, directory: Path, dtype: torch.dtype | None) -> None:
-        tensors = _unique_tensors(self.core)
-        if not all(torch.isfinite(t).all() for t in tensors.values()):
-            raise CheckpointError("refusing to save non-finite weights")
-        if dtype is not None:
-            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(directory / WEIGHTS))
+        _save_tensors(_unique_tensors(self.core), directory / WEIGHTS, dtype, "weights")
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
         entries = {}
         for name, tok in self.tokenizers.items():
@@ -177,10 +172,7 @@ class AnyGen(nn.Module):
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
                   "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
         if len(self.adapters):
-            weights = {k: v.to(dtype) if dtype is not None else v for k, v in self.adapters.state_dict().items()}
-            if not all(torch.isfinite(t).all() for t in weights.values()):
-                raise CheckpointError("refusing to save non-finite adapter weights")
-            save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(directory / ADAPTERS))
+            _save_tensors(self.adapters.state_dict(), directory / ADAPTERS, dtype, "adapter weights")
             config["adapters"] = [a.spec.to_dict() for a in self.adapters]
         (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
@@ -237,6 +229,15 @@ def _load_adapters(core: nn.Module, specs: list[dict[str, Any]], path: Path) -> 
         raise CheckpointError(f"config.json: bad adapters entry: {err}") from err
     _load_weights(adapters, path)
     return list(adapters)
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None, what: str) -> None:
+    """Write ``tensors`` as safetensors (floating ones cast to ``dtype``), refusing non-finite values."""
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise CheckpointError(f"refusing to save non-finite {what}")
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
 def _unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

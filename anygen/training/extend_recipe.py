@@ -16,10 +16,10 @@ or call :func:`main`.
      every old parameter stays bit-identical.
    - ``lora``: the new rows (as in ``rows``) plus LoRA adapters (peft) on the core's attention and MLP
      projections (``lora.targets``); the adapters are merged before saving, so the result is a plain AnyGen.
-   - ``gated``: the new rows plus LoRA-shaped adapters that act only at the new modality's token positions
+   - ``gated``: the new rows plus LoRA-shaped adapters that act from a row's first token of the new modality on
      (:mod:`anygen.adapters`): a sequence without the new modality runs the unchanged core, so every old task
-     computes exactly what it computed before, while the new modality's positions get their own weights. The
-     adapters are saved beside the core (``adapters.safetensors``), not merged.
+     computes exactly what it computed before, while the new modality and the text after it get adapted weights.
+     The adapters are saved beside the core (``adapters.safetensors``), not merged.
    - ``full``: every parameter (full fine-tuning).
 
 Everything else -- accelerate, the progress bar, ``metrics.jsonl``, atomic checkpoints and resume, the cosine
@@ -184,15 +184,15 @@ class ExtendConfig:
     model: str | None = None
     modality: ModalitySection = field(default_factory=lambda: ModalitySection("signal", "SignalTokenizer"))
     mode: Literal["rows", "lora", "gated", "full"] = "lora"
-
-    def __post_init__(self) -> None:
-        if self.mode == "gated" and self.lora.dropout > 0:
-            raise InvalidArgumentError(f"lora.dropout={self.lora.dropout}: gated adapters take no dropout (use 0)")
     lora: LoraSection = field(default_factory=LoraSection)
     data: ExtendDataSection = field(default_factory=lambda: ExtendDataSection(sizes={"text_to_signal": 1000}))
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     attn_implementation: Literal["sdpa", "eager", "xformers"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.mode == "gated" and self.lora.dropout > 0:
+            raise InvalidArgumentError(f"lora.dropout={self.lora.dropout}: gated adapters take no dropout (use 0)")
 
 
 def main(config: ExtendConfig) -> CoreTrainResult:
