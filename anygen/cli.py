@@ -13,14 +13,14 @@ from typing import Sequence
 from anygen.errors import AnygenError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("anygen.showcase", "generate a showcase of every task into a folder with an index.html"),
+    "run": ("anygen.apps.showcase", "generate a showcase of every task into a folder with an index.html"),
     "data": ("anygen.data.cli", "build the synthetic training corpus (shapes, edits, digits, speech, melodies)"),
     "eval": ("anygen.evaluation.cli", "run the automatic evaluators on a model or on ground truth"),
     "train": ("anygen.training.core_cli", "train the core on the mixed corpus from a YAML config"),
     "train-tokenizer": ("anygen.training.tokenizer_cli", "train an image or audio tokenizer from a YAML config"),
     "extend": ("anygen.training.extend_cli", "add a new modality to a trained model and train it (rows/lora/full)"),
     "train-decoder": ("anygen.training.decoder_cli", "train a diffusion decoder for an image tokenizer (YAML config)"),
-    "demo": ("anygen.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
+    "demo": ("anygen.apps.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
 }
 
 

@@ -7,7 +7,7 @@ Saved layout (``save_pretrained``)::
     text_tokenizer/        tokenizer.json
     tokenizers/<modality>/ each modality tokenizer's own files
     decoders/<modality>/   optional decoders' own files (e.g. a DiffusionDecoder for images)
-    adapters.safetensors   optional token-gated adapters of appended modalities (anygen.adapters)
+    adapters.safetensors   optional token-gated adapters of appended modalities (anygen.gated_lora)
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from anygen.adapters import AdapterSpec, GatedAdapters
+from anygen.gated_lora import AdapterSpec, GatedAdapters
 from anygen.core import CoreConfig, build_core, core_from_config, extend_vocab, load_pretrained_core
 from anygen.errors import CheckpointError, InvalidArgumentError
-from anygen.generation import SpanRule, span_rules
+from anygen.generation.grammar import SpanRule, span_rules
 from anygen.processor import IGNORE, Processor
 from anygen.tokenizers.base import ModalityTokenizer
 from anygen.tokenizers.registry import tokenizer_class
@@ -62,7 +62,7 @@ class AnyGen(nn.Module):
         tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
         decoders: optional decoders by modality, e.g. ``{"image": DiffusionDecoder}`` (the pipelines'
             ``decoder="diffusion"``); saved under ``decoders/<modality>/``.
-        adapters: token-gated adapters (:class:`~anygen.adapters.GatedAdapters`) built for ``core``; they are
+        adapters: token-gated adapters (:class:`~anygen.gated_lora.GatedAdapters`) built for ``core``; they are
             attached to it here and saved in ``adapters.safetensors``.
 
     Example:

@@ -23,11 +23,12 @@ from anygen.audio import check_waveform, resample
 from anygen.decoders.base import VQDecoder
 from anygen.decoders.checks import check_mask, check_settings
 from anygen.errors import InvalidArgumentError, check_range
-from anygen.generation import Generators, Guidance, SamplingParams, decode_steps, generate
+from anygen.generation.loop import decode_steps, generate
+from anygen.generation.sampling import Generators, Guidance, SamplingParams
 from anygen.image import load_image, to_pil, to_tensor
 from anygen.model import AnyGen
 from anygen.processor import drop_condition
-from anygen.streaming import Event, stream_events
+from anygen.generation.streaming import Event, stream_events
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
 ImageInput = Image.Image | torch.Tensor | str | Path | bytes

@@ -1,6 +1,6 @@
 """Launch the anygen Gradio demo from a source checkout: ``python apps/demo.py --model path/to/model``.
 
-The same app is ``anygen demo`` once the package is installed; see :mod:`anygen.demo`.
+The same app is ``anygen demo`` once the package is installed; see :mod:`anygen.apps.demo`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 def run(argv: list[str] | None = None) -> int:
     """Parse the demo's options and serve it until interrupted; expected failures print one line."""
-    from anygen.demo import add_arguments, main
+    from anygen.apps.demo import add_arguments, main
     from anygen.errors import AnygenError
 
     parser = argparse.ArgumentParser(prog="apps/demo.py", description="anygen interleaved Gradio demo")

@@ -327,8 +327,8 @@ def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
 
 
 def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
-    from anygen.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, enlarge
-    from anygen.streaming import MediaProgress, SegmentDone
+    from anygen.apps.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, enlarge
+    from anygen.generation.streaming import MediaProgress, SegmentDone
     from anygen.types import ImageSegment
 
     codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 16, 16, generator=seed(3)))[0]  # (N,)

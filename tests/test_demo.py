@@ -30,10 +30,10 @@ from conftest import TINY_CORE  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from anygen import demo as demo_module  # noqa: E402
+from anygen.apps import demo as demo_module  # noqa: E402
 from anygen.assets import default_model_path  # noqa: E402
-from anygen.chat import EventThread, partial_image, read_message  # noqa: E402
-from anygen.demo import build_demo, launch, short_message  # noqa: E402
+from anygen.apps.chat import EventThread, partial_image, read_message  # noqa: E402
+from anygen.apps.demo import build_demo, launch, short_message  # noqa: E402
 from anygen.errors import InvalidArgumentError, MediaError  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.pipelines import AnyGenPipeline  # noqa: E402

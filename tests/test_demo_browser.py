@@ -23,7 +23,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from test_demo import interleaving_model_dir, load_pipe, serve  # noqa: E402
 
 from anygen.pipelines import AnyGenPipeline, load  # noqa: E402
-from anygen.showcase import QUESTION  # noqa: E402
+from anygen.apps.showcase import QUESTION  # noqa: E402
 from anygen.tokenizers.text import TextTokenizer  # noqa: E402
 
 pytestmark = pytest.mark.browser

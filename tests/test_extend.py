@@ -15,7 +15,7 @@ import torch
 from anygen import cli
 from anygen.config import load_config
 from anygen.data.signals import HELD_OUT_COMBOS, SignalSpec, build_split, parse_signal_text, render_signal
-from anygen.adapters import AdapterSpec, GatedAdapters
+from anygen.gated_lora import AdapterSpec, GatedAdapters
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.evaluation.signals import main as signal_eval
 from anygen.evaluation.signals import read_signal, run_signal_suite, signal_rates
@@ -79,7 +79,7 @@ def test_add_modality_keeps_old_ids_rows_and_logits(tiny_model: AnyGen) -> None:
 
 
 def test_old_tasks_sample_exactly_the_same_after_a_modality_is_appended(tiny_model: AnyGen) -> None:
-    """Sampling noise is drawn per token id (anygen.sampling.NoiseSource), so appended ids change no old sample."""
+    """Sampling noise is drawn per token id (anygen.generation.sampling.NoiseSource), so appended ids change no old sample."""
     def sample(model: AnyGen) -> tuple[list, str, list]:
         pipe = AnyGenPipeline(model, image_size=(32, 32), max_audio_seconds=0.1)
         seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731

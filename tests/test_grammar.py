@@ -7,7 +7,7 @@ import torch
 
 from anygen.errors import InvalidArgumentError
 from anygen.generation import Grammar, SamplingParams, sample_tokens
-from anygen.sampling import NoiseSource
+from anygen.generation.sampling import NoiseSource
 from anygen.model import AnyGen
 
 IMAGE_SHAPE, AUDIO_SAMPLES = (32, 32), 8 * 400  # 16 image codes; audio spans of at most 8 frames x 2 codebooks

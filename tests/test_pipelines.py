@@ -12,7 +12,7 @@ import anygen
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
-from anygen.streaming import RowDone
+from anygen.generation.streaming import RowDone
 from anygen.types import ImageSegment, TextSegment
 
 

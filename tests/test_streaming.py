@@ -4,7 +4,7 @@ import torch
 
 from anygen.generation import decode_steps, generate
 from anygen.model import AnyGen
-from anygen.streaming import MediaProgress, RowDone, SegmentDone, TextDelta, stream_events
+from anygen.generation.streaming import MediaProgress, RowDone, SegmentDone, TextDelta, stream_events
 from anygen.types import CodesSegment, TextSegment
 
 SHAPES = {"image": (32, 32), "audio": 8 * 400}

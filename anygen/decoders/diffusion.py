@@ -49,7 +49,7 @@ from anygen.decoders.checks import (
 )
 from anygen.errors import CheckpointError, GenerationError, InvalidArgumentError
 from anygen.image import to_tensor
-from anygen.sampling import classifier_free_guidance
+from anygen.generation.sampling import classifier_free_guidance
 from anygen.tokenizers.image import ImageVQ, ImageVQConfig
 from anygen.tokenizers.weights import load_state_strict, read_tokenizer_dir, write_tokenizer_dir
 

@@ -199,7 +199,7 @@ class SignalCallables:
 def pipeline_signal_callables(pipe: Any, seed: int = 0, temperature: float = 0.0) -> SignalCallables:
     """Adapt an ``AnyGenPipeline`` through its generic :meth:`generate`: text is greedy; signal codes are greedy
     when ``temperature == 0``, else sampled at ``temperature`` (seeded)."""
-    from anygen.sampling import SamplingParams
+    from anygen.generation.sampling import SamplingParams
     from anygen.types import MediaSegment, TextSegment
 
     check_range("temperature", temperature, 0.0, None)

@@ -3,7 +3,7 @@
 Encoding media is far too slow to repeat every step on a CPU, so :func:`tokenize_corpus` turns every item into
 id lists once: its prompt, its target and, for the tasks that are sampled with classifier-free guidance, the
 prompt with the condition dropped (exactly ``processor.encode(drop_condition(prompt, ...))``, the prompts
-``anygen.sampling.Guidance`` receives at inference). :func:`draw_rows` then picks rows from
+``anygen.generation.sampling.Guidance`` receives at inference). :func:`draw_rows` then picks rows from
 ``(seed, step, process)`` alone, so a resumed run sees the batches an uninterrupted run would have.
 
 Example:

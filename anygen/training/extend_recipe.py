@@ -17,7 +17,7 @@ or call :func:`main`.
    - ``lora``: the new rows (as in ``rows``) plus LoRA adapters (peft) on the core's attention and MLP
      projections (``lora.targets``); the adapters are merged before saving, so the result is a plain AnyGen.
    - ``gated``: the new rows plus LoRA-shaped adapters that act from a row's first token of the new modality on
-     (:mod:`anygen.adapters`): a sequence without the new modality runs the unchanged core, so every old task
+     (:mod:`anygen.gated_lora`): a sequence without the new modality runs the unchanged core, so every old task
      computes exactly what it computed before, while the new modality and the text after it get adapted weights.
      The adapters are saved beside the core (``adapters.safetensors``), not merged.
    - ``full``: every parameter (full fine-tuning).
@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from anygen.adapters import LLAMA_PROJECTIONS, AdapterSpec, GatedAdapters
+from anygen.gated_lora import LLAMA_PROJECTIONS, AdapterSpec, GatedAdapters
 from anygen.config import to_dict
 from anygen.data.corpus import TASKS, DataConfig, build_split
 from anygen.errors import CheckpointError, InvalidArgumentError, check_range

@@ -1,6 +1,6 @@
 """The chat part of the demo: read a multimodal message, stream the answer as parts, render partial media.
 
-Nothing here imports gradio; :mod:`anygen.demo` wires these functions into the interface.
+Nothing here imports gradio; :mod:`anygen.apps.demo` wires these functions into the interface.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from anygen.audio import load_audio
 from anygen.errors import InvalidArgumentError, MediaError
 from anygen.image import load_image, to_pil
 from anygen.pipelines import DECODERS, AnyGenPipeline
-from anygen.sampling import SamplingParams
-from anygen.streaming import Event, MediaProgress, SegmentDone, TextDelta
+from anygen.generation.sampling import SamplingParams
+from anygen.generation.streaming import Event, MediaProgress, SegmentDone, TextDelta
 from anygen.types import AudioSegment, ImageSegment, Interleaved, Segment, TextSegment
 
 if TYPE_CHECKING:

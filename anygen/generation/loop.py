@@ -1,9 +1,9 @@
 """The decoding loop: prefill, then one grammar-constrained, guided, per-modality sample per step.
 
 Generation is a few small functions over explicit state (in the spirit of gpt-fast): :class:`KVRunner` drives the
-transformers core over a preallocated static KV cache, :class:`~anygen.grammar.Grammar` masks what each row may
-emit, :func:`~anygen.sampling.classifier_free_guidance` guides rows inside guided spans, and
-:func:`~anygen.sampling.sample_tokens` samples each row with the settings of the modality it is in. With a
+transformers core over a preallocated static KV cache, :class:`~anygen.generation.grammar.Grammar` masks what each row may
+emit, :func:`~anygen.generation.sampling.classifier_free_guidance` guides rows inside guided spans, and
+:func:`~anygen.generation.sampling.sample_tokens` samples each row with the settings of the modality it is in. With a
 ``torch.Generator`` the output is a pure function of the inputs and the seed.
 """
 
@@ -17,9 +17,9 @@ import torch
 from transformers import StaticCache
 
 from anygen.errors import GenerationError, InvalidArgumentError
-from anygen.grammar import Grammar, GrammarState, SpanRule, span_rules
+from anygen.generation.grammar import Grammar, GrammarState, SpanRule, span_rules
 from anygen.processor import pad_rows
-from anygen.sampling import (Generators, Guidance, NoiseSource, SamplingParams, classifier_free_guidance,
+from anygen.generation.sampling import (Generators, Guidance, NoiseSource, SamplingParams, classifier_free_guidance,
                              sample_tokens)
 from anygen.vocab import Vocab
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from anygen.chat import (
+from anygen.apps.chat import (
     MAX_PIXELS,
     AudioClip,
     ChatSettings,
@@ -39,8 +39,8 @@ from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.errors import AnygenError, InvalidArgumentError
 from anygen.image import load_image
 from anygen.pipelines import DECODERS, AnyGenPipeline, load
-from anygen.sampling import SamplingParams
-from anygen.showcase import EDIT, IMAGE_PROMPTS, MELODY, QUESTION, QUESTION_SCENE, SPEECH
+from anygen.generation.sampling import SamplingParams
+from anygen.apps.showcase import EDIT, IMAGE_PROMPTS, MELODY, QUESTION, QUESTION_SCENE, SPEECH
 
 if TYPE_CHECKING:
     import gradio as gr

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence, Union
 
 import torch
 
-from anygen.generation import Step
+from anygen.generation.loop import Step
 from anygen.processor import Processor
 from anygen.types import Segment, TextSegment
 
@@ -67,7 +67,7 @@ class _Row:
 
 def stream_events(processor: Processor, steps: Iterable[Step], prompts: Sequence[Sequence[int]],
                   decode_media: bool = True) -> Iterator[Event]:
-    """Translate :class:`~anygen.generation.Step` s into :data:`Event` s for every row.
+    """Translate :class:`~anygen.generation.loop.Step` s into :data:`Event` s for every row.
 
     ``prompts`` are needed only to know which rows start inside an open span (their tails hold its codes).
     """

@@ -8,7 +8,7 @@ from torch import nn
 
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers import ModalityTokenizer
-from anygen.tokenizers.adapters import ChameleonVQTokenizer, EncodecTokenizer
+from anygen.tokenizers.public import ChameleonVQTokenizer, EncodecTokenizer
 
 
 @pytest.fixture(scope="module")
