@@ -118,8 +118,7 @@ class AnyGen(nn.Module):
 
     # ---- training forward -----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, loss_weights: Mapping[str, float] | None = None,
-                **_unused: torch.Tensor) -> AnyGenOutput:
+                labels: torch.Tensor | None = None, loss_weights: Mapping[str, float] | None = None) -> AnyGenOutput:
         """Next-token logits ``(B, T, V)``; with ``labels`` also the loss, in total and per modality.
 
         ``loss_weights`` scales each target token's loss by its modality (missing = 1); with no weights the

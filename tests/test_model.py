@@ -127,3 +127,10 @@ def test_loading_never_unpickles(tiny_model: AnyGen, tmp_path: Path, monkeypatch
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(os, "system", refuse)
     AnyGen.from_pretrained(tmp_path / "m")
+
+
+def test_misspelled_forward_keyword_is_a_type_error(tiny_model: AnyGen) -> None:
+    ids = torch.tensor([[tiny_model.vocab.bos_id, 5, 6, 7]])
+    with pytest.raises(TypeError, match="lables"):
+        tiny_model(ids, lables=ids)
+    assert tiny_model(ids, labels=ids).loss is not None
