@@ -39,6 +39,7 @@ from anygen.training.core_data import (
     tokenize_corpus,
 )
 from anygen.training.core_recipe import CoreTrainConfig
+from anygen.training.stream import CorpusRows, Prefetcher, StreamRows
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "train" / "smoke.yaml"
@@ -63,8 +64,9 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
     assert result.complete and result.step == 16 and result.tokens_per_second > 0
     trained = AnyGen.from_pretrained(result.final_dir)
     initial = recipe.build_model(config, trained.text_tokenizer)  # the same seeded initialisation as the run
-    corpus = TokenizedCorpus.from_state(load_checkpoint(latest_checkpoint(tmp_path / "data"))["corpus"])
-    batch = collate(draw_rows(corpus, config.data.weights(), 0.0, 16, RowKey(10_000, 0)), trained.vocab)
+    # Rows of a step far past the run: fresh items the model never saw.
+    _, source = recipe.model_and_rows(config, tmp_path / "data", False)
+    batch = collate(source.rows(RowKey(10_000, 0)), trained.vocab)
     assert batch_loss(trained, batch) < batch_loss(initial, batch) - 0.5
     logged = records(tmp_path)
     assert [r["step"] for r in logged] == [4, 8, 12, 16]
@@ -78,22 +80,24 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch):
-    overrides = ("optim.steps=6", "train.checkpoint_every=3", "train.log_every=1")
+@pytest.mark.parametrize("source", ["stream", "corpus"])
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch, source):
+    overrides = ("optim.steps=6", "train.checkpoint_every=3", "train.log_every=1", f"data.source={source}")
     reference = recipe.main(smoke_config(tmp_path / "a", *overrides))
 
-    draw = recipe.draw_rows
+    cls = StreamRows if source == "stream" else CorpusRows
+    rows = cls.rows
 
-    def crash_at_step_4(corpus, weights, cond_dropout, rows, key, seed=0):
+    def crash_at_step_4(self, key):
         if key.step == 4:
             raise Crash("killed during step 4")
-        return draw(corpus, weights, cond_dropout, rows, key, seed)
+        return rows(self, key)
 
-    monkeypatch.setattr(recipe, "draw_rows", crash_at_step_4)
+    monkeypatch.setattr(cls, "rows", crash_at_step_4)
     with pytest.raises(Crash):
         recipe.main(smoke_config(tmp_path / "b", *overrides))
     assert [p.name for p in committed_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-00000003"]
-    monkeypatch.setattr(recipe, "draw_rows", draw)
+    monkeypatch.setattr(cls, "rows", rows)
     resumed = recipe.main(smoke_config(tmp_path / "b", *overrides))
 
     assert resumed.step == 6 and resumed.complete
@@ -193,6 +197,51 @@ def test_batches_depend_only_on_seed_step_and_process(edit_corpus):
         assert set(labels[n:]) <= {-100}
 
 
+def stream(model: AnyGen, seed: int = 0, weights: dict | None = None) -> StreamRows:
+    weights = weights or {"text_to_image": 1.0, "edit": 1.0, "text_to_melody": 1.0, "text": 0.5}
+    return StreamRows(DataConfig(image_size=32), model.processor, weights, 0.2, rows=6, seed=seed, context=512)
+
+
+def test_the_stream_depends_only_on_seed_step_and_process(edit_corpus):
+    _, model, _ = edit_corpus
+    rows = stream(model).rows(RowKey(5, 0))
+    assert len(rows) == 6 and rows == stream(model).rows(RowKey(5, 0))
+    assert rows != stream(model).rows(RowKey(5, 1)) != stream(model).rows(RowKey(6, 0))
+    assert rows != stream(model, seed=1).rows(RowKey(5, 0))
+    # Fresh items every step: no target repeats across 20 steps of text-to-image.
+    t2i = stream(model, weights={"text_to_image": 1.0})
+    targets = [tuple(t) for step in range(20) for _, t in t2i.rows(RowKey(step, 0))]
+    assert len(set(targets)) == len(targets)
+
+
+def test_the_stream_drops_conditions_like_the_corpus(edit_corpus):
+    _, model, _ = edit_corpus
+    source = stream(model, weights={"edit": 1.0})
+    kinds = {"prompt": 0, "uncond": 0, "uncond_all": 0}
+    for step in range(40):
+        corpus = tokenize_corpus(source.items(RowKey(step, 0)), model.processor)
+        for i, (prompt, target) in enumerate(source.rows(RowKey(step, 0))):
+            assert target == corpus.target[i]
+            kinds[next(k for k in kinds if getattr(corpus, k)[i] == prompt)] += 1
+    total = sum(kinds.values())
+    assert kinds["uncond"] / total == pytest.approx(0.2, abs=0.07)
+    assert kinds["uncond_all"] / total == pytest.approx(0.1, abs=0.05)
+
+
+def test_the_prefetcher_keeps_order_and_raises_the_workers_error():
+    def rows(key: RowKey) -> list:
+        if key.step == 7:
+            raise Crash("bad step")
+        return [([key.step], [key.process])]
+
+    with Prefetcher(rows, start=3, stop=10, process=1, depth=2) as upcoming:
+        assert [upcoming.get(step) for step in range(3, 7)] == [[([s], [1])] for s in range(3, 7)]
+        with pytest.raises(InvalidArgumentError, match="out of order"):
+            upcoming.get(9)
+        with pytest.raises(Crash, match="bad step"):
+            upcoming.get(7)
+
+
 @pytest.mark.parametrize("override, key", [
     ("optim.lr=0", "optim.lr"),
     ("optim.min_lr=0.1", "optim.min_lr"),
@@ -202,6 +251,8 @@ def test_batches_depend_only_on_seed_step_and_process(edit_corpus):
     ("data.task_weights={edti: 1.0}", "data.task_weights"),
     ("data.task_weights={edit: -1.0}", "data.task_weights.edit"),
     ("data.corpus.sizes.edit=0", "data.task_weights.edit"),
+    ("data.source=files", "data.source"),
+    ("data.prefetch=0", "data.prefetch"),
     ("train.loss_weights={video: 2.0}", "train.loss_weights"),
     ("train.checkpoint_every=0", "train.checkpoint_every"),
     ("train.log_with=[wandb]", "train.log_with"),
@@ -212,7 +263,7 @@ def test_batches_depend_only_on_seed_step_and_process(edit_corpus):
     ("model.core.num_heads=3", "core.hidden_size"),
 ])
 def test_bad_config_values_name_the_key(tmp_path, override, key):
-    extra = ["data.task_weights={edit: 1.0}"] if override.startswith("data.corpus") else []
+    extra = ["data.task_weights={edit: 1.0}", "data.source=corpus"] if override.startswith("data.corpus") else []
     with pytest.raises(InvalidArgumentError, match=key.replace(".", r"\.").replace("[", r"\[")):
         smoke_config(tmp_path, *extra, override)
 

@@ -150,6 +150,16 @@ _BUILDERS = {"text_to_image": _image_item, "image_to_text": _image_item, "edit":
              "text": _text_item}
 
 
+def build_item(cfg: DataConfig, split: str, task: str, rng: np.random.Generator) -> Item:
+    """One fresh item of ``task`` drawn with ``rng`` (what the training stream calls for every row)."""
+    if task in ("text_to_speech", "speech_to_text"):
+        item = _speech_items(rng, split, 1, task)[0]
+    else:
+        item = _BUILDERS[task](rng, split, cfg, task)
+    item["meta"]["split"] = split
+    return item
+
+
 def build_task(cfg: DataConfig, split: str, task: str) -> list[Item]:
     """All items of one task in one split, with ids ``"{split}-{task}-{index:06d}"``."""
     check_split(split)

@@ -1,8 +1,8 @@
-"""Data of the core recipe: the corpus tokenized once, then batches drawn as pure functions of the step.
+"""Data of the core recipe: items tokenized into id lists, and rows drawn as pure functions of the step.
 
-Encoding media is far too slow to repeat every step on a CPU, so :func:`tokenize_corpus` turns every item into
-id lists once: its prompt, its target and, for the tasks that are sampled with classifier-free guidance, the
-prompt with the condition dropped (exactly ``processor.encode(drop_condition(prompt, ...))``, the prompts
+:func:`tokenize_corpus` turns items into id lists (a fixed corpus once; the stream of
+:mod:`anygen.training.stream` every step): each item's prompt, its target and, for the tasks that are sampled with
+classifier-free guidance, the prompt with the condition dropped (exactly ``processor.encode(drop_condition(prompt, ...))``, the prompts
 ``anygen.generation.sampling.Guidance`` receives at inference). :func:`draw_rows` then picks rows from
 ``(seed, step, process)`` alone, so a resumed run sees the batches an uninterrupted run would have.
 
@@ -154,13 +154,18 @@ def draw_rows(corpus: TokenizedCorpus, task_weights: Mapping[str, float], cond_d
         pool = pools[tasks[task_index]]
         i = pool[int(rng.integers(len(pool)))]
         u = float(rng.random())  # always drawn, so the stream never depends on the task
-        prompt = corpus.prompt[i]
-        if corpus.uncond[i] is not None and u < cond_dropout:
-            prompt = corpus.uncond[i]
-        elif corpus.uncond_all[i] is not None and u < 1.5 * cond_dropout:
-            prompt = corpus.uncond_all[i]
-        out.append((prompt, corpus.target[i]))
+        out.append((choose_prompt(corpus, i, u, cond_dropout), corpus.target[i]))
     return out
+
+
+def choose_prompt(corpus: TokenizedCorpus, i: int, u: float, cond_dropout: float) -> list[int]:
+    """Item ``i``'s prompt after condition dropout decided by the uniform draw ``u``: the unconditional variant when
+    ``u < cond_dropout``, the fully unconditional one (editing) when ``u < 1.5 * cond_dropout``."""
+    if corpus.uncond[i] is not None and u < cond_dropout:
+        return corpus.uncond[i]
+    if corpus.uncond_all[i] is not None and u < 1.5 * cond_dropout:
+        return corpus.uncond_all[i]
+    return corpus.prompt[i]
 
 
 def _pool(corpus: TokenizedCorpus, task: str) -> list[int]:

@@ -33,7 +33,7 @@ class LossWindow:
         self.reset()
 
     def reset(self) -> None:
-        self.loss, self.micro_batches, self.tokens = 0.0, 0, 0
+        self.loss, self.micro_batches, self.tokens, self.waited = 0.0, 0, 0, 0.0
         self.losses: dict[str, list[float]] = {}
         self.started = time.monotonic()
 
@@ -44,8 +44,13 @@ class LossWindow:
         for name, value in losses.items():
             self.losses.setdefault(name, []).append(float(value.detach()))
 
+    def wait(self, seconds: float) -> None:
+        """Time the loop spent waiting for its rows (the stream fell behind the core)."""
+        self.waited += seconds
+
     def flush(self, accelerator: Accelerator) -> dict[str, Any]:
-        """Mean loss over every process; per-modality losses of this (the main) process; tokens/s of all."""
+        """Mean loss over every process; per-modality losses of this (the main) process; tokens/s of all; the
+        share of this process' wall time spent waiting for data."""
         local = torch.tensor([[self.loss, self.micro_batches, self.tokens]], dtype=torch.float64,
                              device=accelerator.device)
         table = accelerator.gather(local).cpu()  # (processes, 3)
@@ -53,7 +58,8 @@ class LossWindow:
         record = {"loss": float(table[:, 0].sum() / table[:, 1].sum()),
                   "losses": {k: sum(v) / len(v) for k, v in sorted(self.losses.items())},
                   "tokens_per_s": float(table[:, 2].sum()) / seconds,
-                  "tokens_per_process": [int(n) for n in table[:, 2]]}
+                  "tokens_per_process": [int(n) for n in table[:, 2]],
+                  "data_wait": self.waited / seconds}
         self.reset()
         return record
 

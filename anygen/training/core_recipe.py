@@ -3,10 +3,12 @@
 Run ``anygen train --config configs/train/tiny.yaml [--set key=value ...]`` (or ``python -m
 anygen.training.core_cli``), or call :func:`main`. ``accelerate launch`` runs the same recipe on several processes.
 
-The corpus (text->image, image->text, editing, text->speech, speech->text, text->melody, melody->text,
-interleaved, text-only) is built and tokenized once by the main process and committed under
-``<out_dir>/data``; every later start reads it back. Each step's rows are a pure function of ``(seed, step,
-process)``, and checkpoints under ``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG,
+The tasks (text->image, image->text, editing, text->speech, speech->text, text->melody, melody->text,
+interleaved, text-only) come from the generators. With ``data.source: stream`` (the default) every step draws
+fresh items, rendered and tokenized in a background thread (:mod:`anygen.training.stream`); with ``corpus`` a
+fixed draw is built and tokenized once. Either way the main process trains the text BPE on a draw of the
+corpus' texts and commits it (and the tokenized corpus) under ``<out_dir>/data``; every later start reads it
+back. Each step's rows are a pure function of ``(seed, step, process)``, and checkpoints under ``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG,
 so a run that is stopped (``train.max_minutes``, a crash, SIGKILL) and started again with the same command ends
 with the weights an uninterrupted run would have. Metrics go to ``<out_dir>/metrics.jsonl`` (and TensorBoard when
 ``train.log_with`` asks for it); the trained model to ``<out_dir>/final``.
@@ -50,15 +52,14 @@ from anygen.training.checkpoint import (
 )
 from anygen.training.core_data import (
     TASK_MODALITIES,
-    RowKey,
     TokenizedCorpus,
     collate,
-    draw_rows,
     split_by_length,
     target_tokens,
     tokenize_corpus,
 )
 from anygen.training.core_metrics import LossWindow, MetricsLogger
+from anygen.training.stream import CorpusRows, Prefetcher, RowSource, StreamRows
 from anygen.training.tokenizer_tasks import cosine_lr
 
 # kind -> (modality, class in anygen.tokenizers, needs a trained ``path``)
@@ -123,20 +124,29 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """``corpus``: what to build; ``task_weights``: sampling weight per task (empty: proportional to the corpus
-    sizes; listed: unlisted tasks get 0); ``cond_dropout``: probability of dropping a guided task's condition."""
+    """Where rows come from.
+
+    ``source``: ``stream`` draws fresh items from the generators every step; ``corpus`` draws rows from one fixed
+    draw of ``corpus`` built at the start. Both train the text BPE on ``corpus``' texts. ``corpus``: the draw to
+    build (sizes per task); ``task_weights``: sampling weight per task (empty: proportional to the corpus sizes;
+    listed: unlisted tasks get 0); ``cond_dropout``: probability of dropping a guided task's condition;
+    ``prefetch``: steps of rows the stream's background thread computes ahead.
+    """
 
     corpus: DataConfig = field(default_factory=DataConfig)
     task_weights: dict[str, float] = field(default_factory=dict)
     cond_dropout: float = 0.1
+    source: Literal["stream", "corpus"] = "stream"
+    prefetch: int = 4
 
     def __post_init__(self) -> None:
         check_range("data.cond_dropout", self.cond_dropout, 0.0, 2 / 3)  # editing drops both with 1.5 x this
+        check_range("data.prefetch", self.prefetch, 1, 64)
         for task, weight in self.task_weights.items():
             if task not in TASKS:
                 raise InvalidArgumentError(f"data.task_weights has unknown task {task!r}; valid: {list(TASKS)}")
             check_range(f"data.task_weights.{task}", weight, 0.0, None)
-            if weight > 0 and self.corpus.sizes.get(task, 0) == 0:
+            if weight > 0 and self.source == "corpus" and self.corpus.sizes.get(task, 0) == 0:
                 raise InvalidArgumentError(f"data.task_weights.{task}={weight} but data.corpus.sizes.{task} is 0")
         if sum(self.weights().values()) <= 0:
             raise InvalidArgumentError("data.task_weights (or data.corpus.sizes) must give some task a weight > 0")
@@ -245,14 +255,15 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
     began = time.monotonic()
     # 1. Devices and processes (CPU when no GPU), threads, mixed precision, gradient accumulation.
     accelerator, logger = start_run(config.optim, config.train)
-    # 2. The model and the tokenized corpus: built and committed by the main process, read back by the others.
+    # 2. The model and its rows (the stream, or a tokenized corpus): the text BPE (and the corpus) are built and
+    #    committed by the main process and read back by the others.
     with accelerator.main_process_first():
-        model, corpus = _model_and_corpus(config, Path(config.train.out_dir) / "data", accelerator.is_main_process)
+        model, source = model_and_rows(config, Path(config.train.out_dir) / "data", accelerator.is_main_process)
     optimizer = torch.optim.AdamW(param_groups(model, config.optim.weight_decay), lr=config.optim.lr,
                                   betas=tuple(config.optim.betas))
     # 3-5. Resume, the loop, the final model.
-    return train_loop(accelerator, model, optimizer, corpus, logger, optim=config.optim, train=config.train,
-                      weights=config.data.weights(), cond_dropout=config.data.cond_dropout, began=began)
+    return train_loop(accelerator, model, optimizer, source, logger, optim=config.optim, train=config.train,
+                      began=began, prefetch=config.data.prefetch)
 
 
 def start_run(optim: OptimSection, train: TrainSection) -> tuple[Accelerator, MetricsLogger]:
@@ -264,15 +275,15 @@ def start_run(optim: OptimSection, train: TrainSection) -> tuple[Accelerator, Me
     return accelerator, MetricsLogger(Path(train.out_dir), train.log_with, accelerator.is_main_process)
 
 
-def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.Optimizer, corpus: TokenizedCorpus,
-               logger: MetricsLogger, *, optim: OptimSection, train: TrainSection, weights: dict[str, float],
-               cond_dropout: float, began: float, desc: str = "train core",
-               export: Callable[[torch.nn.Module], AnyGen] | None = None) -> CoreTrainResult:
-    """Steps 3-5, shared by every recipe that trains an AnyGen on a :class:`TokenizedCorpus`.
+def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.Optimizer, source: RowSource,
+               logger: MetricsLogger, *, optim: OptimSection, train: TrainSection, began: float,
+               desc: str = "train core", export: Callable[[torch.nn.Module], AnyGen] | None = None,
+               prefetch: int = 4) -> CoreTrainResult:
+    """Steps 3-5, shared by every recipe that trains an AnyGen on rows of a :class:`RowSource`.
 
-    Resumes from ``<train.out_dir>/checkpoints``, runs ``optim.steps`` steps of rows drawn from ``corpus`` by task
-    ``weights``, commits checkpoints, and saves ``export(model)`` (default: the model itself) to
-    ``<train.out_dir>/final`` once every step is done.
+    Resumes from ``<train.out_dir>/checkpoints``, runs ``optim.steps`` steps of ``source``'s rows (computed up to
+    ``prefetch`` steps ahead in a background thread), commits checkpoints, and saves ``export(model)`` (default: the
+    model itself) to ``<train.out_dir>/final`` once every step is done.
     """
     out = Path(train.out_dir)
     # 3. Resume from the last committed checkpoint: model, optimizer, RNG (the data follow from the step).
@@ -286,23 +297,25 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
     vocab, total = accelerator.unwrap_model(model).vocab, optim.steps
     bar = tqdm(range(start, total), initial=start, total=total, disable=not accelerator.is_main_process, desc=desc)
     done, record = start, {}
-    for step in bar:
-        lr = _set_lr(optimizer, optim, step)
-        # The step's rows (a function of seed, step, process), sorted by length into grad_accum micro-batches.
-        rows = draw_rows(corpus, weights, cond_dropout, optim.batch_size * optim.grad_accum,
-                         RowKey(step, accelerator.process_index), train.seed)
-        batches = [collate(part, vocab) for part in split_by_length(rows, optim.grad_accum)]
-        _train_step(accelerator, model, optimizer, batches, optim, train, window)
-        done = step + 1
-        if done % train.log_every == 0 or done == total:
-            record = {"step": done, "lr": lr, **window.flush(accelerator)}
-            logger.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        out_of_time = _out_of_time(accelerator, began, train.max_minutes)
-        if done % train.checkpoint_every == 0 or done == total or out_of_time:
-            _commit(accelerator, out / "checkpoints", done, model, optimizer, train.keep_last)
-        if out_of_time:
-            break
+    with Prefetcher(source.rows, start, total, accelerator.process_index, prefetch) as upcoming:
+        for step in bar:
+            lr = _set_lr(optimizer, optim, step)
+            # The step's rows (a function of seed, step, process), sorted by length into grad_accum micro-batches.
+            waited = time.monotonic()
+            rows = upcoming.get(step)
+            window.wait(time.monotonic() - waited)
+            batches = [collate(part, vocab) for part in split_by_length(rows, optim.grad_accum)]
+            _train_step(accelerator, model, optimizer, batches, optim, train, window)
+            done = step + 1
+            if done % train.log_every == 0 or done == total:
+                record = {"step": done, "lr": lr, **window.flush(accelerator)}
+                logger.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            out_of_time = _out_of_time(accelerator, began, train.max_minutes)
+            if done % train.checkpoint_every == 0 or done == total or out_of_time:
+                _commit(accelerator, out / "checkpoints", done, model, optimizer, train.keep_last)
+            if out_of_time:
+                break
     logger.close()
     # 5. The trained model, in the format users load with AnyGen.from_pretrained.
     final_dir = _save_final(accelerator, model, out / "final", export) if done == total else None
@@ -324,37 +337,47 @@ def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
     return model.train()
 
 
-def _model_and_corpus(config: CoreTrainConfig, root: Path, show_progress: bool) -> tuple[AnyGen, TokenizedCorpus]:
+def model_and_rows(config: CoreTrainConfig, root: Path, show_progress: bool) -> tuple[AnyGen, RowSource]:
+    """The model to train and the source of its rows. What must not change between starts (the text BPE, a fixed
+    corpus' ids) is committed under ``root`` on the first start and read back on later ones."""
+    data = config.data
     fingerprint = _fingerprint(config)
     saved = latest_checkpoint(root)
     if saved is not None:
         state = load_checkpoint(saved)
         if state["fingerprint"] != fingerprint:
-            raise InvalidArgumentError(f"{root} holds data prepared for another data.corpus / model config; use a "
+            raise InvalidArgumentError(f"{root} holds data prepared for another data / model config; use a "
                                        f"new train.out_dir or delete {root}")
         model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])))
-        corpus = TokenizedCorpus.from_state(state["corpus"])
+        corpus = TokenizedCorpus.from_state(state["corpus"]) if "corpus" in state else None
     else:
-        items = build_split(config.data.corpus, "train")
+        items = build_split(data.corpus, "train")
         text = None
         if config.model.init_from is None:
             texts = [s.text for item in items for s in (*item["prompt"], *item["target"]) if s.modality == "text"]
             text = TextTokenizer.train(texts, config.model.text_vocab_size)
         model = build_model(config, text)
-        corpus = tokenize_corpus(items, model.processor, progress=show_progress)
-        state = {"fingerprint": fingerprint, "text_tokenizer": model.text_tokenizer.backend.to_str(),
-                 "corpus": corpus.to_state()}
+        state = {"fingerprint": fingerprint, "text_tokenizer": model.text_tokenizer.backend.to_str()}
+        corpus = None
+        if data.source == "corpus":
+            corpus = tokenize_corpus(items, model.processor, progress=show_progress)
+            state["corpus"] = corpus.to_state()
         save_checkpoint(root, 0, state, keep_last=1)
-    check_context(model, corpus)
-    return model, corpus
+    rows = config.optim.batch_size * config.optim.grad_accum
+    context = model.core.config.max_position_embeddings
+    if corpus is not None:
+        return model, CorpusRows(corpus, data.weights(), data.cond_dropout, rows, config.train.seed, context)
+    return model, StreamRows(data.corpus, model.processor, data.weights(), data.cond_dropout, rows,
+                             config.train.seed, context)
 
 
 def _fingerprint(config: CoreTrainConfig) -> str:
-    """What the tokenized corpus depends on (sampling weights and the core's shape are not part of it)."""
+    """What the committed data depend on (sampling weights and the core's shape are not part of it)."""
     section = config.model
     paths = {f"model.tokenizers.{name}.path": spec.path for name, spec in section.tokenizers.items()}
     paths["model.init_from"] = section.init_from
-    data = {"corpus": to_dict(config.data.corpus), "text_vocab_size": section.text_vocab_size,
+    data = {"source": config.data.source, "corpus": to_dict(config.data.corpus),
+            "text_vocab_size": section.text_vocab_size,
             "tokenizers": {k: asdict(v) for k, v in section.tokenizers.items()},
             "files": {key: directory_digest(Path(path), key) for key, path in paths.items() if path is not None}}
     return json.dumps(data, sort_keys=True)
@@ -370,15 +393,6 @@ def directory_digest(path: Path, key: str) -> str:
         sha.update(str(file.relative_to(path)).encode())
         sha.update(file.read_bytes())
     return sha.hexdigest()
-
-
-def check_context(model: AnyGen, corpus: TokenizedCorpus) -> None:
-    """Raise naming ``model.core.max_position_embeddings`` when the longest corpus row does not fit."""
-    length, task = corpus.longest()
-    context = model.core.config.max_position_embeddings
-    if length > context:
-        raise InvalidArgumentError(f"model.core.max_position_embeddings={context} is shorter than the longest "
-                                   f"training row ({length} tokens, task {task})")
 
 
 def check_names(weights: dict[str, float], valid: Any, key: str) -> None:

@@ -49,11 +49,11 @@ from anygen.tokenizers.base import ModalityTokenizer
 from anygen.tokenizers.registry import tokenizer_class
 from anygen.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from anygen.training.core_data import TASK_MODALITIES, TokenizedCorpus, tokenize_corpus
+from anygen.training.stream import CorpusRows
 from anygen.training.core_recipe import (
     CoreTrainResult,
     OptimSection,
     TrainSection,
-    check_context,
     check_names,
     directory_digest,
     param_groups,
@@ -212,9 +212,11 @@ def main(config: ExtendConfig) -> CoreTrainResult:
     optimizer = torch.optim.AdamW(_trainable_groups(model, config), lr=config.optim.lr,
                                   betas=tuple(config.optim.betas))
     # 3-5. The core recipe's loop: resume, train, commit, save the merged model.
-    return train_loop(accelerator, model, optimizer, corpus, logger, optim=config.optim, train=config.train,
-                      weights=config.data.weights(), cond_dropout=config.data.cond_dropout, began=began,
-                      desc=f"extend {config.modality.name} ({config.mode})", export=export_model)
+    source = CorpusRows(corpus, config.data.weights(), config.data.cond_dropout,
+                        config.optim.batch_size * config.optim.grad_accum, config.train.seed,
+                        model.core.config.max_position_embeddings)
+    return train_loop(accelerator, model, optimizer, source, logger, optim=config.optim, train=config.train,
+                      began=began, desc=f"extend {config.modality.name} ({config.mode})", export=export_model)
 
 
 # ---- 2. the model and what trains ---------------------------------------------------------------------------
@@ -321,7 +323,6 @@ def _model_and_corpus(config: ExtendConfig, tokenizer: ModalityTokenizer, builde
             items += build_split(config.data.replay, "train")
         corpus = tokenize_corpus(items, model.processor, progress=show_progress)
         save_checkpoint(root, 0, {"fingerprint": fingerprint, "corpus": corpus.to_state()}, keep_last=1)
-    check_context(model, corpus)
     return model, corpus
 
 
