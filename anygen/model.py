@@ -35,6 +35,7 @@ from anygen.processor import IGNORE, Processor
 from anygen.tokenizers.base import ModalityTokenizer
 from anygen.tokenizers.registry import tokenizer_class
 from anygen.tokenizers.text import TextTokenizer
+from anygen.tokenizers.weights import check_tensors
 from anygen.vocab import ModalitySpec, Vocab
 
 FORMAT_VERSION = 1
@@ -275,14 +276,7 @@ def _load_weights(core: nn.Module, path: Path) -> None:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from err
     expected = _unique_tensors(core)
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    for key, tensor in expected.items():
-        if saved[key].shape != tensor.shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(saved[key].shape)} in the file but the model "
-                                  f"expects {tuple(tensor.shape)}")
+    check_tensors(expected, saved, path)
     with torch.no_grad():
         for key, tensor in expected.items():
             tensor.copy_(saved[key])

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.model import AnyGen
 from anygen.tokenizers.simple import GridImageTokenizer
+from anygen.tokenizers.weights import load_state_strict
 from anygen.types import ImageSegment, TextSegment
 
 
@@ -81,13 +82,17 @@ def _corrupt(directory: Path, how: str) -> None:
         weights.write_bytes(data[: len(data) // 2])
     elif how == "not_safetensors":
         weights.write_bytes(b"PK\x03\x04 definitely a zip")
-    elif how in ("missing_key", "shape"):
+    elif how in ("missing_key", "shape", "int64", "nan"):
         tensors = load_file(str(weights))
         key = "model.norm.weight"
         if how == "missing_key":
             tensors.pop(key)
-        else:
+        elif how == "shape":
             tensors[key] = torch.zeros(3)
+        elif how == "int64":
+            tensors[key] = tensors[key].round().long()
+        else:
+            tensors[key][0] = float("nan")
         save_file(tensors, str(weights))
     elif how == "pickle":
         weights.unlink()
@@ -102,13 +107,25 @@ def _corrupt(directory: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how, match", [
     ("truncated", "truncated"), ("not_safetensors", "safetensors"), ("missing_key", "missing keys"),
-    ("shape", r"\(3,\)"), ("pickle", "pickle"), ("codebook", "codebook_size"), ("config", "config.json"),
+    ("shape", r"\(3,\)"), ("int64", "'model.norm.weight' is stored as torch.int64"),
+    ("nan", "'model.norm.weight' holds NaN"), ("pickle", "pickle"), ("codebook", "codebook_size"),
+    ("config", "config.json"),
 ])
 def test_bad_checkpoints_raise_clear_errors(tiny_model: AnyGen, tmp_path: Path, how: str, match: str) -> None:
     tiny_model.save_pretrained(tmp_path / "m")
     _corrupt(tmp_path / "m", how)
     with pytest.raises(CheckpointError, match=match):
         AnyGen.from_pretrained(tmp_path / "m")
+
+
+def test_integer_weights_are_never_cast_to_float() -> None:
+    module = torch.nn.Linear(2, 2)
+    state = {"weight": torch.ones(2, 2, dtype=torch.int64), "bias": torch.zeros(2, dtype=torch.float16)}
+    with pytest.raises(CheckpointError, match="'weight' is stored as torch.int64"):
+        load_state_strict(module, state, "w.safetensors")
+    state["weight"] = torch.ones(2, 2, dtype=torch.float16)  # floating dtypes are cast as before
+    load_state_strict(module, state, "w.safetensors")
+    assert module.weight.dtype == torch.float32 and bool((module.weight == 1).all())
 
 
 def test_missing_directory_and_small_core_raise(tiny_model: AnyGen, tmp_path: Path) -> None:

@@ -73,16 +73,31 @@ def read_tokenizer_dir(directory: str | Path, class_name: str) -> SavedTokenizer
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """``load_state_dict`` that names the file, the missing / unexpected keys and both shapes of any mismatch."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    check_tensors(own, state, source)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def check_tensors(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the key unless ``saved`` can be loaded into ``expected``.
+
+    Same keys, same shapes, finite floating values; floating tensors may be cast to the model's floating dtype
+    (fp16 files load into fp32 models), any other dtype must match exactly (int64 is never cast to a float).
+    """
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    for key, value in state.items():
-        if own[key].shape != value.shape:
+    for key, value in saved.items():
+        own = expected[key]
+        if own.shape != value.shape:
             raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(value.shape)} in the file but {tuple(own[key].shape)} "
+                f"{source}: key {key!r} has shape {tuple(value.shape)} in the file but {tuple(own.shape)} "
                 "in the model (was it saved with another config?)")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        if value.dtype != own.dtype and not (value.is_floating_point() and own.is_floating_point()):
+            raise CheckpointError(f"{source}: key {key!r} is stored as {value.dtype} but the model holds "
+                                  f"{own.dtype}; only floating-point tensors are cast")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: key {key!r} holds NaN or Inf values")
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
