@@ -304,3 +304,17 @@ def test_two_processes_over_gloo_train_and_resume(tmp_path):
     assert all(len(r["tokens_per_process"]) == 2 and min(r["tokens_per_process"]) > 0 for r in logged)
     model = AnyGen.from_pretrained(result["final_dir"])
     assert model.vocab.modality_names == ["text", "image", "audio"]
+
+
+def test_validation_scores_are_logged_and_leave_training_unchanged(tmp_path):
+    steps = ("optim.steps=4", "train.log_every=2")
+    plain = recipe.main(smoke_config(tmp_path / "a", *steps))
+    evaluated = recipe.main(smoke_config(tmp_path / "b", *steps, "train.eval_every=2", "train.eval_suites=[caption]",
+                                         "train.eval_n=1"))
+    scores = [r for r in records(tmp_path / "b") if "eval" in r]
+    assert [r["step"] for r in scores] == [2, 4]
+    assert all(set(r["eval"]) == {"caption"} and 0.0 <= r["eval"]["caption"] <= 1.0 for r in scores)
+    assert all(r["cpu_s"] > 0 for r in records(tmp_path / "b") if "loss" in r)
+    want, got = (load_file(str(Path(r.final_dir) / "model.safetensors")) for r in (plain, evaluated))
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from anygen.config import to_dict
 from anygen.core import CoreConfig
 from anygen.data.corpus import TASKS, DataConfig, build_split
+from anygen.evaluation.suites import SUITES
 from anygen.errors import CheckpointError, InvalidArgumentError, check_range
 from anygen.model import AnyGen
 from anygen.processor import Batch
@@ -190,7 +191,9 @@ class OptimSection:
 @dataclass
 class TrainSection:
     """Bookkeeping. ``loss_weights`` scale each modality's target tokens; ``max_minutes`` (0: none) ends the run
-    with a checkpoint once spent, and the same command continues it; ``threads=0`` keeps torch's default."""
+    with a checkpoint once spent, and the same command continues it; ``threads=0`` keeps torch's default.
+    ``eval_every`` (0: never) runs ``eval_suites`` (``anygen eval`` suites, ``eval_n`` items per category) on the
+    validation split every that many steps and logs the scores, so the learning curve is on record."""
 
     out_dir: str = "runs/core"
     seed: int = 0
@@ -202,10 +205,17 @@ class TrainSection:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int = 0
     log_with: list[Literal["jsonl", "tensorboard"]] = field(default_factory=lambda: ["jsonl"])
+    eval_every: int = 0
+    eval_suites: list[str] = field(default_factory=lambda: ["shapes", "caption", "edit"])
+    eval_n: int = 4
 
     def __post_init__(self) -> None:
-        for key in ("checkpoint_every", "keep_last", "log_every"):
+        for key in ("checkpoint_every", "keep_last", "log_every", "eval_n"):
             check_range(f"train.{key}", getattr(self, key), 1, None)
+        check_range("train.eval_every", self.eval_every, 0, None)
+        unknown = sorted(set(self.eval_suites) - set(SUITES))
+        if unknown:
+            raise InvalidArgumentError(f"train.eval_suites has unknown suite(s) {unknown}; valid: {list(SUITES)}")
         check_range("train.max_minutes", self.max_minutes, 0.0, None)
         check_range("train.threads", self.threads, 0, 1024)
         for name, weight in self.loss_weights.items():
@@ -308,9 +318,11 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
             _train_step(accelerator, model, optimizer, batches, optim, train, window)
             done = step + 1
             if done % train.log_every == 0 or done == total:
-                record = {"step": done, "lr": lr, **window.flush(accelerator)}
+                record = {"step": done, "lr": lr, **window.flush(accelerator), "cpu_s": time.process_time()}
                 logger.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            if train.eval_every and (done % train.eval_every == 0 or done == total) and accelerator.is_main_process:
+                logger.write({"step": done, "eval": validation_scores(accelerator.unwrap_model(model), train)})
             out_of_time = _out_of_time(accelerator, began, train.max_minutes)
             if done % train.checkpoint_every == 0 or done == total or out_of_time:
                 _commit(accelerator, out / "checkpoints", done, model, optimizer, train.keep_last)
@@ -351,9 +363,10 @@ def model_and_rows(config: CoreTrainConfig, root: Path, show_progress: bool) -> 
         model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])))
         corpus = TokenizedCorpus.from_state(state["corpus"]) if "corpus" in state else None
     else:
-        items = build_split(data.corpus, "train")
+        fresh_bpe = config.model.init_from is None
+        items = build_split(data.corpus, "train") if fresh_bpe or data.source == "corpus" else []
         text = None
-        if config.model.init_from is None:
+        if fresh_bpe:
             texts = [s.text for item in items for s in (*item["prompt"], *item["target"]) if s.modality == "text"]
             text = TextTokenizer.train(texts, config.model.text_vocab_size)
         model = build_model(config, text)
@@ -445,6 +458,25 @@ def _save_final(accelerator: Accelerator, model: torch.nn.Module, directory: Pat
         (trained if export is None else export(trained)).save_pretrained(directory)
     accelerator.wait_for_everyone()
     return str(directory)
+
+
+def validation_scores(model: AnyGen, train: TrainSection) -> dict[str, float]:
+    """``train.eval_suites`` on the validation split (seed 0); the RNG state of training is left as it was."""
+    from anygen.evaluation.cli import pipeline_callables
+    from anygen.evaluation.suites import run_suite
+    from anygen.pipelines import AnyGenPipeline
+
+    rng = capture_rng_state()
+    model.eval()
+    try:
+        with torch.no_grad():
+            callables = pipeline_callables(AnyGenPipeline(model), seed=0)
+            results = [r for suite in train.eval_suites
+                       for r in run_suite(suite, train.eval_n, seed=0, split="validation", model=callables)]
+    finally:
+        model.train()
+        restore_rng_state(rng)
+    return {r.suite: r.overall for r in results}
 
 
 # ---- 4. one step, schedule and time budget ---------------------------------------------------------------------------
