@@ -7,6 +7,8 @@ found while running), so ``except ValueError`` keeps working for people who do n
 
 from __future__ import annotations
 
+import math
+
 
 class AnygenError(Exception):
     """Base class of every error anygen raises deliberately."""
@@ -30,14 +32,30 @@ class GenerationError(AnygenError, RuntimeError):
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 *, low_inclusive: bool = True, high_inclusive: bool = True) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``low <= value <= high`` (bounds optional, NaN always fails)."""
-    ok = value == value  # NaN check without importing math
+    """Raise :class:`InvalidArgumentError` unless ``value`` is a finite real number with ``low <= value <= high``.
+
+    Bounds are optional; NaN and +-inf always fail (a missing bound means "any finite value"), and so do
+    booleans and strings, so no caller has to repeat those checks.
+    """
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    bracket = ("[" if low_inclusive and low is not None else "(") + f"{lo}, {hi}"
+    bracket += "]" if high_inclusive and high is not None else ")"
+    if isinstance(value, (bool, str, bytes)) or not _is_real(value):
+        raise InvalidArgumentError(f"{name}={value!r} must be a finite number in {bracket}")
+    number = float(value)
+    ok = math.isfinite(number)
     if ok and low is not None:
-        ok = value >= low if low_inclusive else value > low
+        ok = number >= low if low_inclusive else number > low
     if ok and high is not None:
-        ok = value <= high if high_inclusive else value < high
+        ok = number <= high if high_inclusive else number < high
     if not ok:
-        lo = "-inf" if low is None else f"{low}"
-        hi = "inf" if high is None else f"{high}"
-        bracket = ("[" if low_inclusive else "(") + f"{lo}, {hi}" + ("]" if high_inclusive else ")")
-        raise InvalidArgumentError(f"{name}={value!r} is outside the valid range {bracket}")
+        raise InvalidArgumentError(f"{name}={value!r} is outside the valid range {bracket} (finite values only)")
+
+
+def _is_real(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        return False
+    return True
