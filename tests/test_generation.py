@@ -114,9 +114,14 @@ def test_bad_arguments_raise_before_any_compute(tiny_model: AnyGen, kwargs: dict
         generate(tiny_model.core, tiny_model.vocab, tiny_model.span_rules(SHAPES), rows, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"scale": -1.0}, "guidance_scale"), ({"scale": float("nan")}, "guidance"),
-                                           ({"interval": (0.6, 0.2)}, "interval"),
-                                           ({"image_scale": -2.0}, "image_guidance_scale")])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scale": -1.0}, "guidance_scale"), ({"scale": float("nan")}, "guidance"),
+    ({"scale": float("inf")}, r"guidance_scale=inf is outside the valid range \[0.0, 100.0\]"),
+    ({"scale": 1e38}, r"guidance_scale=1e\+38 is outside the valid range \[0.0, 100.0\]"),
+    ({"scale": 100.01}, "guidance_scale=100.01"), ({"interval": (0.6, 0.2)}, "interval"),
+    ({"interval": (0.0, float("nan"))}, "interval"), ({"image_scale": -2.0}, "image_guidance_scale"),
+    ({"image_scale": float("inf")}, r"image_guidance_scale=inf is outside the valid range \[0.0, 100.0\]"),
+])
 def test_guidance_validates(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         Guidance([[1]], **kwargs)

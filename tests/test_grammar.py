@@ -128,10 +128,21 @@ def test_an_open_span_that_cannot_fit_the_budget_is_an_error(tiny_model: AnyGen)
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
-    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"),
+    ({"temperature": float("inf")}, r"temperature=inf is outside the valid range \[0.0001, 100.0\]"),
+    ({"temperature": 1e-45}, r"temperature=1e-45 is outside the valid range \[0.0001, 100.0\]"),
+    ({"temperature": 100.5}, "temperature=100.5"), ({"temperature": "1.0"}, "temperature='1.0' must be a finite"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
+    ({"top_p": float("inf")}, "top_p"), ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"),
+    ({"top_k": 2**63}, r"top_k=9223372036854775808 is outside the valid range \[0, 2147483647\]"),
 ])
 def test_sampling_params_validate(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_accept_the_ends_of_their_ranges() -> None:
+    for kwargs in ({"temperature": 1e-4}, {"temperature": 100.0}, {"top_k": 2**31 - 1}, {"top_p": 1.0},
+                   {"temperature": float("inf"), "do_sample": False}):  # greedy ignores the temperature
         SamplingParams(**kwargs)
 
 

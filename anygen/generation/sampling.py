@@ -13,13 +13,21 @@ from anygen.errors import InvalidArgumentError, check_range
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
+# Finite bounds on the sampling knobs, so that no setting can overflow the float32 sampler: above a temperature of
+# 100 every allowed token is already (nearly) equally likely, below 1e-4 sampling is greedy in all but name (use
+# do_sample=False for that), and guidance beyond 100 only amplifies noise in the logits.
+TEMPERATURE_RANGE = (1e-4, 100.0)
+GUIDANCE_RANGE = (0.0, 100.0)
+TOP_K_MAX = 2**31 - 1  # any k at or above the vocab size keeps every token
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick the next token inside one modality.
 
     Args:
-        temperature: > 0 when sampling; logits are divided by it.
-        top_k: keep the k most likely tokens (0 = all).
+        temperature: in ``[1e-4, 100]`` when sampling; logits are divided by it.
+        top_k: keep the k most likely tokens, an integer in ``[0, 2**31 - 1]`` (0 = all).
         top_p: nucleus threshold in (0, 1] (1 = off).
         do_sample: ``False`` = greedy (temperature, top_k and top_p are then ignored).
     """
@@ -31,10 +39,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.do_sample:
-            check_range("temperature", self.temperature, 0.0, None, low_inclusive=False)
+            check_range("temperature", self.temperature, *TEMPERATURE_RANGE)
         check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InvalidArgumentError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise InvalidArgumentError(f"top_k={self.top_k!r} must be an integer in [0, {TOP_K_MAX}] (0 disables it)")
+        check_range("top_k", self.top_k, 0, TOP_K_MAX)
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float,
@@ -59,10 +68,11 @@ class Guidance:
 
     Args:
         uncond_prompts: per row, the prompt ids with the condition dropped (see ``processor.drop_condition``).
-        scale: guidance scale (1 = off).
+        scale: guidance scale in ``[0, 100]`` (1 = off).
         modalities: guide only rows inside spans of these modalities.
         interval: guide only while ``pos / span_length`` lies in ``[start, end)`` (LlamaGen's cfg interval).
-        uncond_all_prompts / image_scale: optional second term for editing (prompts with image and text dropped).
+        uncond_all_prompts / image_scale: optional second term for editing (prompts with image and text dropped);
+            ``image_scale`` in ``[0, 100]``.
     """
 
     uncond_prompts: Sequence[Sequence[int]]
@@ -73,8 +83,8 @@ class Guidance:
     image_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        check_range("guidance_scale", self.scale, 0.0, None)
-        check_range("image_guidance_scale", self.image_scale, 0.0, None)
+        check_range("guidance_scale", self.scale, *GUIDANCE_RANGE)
+        check_range("image_guidance_scale", self.image_scale, *GUIDANCE_RANGE)
         lo, hi = self.interval
         if not 0.0 <= lo < hi <= 1.0:
             raise InvalidArgumentError(f"guidance interval={self.interval} must satisfy 0 <= start < end <= 1")
