@@ -3,27 +3,38 @@ and whether a scene satisfies it.
 
 One grammar serves generation (captions and prompts in the corpus) and evaluation (parsing a model's caption,
 checking a detected scene against a prompt), so the two can never disagree about what a sentence means.
+:func:`describe` writes the canonical sentence; :mod:`anygen.data.phrasing` writes the many other ways people say
+it, and :func:`parse_text` reads them all back (a colour before or after its noun, digits or number words, several
+words for each relation, and "X with Y to its left", where the relation word follows both objects).
 
 Example:
     >>> from anygen.data.language import parse_text, describe
     >>> spec = parse_text("two red circles to the left of a blue square")
     >>> describe(spec)
     'two red circles to the left of a blue square'
+    >>> same = parse_text("a red circle above two blue squares")
+    >>> parse_text("Show me a circle that is red over 2 squares in blue.") == same
+    True
+    >>> parse_text("two blue squares with a red circle above them") == same
+    True
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from anygen.data.scenes import COLORS, SHAPES, Scene, ShapeObject
 
-NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "pair": 2, "three": 3, "four": 4, "five": 5,
                 "1": 1, "2": 2, "3": 3, "4": 4, "5": 5}
 COUNT_NAMES = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five"}
 RELATIONS = ("left of", "right of", "above", "below")
 _RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "over": "above", "top": "above",
-                   "below": "below", "under": "below", "beneath": "below", "underneath": "below"}
+                   "higher": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below",
+                   "underneath": "below", "lower": "below"}
+_COLOUR_LINKS = frozenset({"coloured", "colored"})  # "a red-coloured circle": the colour still names the next noun
+_PRONOUNS = frozenset({"it", "its", "them", "their"})  # "a square with a circle to its left": the relation follows both objects
 _RELATION_PHRASE = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 
 
@@ -86,40 +97,70 @@ def describe(spec: Spec) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _shape_of(word: str) -> str | None:
+def shape_of(word: str) -> str | None:
+    """The shape a noun names, singular or plural ("stars" -> "star"), or None."""
     for shape in SHAPES:
         if word in (shape, _plural(shape)):
             return shape
     return None
 
 
+def words_of(text: str) -> list[str]:
+    """Lower-case word tokens ("A red-coloured circle." -> ['a', 'red', 'coloured', 'circle'])."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def colour_names_next_noun(words: list[str], index: int) -> bool:
+    """Whether the colour at ``words[index]`` stands before its noun ("red circle", "red-coloured circle")."""
+    j = index + 1
+    while j < len(words) and words[j] in _COLOUR_LINKS:
+        j += 1
+    return j < len(words) and shape_of(words[j]) is not None
+
+
+def _trailing_relation(objects: list[ObjectReq], name: str) -> Spec:
+    """"B with A to its left": A (the later object) is the subject; it moves first, as in "A left of B"."""
+    *head, reference, subject = objects
+    return Spec((*head, subject, reference), Relation(len(head), name, len(head) + 1))
+
+
 def parse_text(text: str) -> Spec:
     """Read the objects (count, colour, shape) and the first spatial relation mentioned in ``text``.
 
-    Unknown words are ignored, so paraphrases such as "There are two red circles." parse too.
+    A colour names the noun right after it ("a red circle") or else the object just mentioned ("a circle in red",
+    "two circles that are red"). The last number word before a noun gives its count ("a picture of two circles").
+    A relation word between two objects relates them in order; one after both objects, next to "it" / "its" /
+    "them" / "their" ("a square with a circle to its left"), makes the later object the subject. Unknown words
+    are ignored, so paraphrases such as "There are two red circles." parse too.
     """
-    words = re.findall(r"[a-z0-9]+", text.lower())
+    words = words_of(text)
     objects: list[ObjectReq] = []
     relation_between: dict[int, str] = {}  # index of the object after the relation word -> relation
-    count, color, pending_relation = None, None, None
-    for word in words:
-        shape = _shape_of(word)
+    count, color, pending_relation, pronoun = None, None, None, False
+    for index, word in enumerate(words):
+        shape = shape_of(word)
         if shape is not None:
             objects.append(ObjectReq(shape, color, count or 1))
             if pending_relation is not None and len(objects) >= 2:
                 relation_between[len(objects) - 1] = pending_relation
-            count, color, pending_relation = None, None, None
+            count, color, pending_relation, pronoun = None, None, None, False
         elif word in COLORS:
-            color = word
-        elif word in NUMBER_WORDS:  # the last number word before a shape wins ("a photo of two circles")
+            if colour_names_next_noun(words, index) or not objects or objects[-1].color is not None:
+                color = word
+            else:
+                objects[-1] = replace(objects[-1], color=word)
+        elif word in NUMBER_WORDS:
             count = NUMBER_WORDS[word]
         elif word in _RELATION_WORDS and objects and pending_relation is None:
             pending_relation = _RELATION_WORDS[word]
-    relation = None
+        elif word in _PRONOUNS:
+            pronoun = True
     if relation_between:
         index, name = min(relation_between.items())
-        relation = Relation(index - 1, name, index)
-    return Spec(tuple(objects), relation)
+        return Spec(tuple(objects), Relation(index - 1, name, index))
+    if pending_relation is not None and pronoun and len(objects) >= 2:
+        return _trailing_relation(objects, pending_relation)
+    return Spec(tuple(objects))
 
 
 def holds(subject: ShapeObject, relation: str, reference: ShapeObject) -> bool:
