@@ -2,8 +2,9 @@
 
 Operations (:data:`EDIT_OPS`): ``recolor`` ("make the red circle blue"), ``move`` ("move the red circle to the
 left"), ``add`` ("add a green star"), ``remove`` ("remove the red circle") and ``reshape`` ("turn the red circle
-into a square"). Every object in a source scene has a distinct (colour, shape), so "the red circle" is unambiguous;
-objects the instruction does not name keep their shape, colour, size and position exactly.
+into a square"), each said in many phrasings (:mod:`anygen.data.instructions`). Every object in a source scene has
+a distinct (colour, shape), so "the red circle" is unambiguous; objects the instruction does not name keep their
+shape, colour, size and position exactly.
 
 Example:
     >>> import numpy as np
@@ -19,21 +20,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from anygen.data.instructions import EDIT_OPS, EditRequest, phrase_edit
+from anygen.data.phrasing import wording_rng
 from anygen.data.scenes import COLORS, SHAPES, Scene, overlaps, place_objects
 from anygen.data.shapes import allowed_combo, check_split, pick_kinds
 from anygen.errors import InvalidArgumentError
 
-EDIT_OPS: tuple[str, ...] = ("recolor", "move", "add", "remove", "reshape")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOVE_MIN, MOVE_MAX = 0.2, 0.35  # how far "move" shifts an object, fraction of the side
-_TEMPLATES = {
-    "recolor": ("make the {color} {shape} {new}", "change the colour of the {color} {shape} to {new}",
-                "paint the {color} {shape} {new}"),
-    "move": ("move the {color} {shape} {new}", "shift the {color} {shape} {new}"),
-    "add": ("add a {new}", "put a {new} in the picture"),
-    "remove": ("remove the {color} {shape}", "delete the {color} {shape}"),
-    "reshape": ("turn the {color} {shape} into a {new}", "change the {color} {shape} into a {new}"),
-}
 
 
 @dataclass
@@ -121,7 +115,6 @@ def sample_edit(rng: np.random.Generator, op: str, split: str = "train", max_obj
             break
     new_objects, new = outcome
     obj = objects[index]
-    template = str(_pick(rng, list(_TEMPLATES[op])))
-    instruction = template.format(color=obj.color, shape=obj.shape, new=new)
-    params = {"color": obj.color, "shape": obj.shape, "new": new} if op != "add" else {"new": new}
-    return EditSample(op, Scene(objects), Scene(new_objects), instruction, params)
+    request = EditRequest(op, None, None, new) if op == "add" else EditRequest(op, obj.color, obj.shape, new)
+    instruction = phrase_edit(wording_rng(rng), request)
+    return EditSample(op, Scene(objects), Scene(new_objects), instruction, request.params())

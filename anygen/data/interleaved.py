@@ -8,6 +8,9 @@ per target segment saying what a correct segment contains, so the interleaved ev
 - ``draw_heard``: spoken colour + "Draw a <shape> in the colour you heard." -> image + caption.
 - ``play_notes``: "Play these notes: C4 E4 G4 C5" -> melody audio + "That was C4 E4 G4 C5."
 
+Questions and requests come in several wordings (:data:`QUESTIONS`) and captions in the phrasings of
+:mod:`anygen.data.phrasing`; the words take one draw of the document's random stream.
+
 Example:
     >>> import numpy as np
     >>> from anygen.data.interleaved import sample_document
@@ -22,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from anygen.data.language import ObjectReq, Spec, describe
+from anygen.data.language import ObjectReq, Spec
 from anygen.data.melody import sample_melody
+from anygen.data.phrasing import phrase_caption, wording_rng
 from anygen.data.scenes import COLORS, SHAPES, Scene, place_objects, render_scene
 from anygen.data.shapes import allowed_combo, sample_shape_scene
 from anygen.data.speech import render_speech, sample_voice
@@ -32,6 +36,23 @@ from anygen.types import AudioSegment, ImageSegment, TextSegment
 
 DOC_KINDS: tuple[str, ...] = ("count_qa", "color_qa", "draw_heard", "play_notes")
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+QUESTIONS: dict[str, tuple[str, ...]] = {  # {shape} / {notes}: filled in per document
+    "count_qa": ("How many shapes are in this picture?", "How many shapes are in this picture?",
+                 "How many shapes do you see?", "How many shapes are there?", "Count the shapes in this picture.",
+                 "how many objects are in the image?", "What is the number of shapes here?"),
+    "color_qa": ("What colour is the shape?", "What colour is the shape?", "What color is the shape?",
+                 "Which colour is this shape?", "What colour is it?", "Name the colour of the shape."),
+    "draw_heard": ("Draw a {shape} in the colour you heard.", "Draw a {shape} in the colour you heard.",
+                   "Draw a {shape} with the colour you just heard.", "Make a {shape} in the colour I said.",
+                   "show me a {shape} in that colour"),
+    "play_notes": ("Play these notes: {notes}", "Play these notes: {notes}", "Play {notes}",
+                   "Play the notes {notes}.", "can you play {notes}", "Play the melody {notes}"),
+}
+
+
+def _question(rng: np.random.Generator, kind: str, **fields: str) -> str:
+    options = QUESTIONS[kind]
+    return options[int(rng.integers(len(options)))].format(**fields)
 
 
 @dataclass
@@ -52,7 +73,8 @@ def _count_qa(rng: np.random.Generator, split: str, size: int) -> Document:
     sample = sample_shape_scene(rng, "counting", split)
     word = _COUNT_WORDS[len(sample.scene.objects)]
     speech = render_speech(word, sample_voice(rng, split))
-    prompt = [TextSegment("How many shapes are in this picture?"), ImageSegment(render_scene(sample.scene, size))]
+    question = _question(wording_rng(rng), "count_qa")
+    prompt = [TextSegment(question), ImageSegment(render_scene(sample.scene, size))]
     target = [TextSegment("Answer:"), AudioSegment(speech, 16000), TextSegment(sample.caption)]
     checks = [{"modality": "text", "kind": "text", "text": "Answer:"},
               {"modality": "audio", "kind": "keyword", "word": word},
@@ -64,7 +86,7 @@ def _color_qa(rng: np.random.Generator, split: str, size: int) -> Document:
     sample = sample_shape_scene(rng, "colors", split)
     color = sample.scene.objects[0].color
     speech = render_speech(color, sample_voice(rng, split))
-    prompt = [TextSegment("What colour is the shape?"), ImageSegment(render_scene(sample.scene, size))]
+    prompt = [TextSegment(_question(wording_rng(rng), "color_qa")), ImageSegment(render_scene(sample.scene, size))]
     target = [AudioSegment(speech, 16000), TextSegment(sample.caption)]
     checks = [{"modality": "audio", "kind": "keyword", "word": color}, _caption_check(sample.scene, "colors")]
     return Document("color_qa", prompt, target, checks)
@@ -77,9 +99,10 @@ def _draw_heard(rng: np.random.Generator, split: str, size: int) -> Document:
             break
     scene = Scene(place_objects(rng, [(color, shape)]))
     spec = Spec((ObjectReq(shape, color, 1),))
+    words = wording_rng(rng)
     prompt = [AudioSegment(render_speech(color, sample_voice(rng, split)), 16000),
-              TextSegment(f"Draw a {shape} in the colour you heard.")]
-    target = [ImageSegment(render_scene(scene, size)), TextSegment(describe(spec))]
+              TextSegment(_question(words, "draw_heard", shape=shape))]
+    target = [ImageSegment(render_scene(scene, size)), TextSegment(phrase_caption(words, spec))]
     checks = [{"modality": "image", "kind": "spec", "spec": spec.to_dict(), "category": "colors"},
               _caption_check(scene, "colors")]
     return Document("draw_heard", prompt, target, checks)
@@ -87,7 +110,7 @@ def _draw_heard(rng: np.random.Generator, split: str, size: int) -> Document:
 
 def _play_notes(rng: np.random.Generator, split: str, size: int) -> Document:
     melody = sample_melody(rng, split)
-    prompt = [TextSegment(f"Play these notes: {melody.text}")]
+    prompt = [TextSegment(_question(wording_rng(rng), "play_notes", notes=melody.text))]
     target = [AudioSegment(melody.waveform, melody.sample_rate), TextSegment(f"That was {melody.text}.")]
     checks = [{"modality": "audio", "kind": "melody", "notes": melody.notes},
               {"modality": "text", "kind": "notes", "notes": melody.notes}]

@@ -2,8 +2,9 @@
 
 A melody is 4-8 natural notes between C4 and C6, each :data:`NOTE_SECONDS` long (at most 2.8 s), written as
 "C4 E4 G4 C5". A chord is a major or minor triad on a natural root in octave 4, one second long, written as
-"A minor chord". Timbres are additive (harmonic amplitudes x an attack / decay envelope). Split rule: the
-``brass`` timbre is held out for test.
+"A minor chord" (``text``, the canonical answer); ``prompt`` asks for the same music in one of several wordings
+("play the notes C4, E4, G4 and C5", "an A minor chord"). Timbres are additive (harmonic amplitudes x an attack /
+decay envelope). Split rule: the ``brass`` timbre is held out for test.
 
 Example:
     >>> import numpy as np
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anygen.data.phrasing import wording_rng
 from anygen.data.shapes import check_split
 from anygen.errors import InvalidArgumentError
 
@@ -111,6 +113,32 @@ class MelodySample:
     timbre: str
     waveform: torch.Tensor
     sample_rate: int = SAMPLE_RATE
+    prompt: str = ""  # ``text`` as a request in a random wording (empty when built by hand)
+
+
+MELODY_FORMS: tuple[str, ...] = ("{notes}", "{notes}", "play {notes}", "play the notes {notes}",
+                                 "play these notes: {notes}", "a melody: {notes}", "the melody {notes}")
+CHORD_FORMS: tuple[str, ...] = ("{root} {quality} chord", "{root} {quality} chord", "play {a} {root} {quality} chord",
+                                "{a} {root} {quality} chord", "the chord of {root} {quality}", "{root} {quality}")
+
+
+def _pick_form(rng: np.random.Generator, forms: tuple[str, ...]) -> str:
+    return forms[int(rng.integers(len(forms)))]
+
+
+def melody_prompt(rng: np.random.Generator, notes: list[str]) -> str:
+    """A request for ``notes`` in a random wording; the note names keep their order and spelling."""
+    joiner = _pick_form(rng, (" ", " ", ", ", " - "))
+    listed = joiner.join(notes)
+    if joiner == ", " and rng.random() < 0.5:
+        listed = ", ".join(notes[:-1]) + " and " + notes[-1]
+    return _pick_form(rng, MELODY_FORMS).format(notes=listed)
+
+
+def chord_prompt(rng: np.random.Generator, root: str, quality: str) -> str:
+    """A request for the ``root`` ``quality`` triad in a random wording."""
+    article = "an" if root in "AEF" else "a"
+    return _pick_form(rng, CHORD_FORMS).format(root=root, quality=quality, a=article)
 
 
 def sample_melody(rng: np.random.Generator, split: str = "train") -> MelodySample:
@@ -122,7 +150,8 @@ def sample_melody(rng: np.random.Generator, split: str = "train") -> MelodySampl
     for _ in range(int(rng.integers(4, 9))):
         notes.append(NOTES[index])
         index = int(np.clip(index + rng.integers(-3, 4), 0, len(NOTES) - 1))
-    return MelodySample("melody", " ".join(notes), notes, timbre, render_notes(notes, timbre))
+    prompt = melody_prompt(wording_rng(rng), notes)
+    return MelodySample("melody", " ".join(notes), notes, timbre, render_notes(notes, timbre), prompt=prompt)
 
 
 def sample_chord(rng: np.random.Generator, split: str = "train") -> MelodySample:
@@ -133,4 +162,6 @@ def sample_chord(rng: np.random.Generator, split: str = "train") -> MelodySample
     quality = list(CHORD_QUALITIES)[int(rng.integers(len(CHORD_QUALITIES)))]
     base = note_to_midi(f"{root}4")
     notes = [midi_to_note(base + s) for s in CHORD_QUALITIES[quality]]
-    return MelodySample("chord", f"{root} {quality} chord", notes, timbre, render_chord(root, quality, timbre))
+    prompt = chord_prompt(wording_rng(rng), root, quality)
+    return MelodySample("chord", f"{root} {quality} chord", notes, timbre, render_chord(root, quality, timbre),
+                        prompt=prompt)

@@ -4,6 +4,9 @@ Categories: ``single_object`` ("a circle"), ``two_object`` ("a circle and a star
 squares", 1-4), ``colors`` ("a red triangle"), ``position`` ("a circle to the left of a square") and
 ``color_attr`` ("a red circle and a blue star").
 
+Prompts and captions are worded by :mod:`anygen.data.phrasing` ("Draw two circles.", "a picture showing a circle
+in red"), with one draw of the scene's random stream, so the wording never changes which scenes a seed gives.
+
 Split rule: a few (colour, shape) combinations (:data:`HELD_OUT_COMBOS`) never appear in training or validation
 scenes; every test scene contains at least one of them, so a test prompt's image was never seen in training.
 
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anygen.data.language import RELATIONS, ObjectReq, Relation, Spec, describe, holds, scene_spec
+from anygen.data.language import RELATIONS, ObjectReq, Relation, Spec, holds, scene_spec
+from anygen.data.phrasing import phrase_caption, phrase_prompt, wording_rng
 from anygen.data.scenes import COLORS, SHAPES, Scene, ShapeObject, overlaps, place_objects, random_object
 from anygen.errors import InvalidArgumentError
 
@@ -30,13 +34,12 @@ CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "color
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 HELD_OUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "circle"), ("yellow", "square"), ("pink", "triangle"), ("green", "star")})
-PREFIXES: tuple[str, ...] = ("", "", "a picture of ", "an image of ", "a drawing of ")
 RELATION_MARGIN = 0.1  # the dominant offset exceeds the other one by at least this (fraction of the side)
 
 
 @dataclass
 class ShapeSample:
-    """A scene, the GenEval-style prompt it answers (``spec`` / ``prompt``) and its full ``caption``."""
+    """A scene, the prompt it answers (``spec``, worded as ``prompt``) and its full ``caption``."""
 
     category: str
     scene: Scene
@@ -117,9 +120,9 @@ def sample_shape_scene(rng: np.random.Generator, category: str, split: str = "tr
         reqs = tuple(ObjectReq(shape, color if category == "color_attr" else None, 1) for color, shape in kinds)
     spec = Spec(reqs, Relation(0, relation, 1) if relation else None)
     scene = Scene(objects)
-    prefix = _pick(rng, PREFIXES)
-    caption = prefix + describe(scene_spec(scene, relation))
-    return ShapeSample(category, scene, spec, describe(spec), caption)
+    words = wording_rng(rng)
+    prompt = phrase_prompt(words, spec)
+    return ShapeSample(category, scene, spec, prompt, phrase_caption(words, scene_spec(scene, relation)))
 
 
 def sample_category(rng: np.random.Generator, weights: Mapping[str, float] | None = None) -> str:

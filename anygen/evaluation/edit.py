@@ -1,5 +1,7 @@
 """Edit accuracy: the instruction was applied and everything else was preserved, read from pixels.
 
+What is expected comes from the instruction itself, read by :func:`anygen.data.instructions.parse_edit` (any of
+its phrasings: "make the red circle blue", "take away the blue square", ...) and applied to the source scene.
 Objects are detected in the source image and in the edited image (:mod:`anygen.evaluation.detect`). An edit passes
 when (1) the edited image holds exactly the expected (colour, shape) multiset, (2) every object the instruction
 does not name sits where it was (centre within ``POSITION_TOL`` of the side), and (3) for ``move`` the named object
@@ -25,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from anygen.data.edits import DIRECTIONS, EditSample
+from anygen.data.instructions import EditRequest, parse_edit
 from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.evaluation.detect import detect_objects
 from anygen.evaluation.result import EvalResult, build_result
@@ -41,8 +44,19 @@ def _near(a: ShapeObject, b: ShapeObject) -> bool:
     return abs(a.cx - b.cx) <= POSITION_TOL and abs(a.cy - b.cy) <= POSITION_TOL
 
 
-def _expected_kinds(sample: EditSample) -> Counter:
-    return Counter((o.color, o.shape) for o in sample.target.objects)
+def expected_kinds(source: Scene, request: EditRequest) -> Counter:
+    """The (colour, shape) multiset the edited scene must hold: ``source`` with ``request`` applied."""
+    kinds = Counter((o.color, o.shape) for o in source.objects)
+    named = (request.color, request.shape)
+    changed = {"recolor": (request.new, request.shape), "reshape": (request.color, request.new)}
+    if request.op == "add":
+        color, shape = request.new.split()
+        kinds[(color, shape)] += 1
+    elif request.op in ("remove", *changed) and kinds[named] > 0:
+        kinds[named] -= 1
+        if request.op in changed:
+            kinds[changed[request.op]] += 1
+    return +kinds  # drops zero counts
 
 
 def _moved_enough(before: ShapeObject, after: ShapeObject, direction: str) -> bool:
@@ -52,29 +66,34 @@ def _moved_enough(before: ShapeObject, after: ShapeObject, direction: str) -> bo
     return along >= MOVE_MIN_SHIFT and across <= POSITION_TOL
 
 
-def _positions_ok(sample: EditSample, before: Scene, after: Scene) -> bool:
+def _positions_ok(request: EditRequest, before: Scene, after: Scene) -> bool:
     found_before, found_after = _by_kind(before), _by_kind(after)
-    named = (sample.params.get("color"), sample.params.get("shape"))
+    named = (request.color, request.shape)
     for kind, obj in found_before.items():
         if kind == named:
             continue
         if kind not in found_after or not _near(obj, found_after[kind]):
             return False
-    if sample.op == "move":
-        direction = sample.params["new"].split()[-1]
-        return named in found_after and _moved_enough(found_before[named], found_after[named], direction)
-    if sample.op in ("recolor", "reshape"):
-        new_kind = (sample.params["new"], named[1]) if sample.op == "recolor" else (named[0], sample.params["new"])
-        return new_kind in found_after and _near(found_before[named], found_after[new_kind])
-    return True
+    if request.op in ("add", "remove"):
+        return True
+    if named not in found_before:
+        return False
+    if request.op == "move":
+        return named in found_after and _moved_enough(found_before[named], found_after[named], request.new.split()[-1])
+    new_kind = (request.new, named[1]) if request.op == "recolor" else (named[0], request.new)
+    return new_kind in found_after and _near(found_before[named], found_after[new_kind])
 
 
 def score_edit(source: Image.Image, edited: Image.Image, sample: EditSample) -> dict[str, Any]:
-    """Judge one edited image: ``{"passed", "kinds_ok", "positions_ok", "detected"}``."""
+    """Judge one edited image against ``sample.instruction`` applied to ``sample.source``.
+
+    Returns ``{"passed", "kinds_ok", "positions_ok", "detected"}``.
+    """
+    request = parse_edit(sample.instruction)
     before, after = detect_objects(source), detect_objects(edited)
-    kinds_ok = Counter((o.color, o.shape) for o in after.objects) == _expected_kinds(sample)
+    kinds_ok = Counter((o.color, o.shape) for o in after.objects) == expected_kinds(sample.source, request)
     positions_ok = kinds_ok and len(before.objects) == len(sample.source.objects) and _positions_ok(
-        sample, before, after)
+        request, before, after)
     return {"passed": bool(kinds_ok and positions_ok), "kinds_ok": bool(kinds_ok),
             "positions_ok": bool(positions_ok), "detected": [(o.color, o.shape) for o in after.objects]}
 

@@ -4,6 +4,9 @@ Each prompt belongs to one of six categories (single object, two objects, counti
 attribution). A generated image passes when the objects detected in it (see :mod:`anygen.evaluation.detect`)
 satisfy the prompt: named shapes / colours present, exact count for ``counting``, the relation holding between
 the objects' centres for ``position``. ``strict_overall`` additionally demands exact counts and no stray objects.
+The prompts are the canonical sentences of :func:`anygen.data.language.describe` ("two red circles to the left of
+a blue square"); the ``prompts`` suite (:mod:`anygen.evaluation.prompts`) asks for the same scenes in wordings
+that training never uses.
 
 Example:
     >>> from anygen.data.scenes import render_scene
@@ -18,12 +21,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from anygen.data.language import Spec, satisfies
+from anygen.data.language import Spec, describe, satisfies
 from anygen.data.shapes import CATEGORIES, ShapeSample, check_split, sample_shape_scene
 from anygen.errors import check_range
 from anygen.evaluation.detect import detect_objects
@@ -41,13 +45,18 @@ def score_image(image: ImageLike, spec: Spec, category: str) -> dict[str, Any]:
 
 
 def shapes_prompts(n_per_category: int = 12, seed: int = 0, split: str = "test") -> list[ShapeSample]:
-    """``n_per_category`` prompts of each category (deterministic in ``seed``), with their reference scenes."""
+    """``n_per_category`` prompts of each category (deterministic in ``seed``), with their reference scenes.
+
+    Each prompt is the canonical sentence of its spec, so the suite measures the scenes, not the wording.
+    """
     check_range("n_per_category", n_per_category, 1, None)
     check_split(split)
     samples = []
     for index, category in enumerate(CATEGORIES):
         rng = np.random.default_rng([seed, 7919, index])
-        samples.extend(sample_shape_scene(rng, category, split) for _ in range(n_per_category))
+        for _ in range(n_per_category):
+            sample = sample_shape_scene(rng, category, split)
+            samples.append(replace(sample, prompt=describe(sample.spec)))
     return samples
 
 
@@ -59,11 +68,13 @@ class ShapesEval:
         seed: prompt-set seed.
         split: which split's scenes the prompts come from ("test" uses held-out colour/shape combinations).
         samples: use these prompts instead of drawing a set.
+        name: the suite name its results carry ("prompts" when the samples hold held-out wordings).
     """
 
     def __init__(self, n_per_category: int = 12, seed: int = 0, split: str = "test",
-                 samples: Sequence[ShapeSample] | None = None) -> None:
+                 samples: Sequence[ShapeSample] | None = None, name: str = "shapes") -> None:
         self.samples = list(samples) if samples is not None else shapes_prompts(n_per_category, seed, split)
+        self.name = name
 
     def prompts(self) -> list[str]:
         """The prompt texts, in order."""
@@ -79,7 +90,7 @@ class ShapesEval:
             verdict = score_image(image, sample.spec, sample.category)
             details.append({"prompt": sample.prompt, "category": sample.category, **verdict})
         strict = sum(d["strict"] for d in details) / max(1, len(details))
-        return build_result("shapes", [s.category for s in samples], [d["passed"] for d in details], details,
+        return build_result(self.name, [s.category for s in samples], [d["passed"] for d in details], details,
                             {"strict_overall": strict})
 
     def evaluate(self, generate: Callable[[list[str]], list[Image.Image]], images_per_prompt: int = 1,
