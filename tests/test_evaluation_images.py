@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dataclasses import replace
+
 from anygen.data.edits import sample_edit
 from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.errors import InvalidArgumentError, MediaError
@@ -16,7 +18,8 @@ from anygen.evaluation.caption import score_caption
 from anygen.evaluation.detect import detect_objects, to_rgb_array
 from anygen.evaluation.edit import evaluate_edits, score_edit
 from anygen.evaluation.shapes import ShapesEval
-from anygen.evaluation.validation import caption_rates, edit_rates, shapes_rates
+from anygen.evaluation.suites import run_suite
+from anygen.evaluation.validation import caption_rates, edit_rates, prompts_rates, shapes_rates
 
 
 @pytest.mark.parametrize("size,antialias", [(64, False), (32, False), (64, True)])
@@ -77,3 +80,30 @@ def test_edit_evaluator_with_a_do_nothing_model():
                   next(s for s in moved_too_little.source.objects if (s.color, s.shape) == (o.color, o.shape))
                   for o in target.objects])
     assert not score_edit(render_scene(moved_too_little.source), render_scene(half), moved_too_little)["passed"]
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_prompts_suite_on_ground_truth(split):
+    rates = prompts_rates(n_per_category=15, seed=1, split=split)
+    judge, wording = rates["judge"], rates["wording"]
+    assert judge.n_correct == 90 and judge.n_mismatched >= 85
+    assert judge.correct >= 0.97 and judge.mismatched <= 0.03
+    assert wording.correct == 1.0 and wording.mismatched == 0.0
+
+
+def test_prompts_suite_asks_shapes_eval_scenes_in_other_words():
+    shapes, prompts = run_suite("shapes", n=2, seed=3)[0], run_suite("prompts", n=2, seed=3)[0]
+    assert prompts.suite == "prompts" and prompts.overall == 1.0 and prompts.n == shapes.n == 12
+    asked = [d["prompt"] for d in prompts.details]
+    assert not set(asked) & {d["prompt"] for d in shapes.details}
+    assert [d["category"] for d in prompts.details] == [d["category"] for d in shapes.details]
+
+
+def test_edit_judge_reads_the_instruction():
+    edit = sample_edit(np.random.default_rng(7), "recolor", "test")
+    source, target = render_scene(edit.source), render_scene(edit.target)
+    color, shape, new = edit.params["color"], edit.params["shape"], edit.params["new"]
+    reworded = replace(edit, instruction=f"could you give the {shape} that is {color} a {new} colour")
+    assert score_edit(source, target, reworded)["passed"]
+    other = next(c for c in ("red", "yellow", "green", "blue", "purple", "pink") if c not in (color, new))
+    assert not score_edit(source, target, replace(edit, instruction=f"make the {color} {shape} {other}"))["passed"]

@@ -32,6 +32,7 @@ from anygen.evaluation.caption import evaluate_captions
 from anygen.evaluation.edit import evaluate_edits
 from anygen.evaluation.interleaved import evaluate_interleaved
 from anygen.evaluation.melody import evaluate_melody_to_text, evaluate_text_to_melody, parse_music_text
+from anygen.evaluation.prompts import heldout_prompts
 from anygen.evaluation.result import EvalResult
 from anygen.evaluation.shapes import ShapesEval, shapes_prompts
 from anygen.evaluation.speech import (
@@ -43,7 +44,7 @@ from anygen.evaluation.speech import (
     speech_samples,
 )
 
-SUITES: tuple[str, ...] = ("shapes", "caption", "edit", "speech", "melody", "interleaved")
+SUITES: tuple[str, ...] = ("shapes", "caption", "edit", "speech", "melody", "interleaved", "prompts")
 
 
 @dataclass
@@ -108,6 +109,8 @@ def build_items(suite: str, n: int, seed: int, split: str) -> dict[str, list]:
     rng = np.random.default_rng([seed, SUITES.index(suite)])
     if suite in ("shapes", "caption"):
         return {"shapes": shapes_prompts(n, seed, split)}
+    if suite == "prompts":
+        return {"shapes": heldout_prompts(n, seed, split)}
     if suite == "edit":
         return {"edits": [sample_edit(rng, op, split) for op in EDIT_OPS for _ in range(n)]}
     if suite == "speech":
@@ -138,8 +141,9 @@ def run_suite(name: str, n: int = 12, seed: int = 0, split: str = "test", model:
 
 def _run_one(suite: str, items: dict[str, list], model: ModelCallables, classifier: KeywordClassifier | None,
              n: int) -> list[EvalResult]:
-    if suite == "shapes":
-        return [ShapesEval(samples=items["shapes"]).evaluate(_require(model.text_to_image, "text_to_image"))]
+    if suite in ("shapes", "prompts"):
+        suite_eval = ShapesEval(samples=items["shapes"], name=suite)
+        return [suite_eval.evaluate(_require(model.text_to_image, "text_to_image"))]
     if suite == "caption":
         return [evaluate_captions(_require(model.caption, "caption"), items["shapes"])]
     if suite == "edit":

@@ -16,13 +16,14 @@ from PIL import Image
 
 from anygen.data.edits import EDIT_OPS, sample_edit
 from anygen.data.interleaved import DOC_KINDS, sample_document
-from anygen.data.language import satisfies
+from anygen.data.language import parse_text, satisfies
 from anygen.data.melody import sample_chord, sample_melody
 from anygen.data.scenes import render_scene
 from anygen.evaluation.caption import score_caption
 from anygen.evaluation.edit import score_edit
 from anygen.evaluation.interleaved import score_document
 from anygen.evaluation.melody import score_music_audio, score_music_text
+from anygen.evaluation.prompts import heldout_prompts
 from anygen.evaluation.shapes import score_image, shapes_prompts
 from anygen.evaluation.speech import KEYWORDS, KeywordClassifier, default_classifier, speech_samples
 
@@ -59,6 +60,29 @@ def shapes_rates(n_per_category: int = 30, seed: int = 0, size: int = 64, antial
                 bad.append(score_image(image, other.spec, other.category)["passed"])
                 break
     return _rates(good, bad)
+
+
+def prompts_rates(n_per_category: int = 30, seed: int = 0, split: str = "test") -> dict[str, Rates]:
+    """The ``prompts`` suite on ground truth, from each held-out prompt's point of view.
+
+    ``judge``: the render of the prompt's true scene passes; the render of another same-category item's scene that
+    does not satisfy the prompt fails. ``wording``: the prompt, read by ``parse_text``, states exactly the spec the
+    judge checks; another same-category prompt with a different spec does not.
+    """
+    samples = heldout_prompts(n_per_category, seed, split)
+    judge_good, judge_bad, words_good, words_bad = [], [], [], []
+    for i, sample in enumerate(samples):
+        judge_good.append(score_image(render_scene(sample.scene), sample.spec, sample.category)["passed"])
+        words_good.append(parse_text(sample.prompt) == sample.spec)
+        same_category = [o for o in samples[i + 1:] + samples[:i] if o.category == sample.category]
+        exact = sample.category == "counting"
+        wrong_scene = next((o for o in same_category if not satisfies(o.scene, sample.spec, exact_counts=exact)), None)
+        if wrong_scene is not None:
+            judge_bad.append(score_image(render_scene(wrong_scene.scene), sample.spec, sample.category)["passed"])
+        wrong_words = next((o for o in same_category if o.spec != sample.spec), None)
+        if wrong_words is not None:
+            words_bad.append(parse_text(wrong_words.prompt) == sample.spec)
+    return {"judge": _rates(judge_good, judge_bad), "wording": _rates(words_good, words_bad)}
 
 
 def caption_rates(n_per_category: int = 30, seed: int = 0) -> Rates:
@@ -143,7 +167,9 @@ def measure_all(n: int = 30, seed: int = 0, classifier: KeywordClassifier | None
             "caption": caption_rates(n, seed), "edit": edit_rates(n, seed),
             "speech_keywords_heldout_voices": speech_rates(classifier, max(1, n // 3), seed),
             "melody_audio": melody_rates(2 * n, seed), "melody_text": melody_rates(2 * n, seed, audio=False),
-            "interleaved": interleaved_rates(classifier, max(1, n // 3), seed)}
+            "interleaved": interleaved_rates(classifier, max(1, n // 3), seed),
+            **{f"prompts_{split}_{part}": rates for split in ("validation", "test")
+               for part, rates in prompts_rates(n, seed, split).items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
