@@ -78,7 +78,7 @@ class AnyGen(nn.Module):
                  tokenizers: Mapping[str, ModalityTokenizer], decoders: Mapping[str, Any] | None = None,
                  adapters: list[GatedAdapters] | None = None) -> None:
         super().__init__()
-        _check_tokenizers(vocab, tokenizers)
+        _check_tokenizers(vocab, text_tokenizer, tokenizers)
         rows = core.get_input_embeddings().weight.shape[0]
         if rows < vocab.size:
             raise InvalidArgumentError(f"the core has {rows} embedding rows but the vocab needs {vocab.size}")
@@ -196,7 +196,11 @@ class AnyGen(nn.Module):
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _check_tokenizers(vocab: Vocab, tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+def _check_tokenizers(vocab: Vocab, text: TextTokenizer, tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+    if text.vocab_size > vocab.text_size:  # its extra ids would land on specials or codebook ids
+        raise CheckpointError(f"the text tokenizer uses {text.vocab_size} ids but the vocab's text span holds "
+                              f"vocab.text_size={vocab.text_size}: ids from {vocab.text_size} on belong to special "
+                              "and media tokens (was the tokenizer replaced after the model was built?)")
     for spec in vocab.modalities:
         tok = tokenizers.get(spec.name)
         if tok is None:

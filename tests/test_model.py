@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.model import AnyGen
 from anygen.tokenizers.simple import GridImageTokenizer
+from anygen.tokenizers.text import TextTokenizer
 from anygen.tokenizers.weights import load_state_strict
 from anygen.types import ImageSegment, TextSegment
 
@@ -151,3 +153,20 @@ def test_misspelled_forward_keyword_is_a_type_error(tiny_model: AnyGen) -> None:
     with pytest.raises(TypeError, match="lables"):
         tiny_model(ids, lables=ids)
     assert tiny_model(ids, labels=ids).loss is not None
+
+
+def test_a_text_tokenizer_larger_than_the_vocab_text_span_is_refused(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    bigger = TextTokenizer.train(["a much richer corpus of captions, numbers 0123456789 and words"] * 8, vocab_size=400)
+    assert bigger.vocab_size > tiny_model.vocab.text_size
+    bigger.save_pretrained(tmp_path / "m" / "text_tokenizer")
+    with pytest.raises(CheckpointError, match=f"vocab.text_size={tiny_model.vocab.text_size}"):
+        AnyGen.from_pretrained(tmp_path / "m")
+
+
+def test_text_tokenizer_size_counts_its_highest_id_not_its_token_count(text_tokenizer: TextTokenizer) -> None:
+    data = json.loads(text_tokenizer.backend.to_str())
+    vocab = data["model"]["vocab"]
+    vocab[max(vocab, key=vocab.get)] = 5000  # a gap: 300 tokens, the last one with id 5000
+    gapped = TextTokenizer(Tokenizer.from_str(json.dumps(data)))
+    assert gapped.vocab_size == 5001

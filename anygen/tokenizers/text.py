@@ -41,8 +41,11 @@ class TextTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids the text side uses (base vocabulary plus the tokenizer's own added tokens)."""
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        """Number of ids the text side uses: its highest id + 1 (base vocabulary plus its own added tokens).
+
+        Not the token count: a ``tokenizer.json`` whose ids have gaps still encodes to its highest id.
+        """
+        return max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
