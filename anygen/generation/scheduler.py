@@ -1,0 +1,500 @@
+"""Continuous batching: one thread owns the core and decodes every caller's rows in one running batch.
+
+A caller hands the scheduler exactly what it would hand :func:`~anygen.generation.loop.decode_steps` (prompts,
+rules, sampling, guidance, generator) and gets the same :class:`~anygen.generation.loop.Step` s back, one per
+token. Between two decoding steps the scheduler thread
+
+1. drops the jobs whose caller went away (:meth:`Job.cancel`) or whose request ran out of time,
+2. admits waiting jobs whose rows fit in the free slots (each prompt row, guidance branches included, is
+   prefilled on its own and copied into its slot of the static KV cache),
+3. samples one token for every job (its own grammar, sampling settings, guidance and seeded noise), hands the
+   step to the caller and frees the slots of the rows that finished,
+4. runs the core once over every block of slots that holds a row.
+
+Every row keeps its own cache columns and positions, and the batch is always run in blocks of ``block_rows`` rows
+(blocks without rows are skipped), so the core sees the same shapes and a row the same numbers whatever else is
+running: a job's tokens are identical to the same job's served alone with the same seed. (They can differ from the
+eager loop's in the last bits of the logits, since the eager loop runs a differently shaped batch.)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, StaticLayer
+
+from anygen.errors import GenerationError, InvalidArgumentError, check_range
+from anygen.generation.grammar import Grammar, GrammarState, SpanRule
+from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
+                                    cache_argument)
+from anygen.generation.sampling import Generators, Guidance, NoiseSource, SamplingParams, pick_tokens, scale_logits
+from anygen.vocab import Vocab
+
+__all__ = ["Scheduler", "Job", "RequestScope", "request_scope", "SchedulerBusy", "RequestTimeout",
+           "RequestCancelled"]
+
+
+class SchedulerBusy(GenerationError):
+    """The waiting queue is full: try again later (HTTP 503)."""
+
+
+class RequestTimeout(GenerationError):
+    """The request did not finish within its time limit (HTTP 504)."""
+
+
+class RequestCancelled(GenerationError):
+    """The caller went away; its rows were freed."""
+
+
+# ---- request scopes: cancellation and deadlines for every job a request submits -------------------------------
+
+
+class RequestScope:
+    """The jobs one request submitted, its deadline and whether it was cancelled (e.g. its client disconnected)."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.jobs: list[Job] = []
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Free the rows of every job of this request at the next step boundary; later submissions fail."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+_SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("anygen_request_scope", default=None)
+
+
+class request_scope:  # noqa: N801 -- used as a context manager, like contextlib's
+    """``with request_scope(scope):`` attaches every job submitted in this thread (or task) to ``scope``."""
+
+    def __init__(self, scope: RequestScope) -> None:
+        self.scope, self._token = scope, None
+
+    def __enter__(self) -> RequestScope:
+        self._token = _SCOPE.set(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc: object) -> None:
+        _SCOPE.reset(self._token)
+
+
+# ---- the KV cache: one row per slot, every row writing its own column ----------------------------------------
+
+
+class SlotLayer(StaticLayer):
+    """A static cache layer whose rows write at their own columns (``write_at``, ``(R,)``) instead of one shared
+    column, so rows that joined the batch at different steps can share a decode call."""
+
+    def __init__(self, max_cache_len: int, write_at: torch.Tensor) -> None:
+        super().__init__(max_cache_len)
+        self.write_at = write_at
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        r, h, _, d = key_states.shape  # (R, heads, 1, head_dim)
+        index = self.write_at.view(r, 1, 1, 1).expand(r, h, 1, d)
+        self.keys.scatter_(2, index, key_states)
+        self.values.scatter_(2, index, value_states)
+        return self.keys, self.values
+
+
+def _block_cache(core: torch.nn.Module, rows: int, length: int, write_at: torch.Tensor) -> Cache:
+    config = core.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    param = next(core.parameters())
+    layers = [SlotLayer(length, write_at) for _ in range(config.num_hidden_layers)]
+    empty = torch.zeros(rows, heads, 1, head_dim, dtype=param.dtype, device=param.device)
+    for layer in layers:
+        layer.lazy_initialization(empty, empty)
+    return Cache(layers=layers)
+
+
+# ---- jobs --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One :meth:`Scheduler.decode_steps` call: its rows, sampling state and the queue its steps go out on.
+
+    Rows are ``[cond (b); uncond (b); uncond_all (b)]`` as in the eager loop; ``slots[i]`` is row ``i``'s slot
+    (``None`` before admission and after the row finished).
+    """
+
+    prompts: list[list[int]]
+    b: int
+    branches: int
+    grammar: Grammar
+    tables: dict[str, Any]
+    state: GrammarState
+    guidance: Guidance | None
+    guided_modes: torch.Tensor
+    noise: NoiseSource
+    max_new_tokens: int
+    scope: RequestScope | None = None
+    index: int = 0
+    slots: list[int | None] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # (rows, V) the next-token logits of every row
+    generated: list[int] = field(default_factory=list)  # tokens each output row emitted before it was done
+    out: "collections.deque[Any]" = field(default_factory=collections.deque)
+    ready: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    done: bool = False
+    _cancelled: bool = False
+
+    def steps(self) -> Iterator[Step]:
+        """The job's steps as the scheduler produces them; closing the iterator early cancels the job."""
+        try:
+            while True:
+                self.ready.acquire()
+                item = self.out.popleft()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled or (self.scope is not None and self.scope.cancelled)
+
+    def _put(self, item: Any) -> None:
+        self.out.append(item)
+        self.ready.release()
+
+
+_END = object()
+
+
+def _collect(steps: Iterator[Step], eos_id: int) -> GenerationOutput:
+    """Steps -> generated ids per row, cut after ``<|eos|>`` (what :func:`~anygen.generation.loop.generate`
+    returns)."""
+    tokens = torch.stack([s.tokens for s in steps], 1).tolist()  # (B, S)
+    cut = [row.index(eos_id) + 1 if eos_id in row else len(row) for row in tokens]
+    return GenerationOutput([row[:n] for row, n in zip(tokens, cut)], [eos_id in row for row in tokens])
+
+
+# ---- the scheduler -----------------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Serve many callers' generations from one running batch (continuous batching).
+
+    Args:
+        core: the transformers causal LM (``model.core``); only the scheduler thread runs it.
+        vocab: the model's vocab.
+        block_rows: rows the core runs at once; the batch is ``blocks`` such blocks.
+        blocks: so ``block_rows * blocks`` rows (guidance branches count) decode together.
+        max_queue: jobs that may wait for free rows; one more is refused with :class:`SchedulerBusy`.
+        cache_len: KV-cache columns per row, i.e. the longest prompt + ``max_new_tokens`` (default: the core's
+            context).
+
+    Use :meth:`decode_steps` and :meth:`generate` as drop-in replacements of the eager loop's functions (a
+    pipeline takes the scheduler as its ``sampler``); :meth:`close` stops the thread.
+
+    Example:
+        >>> scheduler = Scheduler(model.core, model.vocab)                        # doctest: +SKIP
+        >>> pipe = AnyGenPipeline(model, sampler=scheduler)                       # doctest: +SKIP
+    """
+
+    def __init__(self, core: torch.nn.Module, vocab: Vocab, *, block_rows: int = 8, blocks: int = 4,
+                 max_queue: int = 64, cache_len: int | None = None) -> None:
+        check_range("block_rows", block_rows, 1, 1024)
+        check_range("blocks", blocks, 1, 1024)
+        check_range("max_queue", max_queue, 0, None)
+        if _has_gated_adapters(core):
+            raise InvalidArgumentError("the batching scheduler cannot serve a core with gated adapters (their gates "
+                                       "follow one cache per call); serve such a model without a scheduler")
+        context = getattr(core.config, "max_position_embeddings", None) or 2048
+        self.cache_len = context if cache_len is None else cache_len
+        check_range("cache_len", self.cache_len, 2, context)
+        self.core, self.vocab = core, vocab
+        self.block_rows, self.blocks, self.max_queue = block_rows, blocks, max_queue
+        self.rows = block_rows * blocks
+        self.device = next(core.parameters()).device
+        self._cache_key = cache_argument(core)
+        self._write_at = [torch.zeros(block_rows, dtype=torch.long, device=self.device) for _ in range(blocks)]
+        self._caches = [_block_cache(core, block_rows, self.cache_len, w) for w in self._write_at]
+        self._length = torch.zeros(self.rows, dtype=torch.long)  # tokens in each slot's cache
+        self._tokens = torch.full((self.rows,), vocab.pad_id, dtype=torch.long)  # next input of each slot
+        self._owner: list[Job | None] = [None] * self.rows
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="anygen-scheduler")
+        self._thread.start()
+
+    # ---- the caller's side -------------------------------------------------------------------------------
+    def decode_steps(self, core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
+                     prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                     sampling: Mapping[str, SamplingParams] | None = None, guidance: Guidance | None = None,
+                     open_modalities: Sequence[str] | None = None, generator: Generators = None,
+                     compile: bool = False) -> Iterator[Step]:
+        """:func:`~anygen.generation.loop.decode_steps`, decoded in the shared batch (``compile`` is ignored).
+
+        Raises (before queueing): :class:`InvalidArgumentError` for bad arguments or a job that can never fit,
+        :class:`SchedulerBusy` when the queue is full, :class:`RequestCancelled` in a cancelled scope.
+        """
+        if core is not self.core or vocab is not self.vocab:
+            raise InvalidArgumentError("this scheduler serves one model: pass its own core and vocab")
+        return self.submit(rules, prompts, max_new_tokens=max_new_tokens, sampling=sampling, guidance=guidance,
+                           open_modalities=open_modalities, generator=generator).steps()
+
+    def generate(self, core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
+                 prompts: Sequence[Sequence[int]], **kwargs: Any) -> GenerationOutput:
+        """:func:`~anygen.generation.loop.generate` in the shared batch."""
+        return _collect(self.decode_steps(core, vocab, rules, prompts, **kwargs), vocab.eos_id)
+
+    def submit(self, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               sampling: Mapping[str, SamplingParams] | None = None, guidance: Guidance | None = None,
+               open_modalities: Sequence[str] | None = None, generator: Generators = None) -> Job:
+        """Check and queue one generation; its steps come out of :meth:`Job.steps`."""
+        job = self._job(rules, prompts, max_new_tokens, sampling, guidance, open_modalities, generator)
+        with self._cond:
+            if self._closed:
+                raise GenerationError("the scheduler is closed")
+            if job.scope is not None and job.scope.cancelled:
+                raise RequestCancelled("the request was cancelled")
+            if len(self._waiting) >= self.max_queue:
+                raise SchedulerBusy(f"the server is busy: {len(self._waiting)} requests are waiting (the limit); "
+                                    "try again shortly")
+            if job.scope is not None:
+                job.scope.jobs.append(job)
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    def _job(self, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             sampling: Mapping[str, SamplingParams] | None, guidance: Guidance | None,
+             open_modalities: Sequence[str] | None, generator: Generators) -> Job:
+        """Everything :func:`decode_steps` checks and builds before its first step, plus the fit in the batch."""
+        _check_inputs(prompts, max_new_tokens, guidance, generator)
+        grammar = Grammar(self.vocab, rules, open_modalities)
+        tables = _sampling_tables(self.vocab, sampling)
+        state = grammar.initial_state(prompts, max_new_tokens)
+        b = len(prompts)
+        branches = 1 if guidance is None else guidance.branches
+        rows = [list(p) for p in prompts]
+        if branches > 1:
+            rows += [list(p) for p in guidance.uncond_prompts]
+        if branches > 2:
+            rows += [list(p) for p in guidance.uncond_all_prompts]
+        if len(rows) > self.rows:
+            raise InvalidArgumentError(f"the request needs {len(rows)} rows ({b} outputs x {branches} guidance "
+                                       f"branches) but the batch has {self.rows}; ask for fewer outputs")
+        longest = max(len(r) for r in rows)
+        if longest + max_new_tokens > self.cache_len:
+            raise InvalidArgumentError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+                                       f"{longest + max_new_tokens} exceeds the {self.cache_len} tokens a row may "
+                                       "hold; shorten the prompt or lower max_new_tokens")
+        guided_modes = torch.zeros(len(self.vocab.modality_names) + 1, dtype=torch.bool)
+        for name in guidance.modalities if branches > 1 else ():
+            guided_modes[grammar.mode_of(name)] = True
+        return Job(rows, b, branches, grammar, tables, state, guidance, guided_modes, NoiseSource(b, generator),
+                   max_new_tokens, scope=_SCOPE.get(), generated=[0] * b)
+
+    def stats(self) -> dict[str, int]:
+        """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs)."""
+        with self._cond:
+            return {"active_rows": sum(o is not None for o in self._owner), "active_jobs": len(self._active),
+                    "waiting": len(self._waiting)}
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the thread; jobs still running or waiting end with a :class:`GenerationError`."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ---- the scheduler thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closed or self._waiting or self._active):
+                    self._cond.wait()
+                if self._closed:
+                    break
+            self._drop_stale()
+            self._admit()
+            if self._active:
+                self._step()
+        for job in [*self._active, *self._waiting]:
+            self._fail(job, GenerationError("the scheduler was closed"))
+
+    def _drop_stale(self) -> None:
+        """1. Cancelled and expired jobs leave, waiting or running."""
+        with self._cond:
+            jobs = [*self._waiting, *self._active]
+        for job in jobs:
+            if job.cancelled:
+                self._fail(job, RequestCancelled("the request was cancelled"))
+            elif job.scope is not None and job.scope.expired():
+                self._fail(job, RequestTimeout("the request ran out of time; raise the server's request timeout "
+                                               "or ask for fewer tokens"))
+
+    def _admit(self) -> None:
+        """2. Waiting jobs take free slots in arrival order; each row is prefilled into its slot."""
+        while True:
+            with self._cond:
+                free = [s for s, o in enumerate(self._owner) if o is None]
+                if not self._waiting or len(self._waiting[0].prompts) > len(free):
+                    return
+                job = self._waiting.popleft()
+                job.slots = list(free[: len(job.prompts)])
+                for slot in job.slots:
+                    self._owner[slot] = job
+                self._active.append(job)
+            try:
+                with torch.inference_mode():
+                    job.logits = torch.stack([self._prefill(s, p) for s, p in zip(job.slots, job.prompts)])
+            except Exception as err:  # noqa: BLE001 -- this job fails, the others go on
+                self._fail(job, err)
+
+    def _prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
+        """Run one prompt row alone and copy its keys and values into columns ``[0, len)`` of ``slot``."""
+        cache = DynamicCache(config=self.core.config)
+        out = self.core(input_ids=torch.tensor([ids], device=self.device),
+                        position_ids=torch.arange(len(ids), device=self.device)[None],
+                        **{self._cache_key: cache}, use_cache=True, logits_to_keep=1)
+        block, row = divmod(slot, self.block_rows)
+        for target, source in zip(self._caches[block].layers, cache.layers):
+            target.keys[row, :, : len(ids)] = source.keys[0]
+            target.values[row, :, : len(ids)] = source.values[0]
+        self._length[slot] = len(ids)
+        return out.logits[0, -1]  # (V,)
+
+    def _step(self) -> None:
+        """3. One token for every running job, then 4. one core call per block that holds a row."""
+        for job in list(self._active):
+            try:
+                with torch.inference_mode():
+                    step = self._sample(job)
+            except Exception as err:  # noqa: BLE001 -- e.g. non-finite logits: this job fails, the others go on
+                self._fail(job, err)
+                continue
+            job._put(step)
+            if job.index == job.max_new_tokens or bool((job.state.mode == job.grammar.done_mode).all()):
+                self._finish(job)
+            else:
+                self._feed(job, step.tokens)
+        try:
+            with torch.inference_mode():
+                self._decode()
+        except Exception as err:  # noqa: BLE001 -- the core failed: no running job can go on
+            for job in list(self._active):
+                self._fail(job, GenerationError(f"the core failed while decoding: {err}"))
+
+    def _sample(self, job: Job) -> Step:
+        """The eager loop's step for one job's rows: guidance, grammar mask, per-modality sampling, seeded noise."""
+        index, remaining = job.index, job.max_new_tokens - job.index
+        logits = job.logits.float()
+        step_logits = logits[: job.b]
+        if job.branches > 1:
+            step_logits = _guide(logits, job.b, job.branches, job.guidance, job.state, job.guided_modes)
+        allowed = job.grammar.allowed(job.state, remaining)
+        mode = job.state.mode
+        scaled = scale_logits(step_logits, allowed, job.tables["temperature"][mode])
+        _check_finite(logits, scaled, allowed, index, job.guidance)
+        tokens = pick_tokens(scaled, allowed, job.tables["top_k"][mode], job.tables["top_p"][mode],
+                             job.tables["greedy"][mode], job.noise(index, scaled.shape[-1]), job.tables["filtered"])
+        after = job.grammar.advance(job.state, tokens, remaining)
+        step = Step(index, tokens, job.state, after)
+        for row, was in enumerate(job.state.mode.tolist()):
+            job.generated[row] += was != job.grammar.done_mode
+        job.state, job.index = after, index + 1
+        return step
+
+    def _feed(self, job: Job, tokens: torch.Tensor) -> None:
+        """Set each row's next input; rows whose output finished give their slots back."""
+        done = (job.state.mode == job.grammar.done_mode).tolist()
+        with self._cond:
+            for i, slot in enumerate(job.slots):
+                if slot is None:
+                    continue
+                if done[i % job.b]:
+                    self._release(job, i)
+                else:
+                    self._tokens[slot] = tokens[i % job.b]
+
+    def _decode(self) -> None:
+        """One core call per block with a row; every slot with a row gets its next logits."""
+        with self._cond:
+            held = [o is not None for o in self._owner]
+        logits: dict[int, torch.Tensor] = {}
+        columns = torch.arange(self.cache_len, device=self.device)
+        for block in range(self.blocks):
+            first = block * self.block_rows
+            slots = range(first, first + self.block_rows)
+            if not any(held[s] for s in slots):
+                continue
+            length = torch.where(torch.tensor([held[s] for s in slots]), self._length[first: first + self.block_rows], 0)
+            self._write_at[block].copy_(length)
+            mask = (columns[None, :] <= length[:, None].to(self.device))[:, None, None, :]  # (R, 1, 1, C)
+            out = self.core(input_ids=self._tokens[first: first + self.block_rows, None].to(self.device),
+                            position_ids=length[:, None].to(self.device), attention_mask=mask,
+                            **{self._cache_key: self._caches[block]}, use_cache=True)
+            for row, slot in enumerate(slots):
+                if held[slot]:
+                    logits[slot] = out.logits[row, -1]
+                    self._length[slot] += 1
+        for job in list(self._active):
+            for i, slot in enumerate(job.slots):
+                if slot is not None and slot in logits:
+                    job.logits[i] = logits[slot]
+
+    # ---- leaving --------------------------------------------------------------------------------------------
+    def _release(self, job: Job, row: int) -> None:
+        slot = job.slots[row]
+        if slot is not None and self._owner[slot] is job:
+            self._owner[slot] = None
+            self._length[slot] = 0
+            self._tokens[slot] = self.vocab.pad_id
+        job.slots[row] = None
+
+    def _finish(self, job: Job) -> None:
+        with self._cond:
+            for row in range(len(job.slots)):
+                self._release(job, row)
+            if job in self._active:
+                self._active.remove(job)
+        job.done = True
+        job._put(_END)
+
+    def _fail(self, job: Job, err: BaseException) -> None:
+        with self._cond:
+            for row in range(len(job.slots)):
+                self._release(job, row)
+            if job in self._active:
+                self._active.remove(job)
+            if job in self._waiting:
+                self._waiting.remove(job)
+        if not job.done:
+            job.done = True
+            job._put(err)
+
+
+def _has_gated_adapters(core: torch.nn.Module) -> bool:
+    from anygen.gated_lora import GatedAdapters
+
+    hooks = core._forward_pre_hooks.values()
+    return any(isinstance(getattr(h, "__self__", None), GatedAdapters) for h in hooks)
