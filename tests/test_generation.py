@@ -99,6 +99,17 @@ def test_non_finite_logits_are_reported(tiny_model: AnyGen) -> None:
         run(tiny_model, [prompt(tiny_model, "a")])
 
 
+@pytest.mark.parametrize("setting", ["temperature", "guidance"])
+def test_logits_made_non_finite_by_guidance_or_temperature_are_reported(tiny_model: AnyGen, setting: str) -> None:
+    """Raw logits up to ~2.6e37 are finite, but valid settings overflow them; then nothing is sampled."""
+    with torch.no_grad():
+        tiny_model.core.model.norm.weight.mul_(3e37)
+    kwargs = {"temperature": {"sampling": {"image": SamplingParams(temperature=1e-4)}},  # 2.6e37 / 1e-4
+              "guidance": {"guidance": Guidance([prompt(tiny_model, "", "image")], 100.0)}}[setting]  # + 99 (c - u)
+    with pytest.raises(GenerationError, match="made the logits non-finite at step 0"):
+        run(tiny_model, [prompt(tiny_model, "a red circle", "image")], max_new_tokens=17, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": 10_000}, "context of 512"),

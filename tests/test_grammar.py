@@ -156,3 +156,28 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
         out = sample_tokens(logits, allowed, ones, torch.full((8,), top_k), torch.full((8,), top_p),
                             torch.zeros(8, dtype=torch.bool), NoiseSource(8, g)(0, 50), True)
         assert torch.equal(out, greedy)
+
+
+@pytest.mark.parametrize("case", ["nan_logit", "inf_logits", "temperature_1e-45", "temperature_inf", "zero_noise"])
+@pytest.mark.parametrize("greedy, filtered", [(False, False), (False, True), (True, False)])
+def test_sample_tokens_never_returns_a_forbidden_id(case: str, greedy: bool, filtered: bool) -> None:
+    """Numbers the loop refuses (NaN, overflow, underflow) still cannot make the sampler leave the grammar."""
+    g = torch.Generator().manual_seed(0)
+    b, v = 6, 50
+    logits = torch.randn(b, v, generator=g) * 10
+    allowed = torch.zeros(b, v, dtype=torch.bool)
+    allowed[:, 30:40] = True
+    temperature, noise = torch.ones(b), NoiseSource(b, g)(0, v)
+    if case == "nan_logit":
+        logits[:, 33] = float("nan")
+    elif case == "inf_logits":
+        logits[:, [31, 35]] = float("inf")  # inf - inf = NaN inside the softmax
+    elif case == "temperature_1e-45":
+        temperature.fill_(1e-45)
+    elif case == "temperature_inf":
+        temperature.fill_(float("inf"))  # -inf / inf = NaN on the forbidden ids
+    else:
+        noise[:, :30] = 0.0  # 0 / 0 = NaN on forbidden ids
+    tokens = sample_tokens(logits, allowed, temperature, torch.full((b,), 3), torch.full((b,), 0.9),
+                           torch.full((b,), greedy), noise, filtered)
+    assert allowed[torch.arange(b), tokens].all(), tokens.tolist()

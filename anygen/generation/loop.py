@@ -1,10 +1,12 @@
 """The decoding loop: prefill, then one grammar-constrained, guided, per-modality sample per step.
 
 Generation is a few small functions over explicit state (in the spirit of gpt-fast): :class:`KVRunner` drives the
-transformers core over a preallocated static KV cache, :class:`~anygen.generation.grammar.Grammar` masks what each row may
-emit, :func:`~anygen.generation.sampling.classifier_free_guidance` guides rows inside guided spans, and
-:func:`~anygen.generation.sampling.sample_tokens` samples each row with the settings of the modality it is in. With a
-``torch.Generator`` the output is a pure function of the inputs and the seed.
+transformers core over a preallocated static KV cache, :class:`~anygen.generation.grammar.Grammar` masks what each
+row may emit, :func:`~anygen.generation.sampling.classifier_free_guidance` guides rows inside guided spans, and
+:func:`~anygen.generation.sampling.scale_logits` / :func:`~anygen.generation.sampling.pick_tokens` sample each row
+with the settings of the modality it is in (non-finite logits, raw or guided and scaled, stop generation with a
+:class:`~anygen.errors.GenerationError`). With a ``torch.Generator`` the output is a pure function of the inputs and
+the seed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from anygen.errors import GenerationError, InvalidArgumentError
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule, span_rules
 from anygen.processor import pad_rows
 from anygen.generation.sampling import (Generators, Guidance, NoiseSource, SamplingParams, classifier_free_guidance,
-                             sample_tokens)
+                                       pick_tokens, scale_logits)
 from anygen.vocab import Vocab
 
 __all__ = ["Grammar", "GrammarState", "SpanRule", "span_rules", "Guidance", "SamplingParams",
@@ -188,17 +190,15 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
         remaining = max_new_tokens - index
         with torch.inference_mode():
             logits = logits.float()
-            if not torch.isfinite(logits).all():
-                raise GenerationError(f"the core produced non-finite logits at step {index}; check the weights "
-                                      "(e.g. fp16 overflow) before sampling from them")
             step_logits = logits[:b]
             if branches > 1:
                 step_logits = _guide(logits, b, branches, guidance, state, guided_modes)
             allowed = grammar.allowed(state, remaining)
             mode = state.mode
-            tokens = sample_tokens(step_logits, allowed, tables["temperature"][mode], tables["top_k"][mode],
-                                   tables["top_p"][mode], tables["greedy"][mode],
-                                   noise(index, step_logits.shape[-1]), tables["filtered"])
+            scaled = scale_logits(step_logits, allowed, tables["temperature"][mode])
+            _check_finite(logits, scaled, allowed, index, guidance)
+            tokens = pick_tokens(scaled, allowed, tables["top_k"][mode], tables["top_p"][mode], tables["greedy"][mode],
+                                 noise(index, scaled.shape[-1]), tables["filtered"])
             after = grammar.advance(state, tokens, remaining)
         yield Step(index, tokens, state, after)
         state = after
@@ -206,6 +206,23 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             return
         with torch.inference_mode():
             logits = runner.decode(tokens.repeat(branches))
+
+
+def _check_finite(logits: torch.Tensor, scaled: torch.Tensor, allowed: torch.Tensor, index: int,
+                  guidance: Guidance | None) -> None:
+    """Raise :class:`GenerationError` if the core's logits, or the guided and temperature-scaled logits of the ids
+    the grammar allows, hold NaN or +-inf. One host sync per step for both checks."""
+    finite = torch.stack([torch.isfinite(logits).all(), (torch.isfinite(scaled) | ~allowed).all()])  # (2,)
+    if bool(finite.all()):
+        return
+    if not bool(finite[0]):
+        raise GenerationError(f"the core produced non-finite logits at step {index}; check the weights "
+                              "(e.g. fp16 overflow) before sampling from them")
+    cause = "the temperature" if guidance is None else (f"guidance_scale={guidance.scale}, image_guidance_scale="
+                                                        f"{guidance.image_scale} or the temperature")
+    peak = float(logits.abs().max())
+    raise GenerationError(f"{cause} made the logits non-finite at step {index} (the core's largest |logit| is "
+                          f"{peak:.3g}); lower the guidance scales, raise the temperature, or check the weights")
 
 
 def _guide(logits: torch.Tensor, b: int, branches: int, guidance: Guidance, state: GrammarState,

@@ -98,17 +98,42 @@ def sample_tokens(logits: torch.Tensor, allowed: torch.Tensor, temperature: torc
                   top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor, filtered: bool) -> torch.Tensor:
     """Sample one token per row; every setting is a ``(B,)`` tensor so rows may use different ones.
 
-    ``noise`` is ``(B, V)`` Exponential(1) draws: ``argmax(p / noise)`` is a sample from ``p`` with no host sync.
-    ``filtered=False`` skips the sort that top-k / top-p need.
+    The same as ``pick_tokens(scale_logits(logits, allowed, temperature), allowed, ...)``; the decoding loop calls
+    the two halves itself so that it can check the scaled logits in between.
     """
-    logits = logits.float().masked_fill(~allowed, -math.inf)  # (B, V)
-    choice = logits.argmax(-1)
-    scaled = logits / temperature[:, None]
+    return pick_tokens(scale_logits(logits, allowed, temperature), allowed, top_k, top_p, greedy, noise, filtered)
+
+
+def scale_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``(B, V)`` float32 logits with the grammar's forbidden ids at ``-inf``, divided by each row's temperature.
+
+    A caller that wants to know whether sampling is sound checks ``isfinite(scaled) | ~allowed`` on the result.
+    """
+    return logits.float().masked_fill(~allowed, -math.inf) / temperature[:, None]
+
+
+def pick_tokens(scaled: torch.Tensor, allowed: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                greedy: torch.Tensor, noise: torch.Tensor, filtered: bool) -> torch.Tensor:
+    """One token per row from :func:`scale_logits`' output: the argmax for ``greedy`` rows, else a sample.
+
+    ``noise`` is ``(B, V)`` Exponential(1) draws: ``argmax(p / noise)`` is a sample from ``p`` with no host sync.
+    ``filtered=False`` skips the sort that top-k / top-p need. The grammar mask is applied once more to the final
+    scores, so a forbidden id is never returned whatever the numbers (NaN, overflow, underflow to all zeros).
+    """
+    choice = _allowed_argmax(scaled, allowed)
     if filtered:
         scaled = _top_k_top_p(scaled, top_k, top_p)
     probs = torch.softmax(scaled, -1)
-    sampled = (probs / noise).argmax(-1)
+    sampled = _allowed_argmax(probs / noise, allowed)
     return torch.where(greedy, choice, sampled)
+
+
+def _allowed_argmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax over the allowed ids only; a row whose allowed scores are all ``-inf`` takes its first
+    allowed id. Pure tensor ops (no host sync)."""
+    best = scores.masked_fill(~allowed, -math.inf).argmax(-1)  # a NaN wins argmax; only allowed ids can hold one
+    first_allowed = allowed.to(torch.uint8).argmax(-1)
+    return torch.where(allowed.gather(-1, best[:, None])[:, 0], best, first_allowed)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
