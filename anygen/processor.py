@@ -59,7 +59,11 @@ class Processor:
         modality = segment.modality
         if modality not in self.tokenizers:
             raise InvalidArgumentError(f"segment of modality {modality!r} but the model has {sorted(self.tokenizers)}")
-        codes = encode_segment(segment, self.tokenizers[modality])
+        tokenizer = self.tokenizers[modality]
+        if isinstance(segment, CodesSegment):
+            codes = span_codes(segment, tokenizer)
+        else:
+            codes = encode_segment(segment, tokenizer)
         body = self.vocab.to_global(modality, codes).tolist()
         return [self.vocab.begin_id(modality), *body, self.vocab.end_id(modality)]
 
@@ -156,6 +160,44 @@ class Processor:
             return CodesSegment(modality, codes)
         tokenizer = self.tokenizers[modality]
         return decoded_segment(modality, tokenizer.decode(codes[None])[0], tokenizer)
+
+
+def span_codes(segment: CodesSegment, tokenizer: ModalityTokenizer) -> torch.Tensor:
+    """The ``(N,)`` long codes of a :class:`CodesSegment`, refused unless they can fill one span of its modality.
+
+    Codes must be a 1-D integer tensor (floats are refused, never truncated), a positive multiple of the
+    tokenizer's codebooks long, and -- for fixed-length modalities (images) -- exactly as long as one item of the
+    tokenizer's default size: a span of another length is one the model never saw and no decoder can draw.
+    """
+    name = f"CodesSegment({segment.modality!r}).codes"
+    codes = torch.as_tensor(segment.codes)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise InvalidArgumentError(f"{name} has dtype {codes.dtype}; codes must be an integer tensor (e.g. "
+                                   f"torch.long), they are never rounded or truncated")
+    if codes.ndim != 1:
+        raise InvalidArgumentError(f"{name} has shape {tuple(codes.shape)}; a segment holds one span of codes (N,)")
+    n, k = codes.numel(), int(tokenizer.num_codebooks)
+    shape = None if tokenizer.variable_length else default_item_shape(tokenizer)
+    expected = None if shape is None else int(tokenizer.tokens_for(shape))
+    if expected is not None and n != expected:
+        raise InvalidArgumentError(f"{name} holds {n} codes, but one {segment.modality} span of this model holds "
+                                   f"exactly {expected} (tokens_for({shape})); pass media of other sizes as media "
+                                   "segments, not as codes")
+    if n == 0 or n % k:
+        raise InvalidArgumentError(f"{name} holds {n} codes; one {segment.modality} span holds a positive multiple "
+                                   f"of {k} (one code per codebook per frame)")
+    return codes.long()
+
+
+def default_item_shape(tokenizer: ModalityTokenizer) -> object | None:
+    """The item shape a tokenizer produces by default (``default_shape``, else its image size), or ``None``."""
+    shape = getattr(tokenizer, "default_shape", None)
+    if shape is not None:
+        return shape
+    size = getattr(tokenizer, "image_size", None) or getattr(getattr(tokenizer, "config", None), "image_size", None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int,

@@ -5,7 +5,10 @@ import torch
 
 from anygen.errors import InvalidArgumentError
 from anygen.model import AnyGen
-from anygen.processor import IGNORE, drop_condition
+from anygen.processor import IGNORE, drop_condition, span_codes
+from anygen.tokenizers import ImageVQ
+from anygen.tokenizers.image import ImageVQConfig
+from anygen.tokenizers.quantizer import QuantizerConfig
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, TextSegment
 
 
@@ -95,3 +98,41 @@ def test_drop_condition_removes_only_the_named_modalities(tiny_model: AnyGen) ->
     prompt = [image, TextSegment("make it blue")]
     assert drop_condition(prompt) == [image]
     assert drop_condition(prompt, ("text", "image")) == []
+
+
+@pytest.mark.parametrize("codes, match", [
+    (torch.arange(16, dtype=torch.float32), "dtype torch.float32; codes must be an integer tensor"),
+    (torch.full((16,), 1.7, dtype=torch.float64), "dtype torch.float64"),
+    (torch.ones(16, dtype=torch.bool), "dtype torch.bool"),
+    (torch.arange(3), r"holds 3 codes, but one image span of this model holds exactly 16 \(tokens_for\(\(32, 32\)\)\)"),
+    (torch.arange(0), "holds 0 codes, but one image span of this model holds exactly 16"),
+    (torch.arange(16)[None], r"has shape \(1, 16\)"),
+])
+def test_image_codes_that_cannot_fill_a_span_are_refused(tiny_model: AnyGen, codes: torch.Tensor, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        tiny_model.processor.encode([CodesSegment("image", codes)])
+
+
+def test_audio_codes_must_fill_whole_frames(tiny_model: AnyGen) -> None:
+    with pytest.raises(InvalidArgumentError, match="holds 3 codes; one audio span holds a positive multiple of 2"):
+        tiny_model.processor.encode([CodesSegment("audio", torch.arange(3))])
+    with pytest.raises(InvalidArgumentError, match="dtype torch.float32"):
+        tiny_model.processor.encode([CodesSegment("audio", torch.tensor([1.9, 2.2]))])
+    ids = tiny_model.processor.encode([CodesSegment("audio", torch.tensor([1, 2], dtype=torch.int32))])
+    assert tiny_model.vocab.to_local("audio", torch.tensor(ids[1:-1])).tolist() == [1, 2]
+
+
+def test_generated_image_codes_encode_back_to_the_same_ids(tiny_model: AnyGen) -> None:
+    vocab = tiny_model.vocab
+    ids = [vocab.begin_id("image"), *vocab.to_global("image", torch.arange(16) % 64).tolist(), vocab.end_id("image")]
+    (segment,) = tiny_model.processor.decode(ids, decode_media=False)
+    assert tiny_model.processor.encode([segment]) == ids
+
+
+def test_an_image_vq_span_holds_the_codes_of_its_configured_size() -> None:
+    """ImageVQ keeps its size in its config: 32x32 pixels at a downsampling of 4 are 64 codes."""
+    vq = ImageVQ(ImageVQConfig(channels=[8, 8, 8], res_blocks=0, latent_dim=4, image_size=[32, 32],
+                               quantizer=QuantizerConfig(codebook_size=16, codebook_dim=4)))
+    with pytest.raises(InvalidArgumentError, match=r"holds 3 codes, but one image span .* exactly 64"):
+        span_codes(CodesSegment("image", torch.arange(3)), vq)
+    assert torch.equal(span_codes(CodesSegment("image", torch.arange(64) % 16), vq), torch.arange(64) % 16)
