@@ -1,9 +1,11 @@
-"""AudioCodec: protocol, token counts, resampling and channels, training improves reconstruction, save / load."""
+"""AudioCodec: protocol, token counts, resampling and channels, training improves reconstruction, save / load;
+the chords of its ``melodies`` training source."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +117,18 @@ def test_config_validation_names_the_key():
         AudioCodecConfig(downsample=3)
     with pytest.raises(InvalidArgumentError, match="features"):
         AudioCodecConfig(features="cqt")
+
+
+def test_melodies_source_holds_chords(monkeypatch):
+    from anygen.evaluation.melody import recognise_chord
+    from anygen.training import sources
+
+    events = [sources.music_events(np.random.default_rng([3, i])) for i in range(300)]
+    chord_share = np.mean([len(e[0]) > 1 for e in events])
+    assert abs(chord_share - sources.CHORD_FRACTION) < 0.1
+    assert all(48 <= note <= 79 + 10 for e in events for notes in e for note in notes)
+    assert torch.equal(sources.melody(np.random.default_rng(7)), sources.melody(np.random.default_rng(7)))
+    monkeypatch.setattr(sources, "music_events", lambda rng: [[57, 60, 64]])  # A minor, held for the whole clip
+    waves = [sources.melody(np.random.default_rng(seed)) for seed in range(10)]
+    assert all(w.shape == (16000,) and 0.3 <= float(w.abs().max()) <= 0.9 for w in waves)
+    assert sum(recognise_chord(w, 16000) == ("A", "minor") for w in waves) >= 8  # a few bright timbres blur it

@@ -8,7 +8,7 @@ run would have seen (no data-loader state to checkpoint). Sources:
   ``folder`` (any folder of image files);
 - audio: ``speech`` (1-3 word phrases spoken by espeak-ng in the voices of :mod:`anygen.data.speech`; evaluation
   uses its held-out voices), ``melodies``
-  (note sequences with random harmonic timbres), and ``folder`` (any folder of audio files).
+  (note sequences and chords with random harmonic timbres), and ``folder`` (any folder of audio files).
 
 The ``split`` argument ("train" / "eval") picks disjoint seeds, voices and photos for held-out evaluation.
 """
@@ -162,22 +162,45 @@ def _phrase(rng: np.random.Generator) -> str:
     return " ".join(str(w) for w in rng.choice(WORDS, size=int(rng.integers(1, 4))))
 
 
+CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8), (0, 5, 7), (0, 7), (0, 4, 7, 10), (0, 3, 7, 10))
+CHORD_WEIGHTS = (3, 3, 1, 1, 1, 1, 1, 1)  # semitones above the root: major / minor triads most often
+CHORD_FRACTION = 0.5  # share of ``melodies`` clips that hold chords (several notes at once)
+
+
 def melody(rng: np.random.Generator, seconds: float = 1.0) -> torch.Tensor:
-    """A short random melody (2-5 notes, MIDI 48-84) with a random harmonic timbre, ``(T,)`` at 16 kHz."""
-    notes = rng.integers(48, 85, size=int(rng.integers(2, 6)))
-    harmonics = rng.uniform(0.0, 1.0, size=6) ** 2
+    """A short random melody or chord sequence with a random harmonic timbre, ``(T,)`` at 16 kHz.
+
+    The notes come from :func:`music_events`. The timbre has 6 random harmonics; the envelope decays (plucked)
+    or, one time in two, is held (organ- or brass-like).
+    """
+    harmonics = rng.uniform(0.0, 1.0, size=6) ** rng.uniform(0.5, 3.0)  # dull to bright
     harmonics[0] = 1.0
-    note_len = int(seconds * SAMPLE_RATE / len(notes))
+    decay = 0.0 if rng.random() < 0.5 else rng.uniform(1.0, 6.0)
+    events = music_events(rng)
+    note_len = int(seconds * SAMPLE_RATE / len(events))
     t = np.arange(note_len) / SAMPLE_RATE
-    envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(1.0, 6.0))
+    envelope = np.minimum(1.0, t / 0.01) * np.minimum(1.0, (t[-1] - t) / 0.02 + 0.05) * np.exp(-t * decay)
     pieces = []
-    for note in notes:
-        freq = 440.0 * 2 ** ((note - 69) / 12)
-        tone = sum(h * np.sin(2 * np.pi * freq * (k + 1) * t) for k, h in enumerate(harmonics) if freq * (k + 1) < 7600)
+    for notes in events:
+        tone = np.zeros(note_len)
+        for note in notes:
+            freq = 440.0 * 2 ** ((note - 69) / 12)
+            tone += sum(h * np.sin(2 * np.pi * freq * (k + 1) * t + rng.uniform(0, 2 * np.pi))
+                        for k, h in enumerate(harmonics) if freq * (k + 1) < 7600)
         pieces.append(tone * envelope)
     wave = np.concatenate(pieces)
     wave = wave / max(np.abs(wave).max(), 1e-6) * rng.uniform(0.3, 0.9)
     return torch.from_numpy(wave.astype(np.float32))
+
+
+def music_events(rng: np.random.Generator) -> list[list[int]]:
+    """MIDI notes sounding together, one list per equal time slot: with probability :data:`CHORD_FRACTION` 1-3
+    chords (a shape of :data:`CHORD_SHAPES`, drawn with :data:`CHORD_WEIGHTS`, on a root in MIDI 48-79), otherwise 2-5 single notes (MIDI 48-84)."""
+    if rng.random() < CHORD_FRACTION:
+        roots = rng.integers(48, 80, size=int(rng.integers(1, 4)))
+        shapes = rng.choice(len(CHORD_SHAPES), size=len(roots), p=np.array(CHORD_WEIGHTS) / sum(CHORD_WEIGHTS))
+        return [[int(root) + s for s in CHORD_SHAPES[shape]] for root, shape in zip(roots, shapes)]
+    return [[int(n)] for n in rng.integers(48, 85, size=int(rng.integers(2, 6)))]
 
 
 @functools.lru_cache(maxsize=2)
