@@ -1,15 +1,18 @@
-"""Measure the trained tokenizers and write the ``tokenizers`` section of benchmarks/RESULTS.md.
+"""Measure the trained tokenizers and write the ``tokenizers`` and ``audio-codecs`` sections of benchmarks/RESULTS.md.
 
 Image tokenizer: PSNR / SSIM on held-out shape scenes (ShapesEval's test prompts, rendered) and on held-out photo
 crops (``coffee``, ``flower``: never used for training), codebook usage and perplexity, and the ShapesEval pass rate
-of the reconstructions against the originals'. Audio codec: log-mel distance on held-out speech (held-out voices)
-and melodies / chords (held-out timbre included), keyword and melody recognition of the reconstructions against
-the originals', tokens per second. Optional waveform codec (``--waveform DIR``): SI-SNR and log-mel distance on
-the same held-out clips, keyword and melody recognition of its reconstructions, codebook usage, tokens per second.
-All: encode / decode throughput on the CPU threads given.
+of the reconstructions against the originals'. Audio codecs (``--audio DIR [DIR ...]``, one column each): log-mel
+distance on held-out speech (held-out voices) and melodies / chords (held-out timbre included), keyword, melody
+and chord recognition of the reconstructions against the originals', codebook usage, tokens per second.
+``--front-ends``: the same judges on Griffin-Lim inversions of the exact (unquantised) spectrogram front ends a
+codec can use (linear STFT bins, 80 / 128 / 256 mel bands). Optional waveform codec (``--waveform DIR``): SI-SNR
+and log-mel distance on the same held-out clips, keyword and melody recognition of its reconstructions, codebook
+usage, tokens per second. All: encode / decode throughput on the CPU threads given. ``--parts`` picks the image
+and / or audio sections (each is written on its own).
 
-    python benchmarks/tokenizer_quality.py --image anygen/assets/anygen-tiny/tokenizers/image \
-        --audio anygen/assets/anygen-tiny/tokenizers/audio --threads 2 \
+    python benchmarks/tokenizer_quality.py --parts audio --front-ends --threads 2 \
+        --audio anygen/assets/anygen-tiny/tokenizers/audio /work/anygen-runs/audio-v5/final \
         [--waveform runs/tokenizers/audio-waveform-final]
 """
 
@@ -31,6 +34,7 @@ from results_file import write_section
 
 from anygen.audio import log_mel
 from anygen.tokenizers import AudioCodec, ImageVQ, WaveformCodec
+from anygen.tokenizers.audio import AudioCodecConfig
 from anygen.tokenizers.quantizer import codebook_usage
 from anygen.training.sources import image_batch
 from anygen.training.tokenizer_tasks import EVAL_SEED, mean_codebook_usage, psnr, si_snr
@@ -130,15 +134,20 @@ def recognition_rows(speech: list, music: list, speech_rec: list[torch.Tensor],
     classifier, truth = default_classifier(), [s.text for s in speech]
     kw_orig = np.mean([h == t for h, t in zip(classifier.predict([s.waveform for s in speech]), truth)])
     kw_rec = np.mean([h == t for h, t in zip(classifier.predict(speech_rec), truth)])
-    mus_orig = np.mean([score_music_audio(m.waveform, 16000, m)["passed"] for m in music])
-    mus_rec = np.mean([score_music_audio(r, 16000, m)["passed"] for r, m in zip(music_rec, music)])
-    ratio = lambda a, b: f"{100 * a / max(b, 1e-9):.1f} % of the originals' rate (target >= 95 %)"
-    return [
-        Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
-        Row("keyword accuracy, reconstructions", f"{kw_rec:.3f}", ratio(kw_rec, kw_orig)),
-        Row("melody / chord recognition, originals", f"{mus_orig:.3f}", "anygen.evaluation.melody"),
-        Row("melody / chord recognition, reconstructions", f"{mus_rec:.3f}", ratio(mus_rec, mus_orig)),
-    ]
+    orig = [score_music_audio(m.waveform, 16000, m)["passed"] for m in music]
+    rec = [score_music_audio(r, 16000, m)["passed"] for r, m in zip(music_rec, music)]
+    rate = lambda passed, kind: float(np.mean([p for p, m in zip(passed, music) if kind in (m.kind, "all")]))
+    kinds = {kind: sum(m.kind == kind for m in music) for kind in ("melody", "chord")}
+    rows = [Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
+            Row("keyword accuracy, reconstructions", f"{kw_rec:.3f} ({100 * kw_rec / max(kw_orig, 1e-9):.1f} %)",
+                "(% of the originals' rate; target >= 95 %)")]
+    for kind, label in (("all", "melody / chord"), ("melody", "melody"), ("chord", "chord")):
+        note = "anygen.evaluation.melody" if kind == "all" else f"{kinds[kind]} of the clips"
+        a, b = rate(orig, kind), rate(rec, kind)
+        rows += [Row(f"{label} recognition, originals", f"{a:.3f}", note),
+                 Row(f"{label} recognition, reconstructions", f"{b:.3f} ({100 * b / max(a, 1e-9):.1f} %)",
+                     "(% of the originals' rate; target >= 95 %)" if kind == "all" else "")]
+    return rows
 
 
 def throughput(codec: AudioCodec | WaveformCodec, speech: list) -> tuple[float, float]:
@@ -159,9 +168,12 @@ def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
     used, perplexity = codebook_usage(torch.cat([c.flatten() for c in codes]), codec.codebook_size)
     encode_rate, round_trip_rate = throughput(codec, speech)
     params = sum(p.numel() for p in codec.parameters())
+    config = codec.config
+    front_end = f"{config.bins} linear bins" if config.features == "linear" else f"{config.n_mels} mel bands"
     return [
         Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
-            f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
+            f"({config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size})"),
+        Row("front end", front_end, "log power, 100 frames/s"),
         Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
         Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
             f"{len(speech)} clips, held-out voices; natural-log units, after Griffin-Lim"),
@@ -169,13 +181,37 @@ def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
             "the floor set by phase reconstruction alone"),
         Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
             f"{len(music)} clips, test timbres"),
-        Row("codebook usage (speech + music)", f"{100 * used:.1f} %",
-            f"perplexity {perplexity:.0f} of {codec.codebook_size}; codes of all held-out clips above"),
+        Row("codebook usage (speech + music)", f"{100 * used:.1f} % (perplexity {perplexity:.0f})",
+            "codes of all held-out clips above; target >= 80 %"),
         *recognition_rows(speech, music, speech_rec, music_rec),
         Row("audio encode throughput", f"{encode_rate:.0f} s of audio / s", "one 10 s clip"),
         Row("audio encode + decode throughput", f"{round_trip_rate:.1f} s of audio / s",
-            f"Griffin-Lim {codec.config.griffin_lim_iters} iterations"),
+            f"one 10 s clip; Griffin-Lim {config.griffin_lim_iters} iterations"),
     ]
+
+
+FRONT_ENDS = {"linear STFT (513 bins)": AudioCodecConfig(features="linear", channels=8),
+              **{f"mel ({n} bands)": AudioCodecConfig(features="mel", n_mels=n, channels=8) for n in (80, 128, 256)}}
+
+
+def front_end_rows(n_per_word: int, n_music: int) -> list[Row]:
+    """Judges on Griffin-Lim inversions of each exact front end: what a perfect codec on it could keep at best."""
+    from anygen.evaluation.melody import score_music_audio
+    from anygen.evaluation.speech import default_classifier
+
+    speech, music = held_out_audio(n_per_word, n_music)
+    truth = [s.text for s in speech]
+    rows = []
+    for name, config in FRONT_ENDS.items():
+        codec = AudioCodec(config).eval()
+        invert = lambda w: codec.features_to_waveform(codec.features(w[None]))[0][: w.shape[-1]]
+        keywords = np.mean([h == t for h, t in zip(default_classifier().predict([invert(s.waveform) for s in speech]),
+                                                   truth)])
+        passed = [score_music_audio(invert(m.waveform), 16000, m)["passed"] for m in music]
+        melody = np.mean([p for p, m in zip(passed, music) if m.kind == "melody"])
+        chord = np.mean([p for p, m in zip(passed, music) if m.kind == "chord"])
+        rows.append(Row(name, f"{keywords:.3f}", f"{melody:.3f} | {chord:.3f}"))
+    return rows
 
 
 def waveform_rows(codec: WaveformCodec, n_per_word: int, n_music: int) -> list[Row]:
@@ -211,36 +247,59 @@ def render(rows: list[Row], title: str) -> str:
     return "\n".join(lines)
 
 
+def render_columns(tables: list[list[Row]], names: list[str], title: str) -> str:
+    """One table with a value column per measured model (rows matched by position; notes from the first)."""
+    lines = [f"### {title}", "", "| metric | " + " | ".join(f"`{n}`" for n in names) + " | note |",
+             "|---|" + "---|" * len(names) + "---|"]
+    for rows in zip(*tables):
+        lines.append(f"| {rows[0].metric} | " + " | ".join(r.value for r in rows) + f" | {rows[0].note} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=("image", "audio"), default=["image", "audio"])
     parser.add_argument("--image", default="anygen/assets/anygen-tiny/tokenizers/image")
-    parser.add_argument("--audio", default="anygen/assets/anygen-tiny/tokenizers/audio")
+    parser.add_argument("--audio", nargs="+", default=["anygen/assets/anygen-tiny/tokenizers/audio"],
+                        help="one or more AudioCodec directories, measured side by side")
+    parser.add_argument("--front-ends", action="store_true", help="also judge Griffin-Lim of the exact front ends")
     parser.add_argument("--waveform", default=None, help="also measure a WaveformCodec saved in this directory")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scenes-per-category", type=int, default=20)
     parser.add_argument("--photos", type=int, default=128)
     parser.add_argument("--words", type=int, default=4, help="held-out clips per keyword")
     parser.add_argument("--music", type=int, default=60)
-    parser.add_argument("--no-write", action="store_true", help="print the section without writing RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the sections without writing RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     command = "python benchmarks/tokenizer_quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     header = f"Command: `{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__})."
-    sections = ["## Tokenizers", "", header, ""]
     # No global inference_mode: the keyword classifier is fitted with autograd; the tokenizers run under no_grad.
-    sections += [render(image_rows(ImageVQ.from_pretrained(args.image), args.scenes_per_category, args.photos),
-                        f"Image tokenizer (`{args.image}`)"), ""]
-    sections += [render(audio_rows(AudioCodec.from_pretrained(args.audio), args.words, args.music),
-                        f"Audio codec (`{args.audio}`)")]
-    if args.waveform:
-        sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(args.waveform), args.words, args.music),
-                                f"Waveform codec (`{args.waveform}`)")]
-    body = "\n".join(sections)
-    print(body)
-    if not args.no_write:
-        write_section("tokenizers", body)
+    if "image" in args.parts:
+        body = "\n".join(["## Tokenizers", "", header, "", render(
+            image_rows(ImageVQ.from_pretrained(args.image), args.scenes_per_category, args.photos),
+            f"Image tokenizer (`{args.image}`)")])
+        _publish("tokenizers", body, args.no_write)
+    if "audio" in args.parts:
+        tables = [audio_rows(AudioCodec.from_pretrained(d), args.words, args.music) for d in args.audio]
+        sections = ["### Audio codecs", "", header, "", render_columns(tables, args.audio, "Spectrogram codecs")]
+        if args.front_ends:
+            sections += ["", "### Front ends: Griffin-Lim of the exact spectrogram (no codec)", "",
+                         "| front end | keyword accuracy | melody recognition | chord recognition |",
+                         "|---|---|---|---|"]
+            sections += [f"| {r.metric} | {r.value} | {r.note} |" for r in front_end_rows(args.words, args.music)]
+        if args.waveform:
+            sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(args.waveform), args.words,
+                                                  args.music), f"Waveform codec (`{args.waveform}`)")]
+        _publish("audio-codecs", "\n".join(sections), args.no_write)
     return 0
+
+
+def _publish(name: str, body: str, no_write: bool) -> None:
+    print(body + "\n")
+    if not no_write:
+        write_section(name, body)
 
 
 if __name__ == "__main__":
