@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extend": ("anygen.training.extend_cli", "add a new modality to a trained model and train it (rows/lora/full)"),
     "train-decoder": ("anygen.training.decoder_cli", "train a diffusion decoder for an image tokenizer (YAML config)"),
     "demo": ("anygen.apps.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
+    "serve": ("anygen.apps.serve", "serve an OpenAI-compatible HTTP API (chat, images, audio), batching all requests"),
 }
 
 
