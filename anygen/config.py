@@ -3,6 +3,10 @@
 ``load_config(MyConfig, "configs/x.yaml", overrides=["train.lr=3e-4"])`` reads the YAML, applies ``--set``-style
 overrides, and builds the (possibly nested) dataclass. Unknown keys, wrong types and malformed overrides raise
 :class:`~anygen.errors.InvalidArgumentError` naming the key. No interpolation, no ``_target_``, no code execution.
+
+Paths: a string value ``pkg://anygen-tiny/...`` names a file shipped inside the package (:mod:`anygen.assets`) and
+becomes its absolute path, so configs mean the same files from every working directory; other relative paths are
+relative to the working directory (outputs go under ``./runs`` by convention).
 """
 
 from __future__ import annotations
@@ -15,24 +19,35 @@ from typing import Any, TypeVar
 
 import yaml
 
-from anygen.errors import InvalidArgumentError
+from anygen.assets import PACKAGE_PREFIX, resolve_path
+from anygen.errors import AnygenError, InvalidArgumentError
 
 T = TypeVar("T")
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build dataclass ``cls`` from a YAML file (optional) plus ``key.sub=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:  # includes tags like !!python/object, which safe_load refuses
-            raise InvalidArgumentError(f"config file {path} is not plain YAML data: {err}") from err
-        if not isinstance(raw, dict):
-            raise InvalidArgumentError(f"config file {path} must hold a mapping at the top level")
+    raw = {} if path is None else read_yaml(path)
     for item in overrides or []:
         _apply_override(raw, item)
     return from_dict(cls, raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; one clear error when the file is missing, unreadable or not data."""
+    file = Path(path)
+    if not file.is_file():
+        what = "is a directory, not a YAML file" if file.is_dir() else "does not exist"
+        raise InvalidArgumentError(f"config file {str(path)!r} {what}")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:  # includes tags like !!python/object, which safe_load refuses
+        raise InvalidArgumentError(f"config file {path} is not plain YAML data: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidArgumentError(f"config file {str(path)!r} cannot be read as UTF-8 text: {err}") from err
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError(f"config file {path} must hold a mapping at the top level")
+    return raw
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -77,6 +92,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        value = _shipped(value, key)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -117,3 +134,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise InvalidArgumentError(f"{key}={value!r} must be of type {hint.__name__}")
     return value
+
+
+def _shipped(value: str, key: str) -> str:
+    """``pkg://...`` -> the absolute path of that file inside the package; other strings unchanged."""
+    if not value.startswith(PACKAGE_PREFIX):
+        return value
+    try:
+        return resolve_path(value)
+    except AnygenError as err:
+        raise InvalidArgumentError(f"{key}: {err}") from err
