@@ -1,6 +1,8 @@
 """The ``anygen`` console script: a plain dict of sub-commands, each a module with ``add_arguments`` and ``main``.
 
-Only the module of the command being run is imported, so ``anygen --help`` stays fast.
+Only the module of the command being run is imported, so ``anygen --help`` stays fast. A user error (a bad flag, a
+missing file, an :class:`~anygen.errors.AnygenError` from the library) is one line on stderr and exit status 2;
+each command checks its flags and paths before it loads a model.
 """
 
 from __future__ import annotations
@@ -8,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from types import ModuleType
+from typing import NoReturn, Sequence
 
+from anygen import __version__
 from anygen.errors import AnygenError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,32 +22,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("anygen.evaluation.cli", "run the automatic evaluators on a model or on ground truth"),
     "train": ("anygen.training.core_cli", "train the core on the mixed corpus from a YAML config"),
     "train-tokenizer": ("anygen.training.tokenizer_cli", "train an image or audio tokenizer from a YAML config"),
-    "extend": ("anygen.training.extend_cli", "add a new modality to a trained model and train it (rows/lora/full)"),
+    "extend": ("anygen.training.extend_cli", "add a modality to a trained model (modes gated, lora, rows, full)"),
     "train-decoder": ("anygen.training.decoder_cli", "train a diffusion decoder for an image tokenizer (YAML config)"),
     "demo": ("anygen.apps.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
     "serve": ("anygen.apps.serve", "serve an OpenAI-compatible HTTP API (chat, images, audio), batching all requests"),
 }
+USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (the usage itself stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined, so that an error is one line on the terminal."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def command_parser(name: str, module: ModuleType) -> argparse.ArgumentParser:
+    """The parser of ``anygen NAME``, with the arguments of its ``module``."""
+    parser = OneLineParser(prog=f"anygen {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``anygen``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="anygen", description="Any-to-any generation: text, images and audio.")
-    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
-                     help="; ".join(f"{name}: {desc}" for name, (_, desc) in sorted(COMMANDS.items())))
+    width = max(map(len, COMMANDS))
+    top = OneLineParser(prog="anygen", description="Any-to-any generation: text, images and audio.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="commands (anygen COMMAND --help for their options):\n" + "\n".join(
+                            f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()))
+    top.add_argument("--version", action="version", version=f"anygen {__version__}")
+    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
-        return 0 if argv else 2
+        return 0 if argv else USER_ERROR
     name = top.parse_args(argv[:1]).command
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"anygen {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
     try:
-        return int(module.main(args) or 0)
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(command_parser(name, module).parse_args(argv[1:])) or 0)
     except AnygenError as err:  # expected failures: one clear line, no traceback
-        print(f"anygen {name}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"anygen {name}: error: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -1,21 +1,36 @@
+"""The ``anygen`` console script: every command parses, every user error is one line and exit status 2 before any
+heavy work, and every command means the same thing from a folder outside the repository (RELIABILITY.md, CLI)."""
+
 from __future__ import annotations
 
 import importlib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from anygen import cli
+from anygen import __version__, cli
+from anygen.assets import PACKAGE_PREFIX
 from anygen.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# Every folder of configs/ and the dataclass its YAML files must load into.
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# Every folder of configs/ and the dataclass its YAML files must load into (None: another tool's own format).
 SCHEMAS = {"tokenizer": "anygen.training.tokenizer:TokenizerTrainConfig", "data": "anygen.data.corpus:DataConfig",
            "train": "anygen.training.core_recipe:CoreTrainConfig",
            "decoder": "anygen.training.decoder_recipe:DecoderTrainConfig",
-           "extend": "anygen.training.extend_recipe:ExtendConfig"}
+           "extend": "anygen.training.extend_recipe:ExtendConfig",
+           "accelerate": None}  # `accelerate launch --config_file` reads these
+ANYGEN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if SCHEMAS.get(p.relative_to(CONFIGS).parts[0]))
+# What each command does once its arguments are checked: none of it may run when an argument is wrong.
+HEAVY_WORK = ["anygen.training.core_cli.train", "anygen.training.tokenizer_cli.train",
+              "anygen.training.decoder_cli.train", "anygen.training.extend_cli.extend",
+              "anygen.data.cli.write_corpus", "anygen.evaluation.cli.run_suite",
+              "anygen.pipelines.AnyGenPipeline.from_pretrained"]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,28 +40,199 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
-def test_each_command_has_a_working_parser(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_command_has_a_working_parser(name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the repository
     with pytest.raises(SystemExit) as exit_info:
         cli.main([name, "--help"])
     assert exit_info.value.code == 0
     assert f"anygen {name}" in capsys.readouterr().out
 
 
+def test_version_is_the_installed_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"anygen {__version__}" == f"anygen {pyproject}"
+
+
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["trian"])
     assert exit_info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and len(err.strip().splitlines()) == 1
 
 
-def test_console_script_runs_as_a_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "anygen", "--help"], capture_output=True, text=True, check=True)
+def test_console_script_runs_as_a_module_from_another_folder(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "anygen", "--help"], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert "COMMAND" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "anygen", "train", "--config", "missing.yaml"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "anygen train: error: config file 'missing.yaml' does not exist"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_every_yaml_config_loads_into_its_dataclass(path: Path) -> None:
-    kind = path.relative_to(CONFIGS).parts[0]
-    assert kind in SCHEMAS, f"configs/{kind}/ has no schema registered in this test"
-    module, _, name = SCHEMAS[kind].partition(":")
+# ---- user errors: one line, exit status 2, nothing heavy ran ------------------------------------------------------
+
+
+@pytest.fixture()
+def no_heavy_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command's heavy step fails the test if it is reached."""
+    for target in HEAVY_WORK:
+        module, _, name = target.rpartition(".")
+        try:
+            owner: Any = importlib.import_module(module)
+        except ModuleNotFoundError:  # a class attribute: module.Class.method
+            module, _, cls = module.rpartition(".")
+            owner = getattr(importlib.import_module(module), cls)
+        monkeypatch.setattr(owner, name, _reached(target))
+
+
+def _reached(target: str) -> Any:
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError(f"{target} ran although an argument was wrong")
+
+    return fail
+
+
+SMOKE = str(CONFIGS / "train" / "smoke.yaml")
+DECODER = str(CONFIGS / "decoder" / "image-tiny.yaml")
+TOKENIZER = str(CONFIGS / "tokenizer" / "image-tiny-decoder.yaml")
+SIGNAL = str(CONFIGS / "extend" / "signal.yaml")
+EXTEND = ["extend", "--model", "anygen-tiny", "--modality", "signal", "--config", SIGNAL]
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["train", "--config", "missing.yaml"], "missing.yaml"),
+    (["train", "--config", "folder"], "'folder' is a directory"),
+    (["train-tokenizer", "--config", "missing.yaml"], "missing.yaml"),
+    (["train-decoder", "--config", "folder"], "'folder' is a directory"),
+    (["extend", "--model", "anygen-tiny", "--modality", "signal", "--config", "folder"], "'folder'"),
+    (["train", "--config", SMOKE, "--out", "afile"], "--out='afile' is a file"),
+    (["train", "--config", SMOKE, "--set", "train.out_dir=afile/run"], "train.out_dir='afile/run'"),
+    (["train-tokenizer", "--config", TOKENIZER, "--out", "afile"], "--out='afile'"),
+    (["train-tokenizer", "--config", TOKENIZER, "--set", "output_dir=afile/run"], "output_dir='afile/run'"),
+    (["train-decoder", "--config", DECODER, "--out", "afile/run"], "--out='afile/run'"),
+    ([*EXTEND, "--out", "afile"], "--out='afile'"),
+    (["extend", "--model", "nowhere", "--modality", "signal", "--config", SIGNAL], "--model='nowhere'"),
+    (["data", "build", "--scale", "nan"], "--scale=nan"),
+    (["data", "build", "--scale", "inf"], "--scale=inf"),
+    (["data", "build", "--scale", "-1"], "--scale=-1"),
+    (["data", "build", "--out", "afile"], "--out='afile' is a file"),
+    (["run", "--out", "afile"], "--out='afile' is a file"),
+    (["run", "--model", "nowhere"], "--model='nowhere'"),
+    (["eval", "--ground-truth", "--json", "missing/results.json"], "--json='missing/results.json'"),
+    (["eval", "--ground-truth", "--json", "folder"], "--json='folder' is a folder"),
+    (["eval", "--model", "anygen-tiny", "--json", "afile/results.json"], "--json='afile/results.json'"),
+    (["eval", "--model", "nowhere"], "--model='nowhere'"),
+    (["eval", "--ground-truth", "--n", "0"], "--n=0"),
+    (["demo", "--port", "-1"], "--port=-1"),
+    (["demo", "--port", "70000"], "--port=70000"),
+    (["demo", "--port", "x"], "--port"),
+    (["demo", "--max-file-size=banana"], "--max-file-size='banana'"),
+    (["demo", "--max-file-size=0mb"], "--max-file-size='0mb'"),
+    (["demo", "--model", "nowhere"], "--model='nowhere'"),
+    (["train", "--config", SMOKE, "--steps", "3"], "--steps"),
+])
+def test_user_errors_are_one_line_before_any_work(argv: list[str], names: str, no_heavy_work: None, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file where a folder goes")
+    (tmp_path / "folder").mkdir()
+    try:
+        code = cli.main(argv)
+    except SystemExit as done:  # argparse's own errors
+        code = done.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert names in err and "Traceback" not in err
+    assert not (tmp_path / "afile").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+
+
+def test_library_errors_reach_the_terminal_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("optim:\n  steps: [1\n")  # a YAML syntax error: the parser's message spans several lines
+    assert cli.main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not plain YAML data" in err
+
+
+# ---- paths: the same meaning from every folder --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ANYGEN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_yaml_config_loads_into_its_dataclass_from_any_folder(path: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    module, _, name = SCHEMAS[path.relative_to(CONFIGS).parts[0]].partition(":")
     load_config(getattr(importlib.import_module(module), name), path)
+
+
+def test_every_config_folder_has_a_schema() -> None:
+    assert {p.relative_to(CONFIGS).parts[0] for p in CONFIGS.rglob("*.yaml")} <= set(SCHEMAS)
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+# The core recipe's configs still name the shipped tokenizers relative to the repository root; they move to
+# pkg://anygen-tiny/... with the core recipe's next change (then this list empties and strict xfail reminds us).
+REPO_RELATIVE = {"train/tiny.yaml", "train/tiny-quick.yaml", "train/tiny-continue.yaml", "train/tiny-v5.yaml"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
+    str(p.relative_to(CONFIGS)) in REPO_RELATIVE, reason="names anygen/assets/... relative to the repository root",
+    strict=True)) for p in ANYGEN_CONFIGS], ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_configs_name_no_path_outside_the_project(path: Path) -> None:
+    for value in _strings(yaml.safe_load(path.read_text())):
+        assert not value.startswith(("/", "~")) and ".." not in Path(value).parts, f"{value!r} leaves the project"
+        assert not value.startswith("anygen/assets"), f"{value!r}: write {PACKAGE_PREFIX}{value[len('anygen/assets/'):]}"
+
+
+def test_output_folders_default_to_runs(tmp_path: Path) -> None:
+    parsers = {name: cli.command_parser(name, importlib.import_module(module))
+               for name, (module, _) in cli.COMMANDS.items()}
+    assert parsers["run"].parse_args([]).out == "runs/showcase"
+    assert parsers["data"].parse_args(["build"]).out == "runs/corpus"
+    for path in ANYGEN_CONFIGS:
+        raw = yaml.safe_load(path.read_text())
+        for out in (raw.get("output_dir"), (raw.get("train") or {}).get("out_dir")):
+            assert out is None or out.startswith("runs/"), f"{path.name}: {out}"
+        assert "final_dir" not in raw, f"{path.name}: the final model goes to <output_dir>/final"
+
+
+def test_out_puts_the_whole_run_in_one_folder(tmp_path: Path) -> None:
+    from anygen.training.cli_args import with_output_dir
+    from anygen.training.decoder_recipe import DecoderTrainConfig
+
+    parser = cli.command_parser("train-decoder", importlib.import_module("anygen.training.decoder_cli"))
+    trial = parser.parse_args(["--config", DECODER, "--out", str(tmp_path / "trial")])
+    config = with_output_dir(load_config(DecoderTrainConfig, DECODER), trial)
+    assert (config.output_dir, config.final_dir) == (str(tmp_path / "trial"), str(tmp_path / "trial" / "final"))
+    full = with_output_dir(load_config(DecoderTrainConfig, DECODER), parser.parse_args(["--config", DECODER]))
+    assert (full.output_dir, full.final_dir) == ("runs/decoders/image-tiny", "runs/decoders/image-tiny/final")
+
+
+def test_data_build_from_another_folder_writes_under_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["data", "build", "--scale", "0", "--size", "text=2", "--splits", "train"]) == 0
+    assert (tmp_path / "runs" / "corpus" / "manifest.json").is_file()
+    assert "wrote 2 items" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_of_the_shipped_model_by_name_from_another_folder(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "anygen", "eval", "--model", "anygen-tiny", "--suite", "caption",
+                           "--n", "1", "--json", "caption.json"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"source": "anygen-tiny"' in (tmp_path / "caption.json").read_text()

@@ -36,7 +36,8 @@ from anygen.apps.chat import (
     make_generator,
 )
 from anygen.data.scenes import Scene, ShapeObject, render_scene
-from anygen.errors import AnygenError, InvalidArgumentError
+from anygen.assets import model_dir
+from anygen.errors import AnygenError, InvalidArgumentError, check_range
 from anygen.image import load_image
 from anygen.pipelines import DECODERS, AnyGenPipeline, load
 from anygen.generation.sampling import SamplingParams
@@ -309,23 +310,38 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, sh
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``anygen demo``."""
-    parser.add_argument("--model", default=None, help="a saved model directory (default: the embedded model)")
+    parser.add_argument("--model", default="default",
+                        help="a saved model directory, or anygen-tiny / default (the shipped model, the default)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    parser.add_argument("--port", type=int, default=None, help="port, 1-65535 (default: 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE, help="largest accepted upload, e.g. 5mb")
+    parser.add_argument("--max-file-size", default=MAX_FILE_SIZE,
+                        help="largest accepted upload: bytes, or a number with b, kb, mb or gb (default 5mb)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests of one kind served at once")
 
 
+_SIZE = re.compile(r"\s*(\d+)\s*([kmg]?b)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+
+def parse_file_size(text: str | int) -> int:
+    """``5mb`` -> 5242880 (units as Gradio reads them: b, kb, mb, gb, powers of 1024); an error naming the flag."""
+    match = _SIZE.fullmatch(str(text))
+    if match is None or int(match[1]) < 1:
+        raise InvalidArgumentError(f"--max-file-size={text!r} must be a positive size such as 5mb, 500kb or 1048576")
+    return int(match[1]) * _UNITS[(match[2] or "b").lower()]
+
+
 def main(args: argparse.Namespace) -> int:
-    """Load the model and serve the demo until interrupted."""
+    """Check every flag, then load the model and serve the demo until interrupted."""
     _gradio()  # fail before loading the model when the extra is missing
-    if args.concurrency < 1:
-        raise InvalidArgumentError(f"--concurrency={args.concurrency} must be >= 1")
-    demo = build_demo(load(args.model), concurrency=args.concurrency)
+    if args.port is not None:
+        check_range("--port", args.port, 1, 65535)
+    check_range("--concurrency", args.concurrency, 1, 1024)
+    max_file_size = parse_file_size(args.max_file_size)
+    demo = build_demo(load(model_dir(args.model)), concurrency=args.concurrency)
     if args.host != "127.0.0.1":
         log.warning("serving on %s: anyone who can reach this address can use the demo", args.host)
-    launch(demo, args.host, args.port, args.share, args.max_file_size)
+    launch(demo, args.host, args.port, args.share, max_file_size)
     return 0
-

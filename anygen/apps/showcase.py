@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from anygen.assets import DEFAULT_MODEL, DEFAULT_MODEL_NAME, model_dir
 from anygen.audio import save_audio
 from anygen.data.scenes import Scene, ShapeObject, render_scene
+from anygen.paths import check_output_dir
 from anygen.pipelines import AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
@@ -124,13 +126,18 @@ def _pil(tensor: torch.Tensor) -> Image.Image:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="a saved model directory (default: the embedded model)")
-    parser.add_argument("--out", default="outputs/showcase", help="folder to write into")
-    parser.add_argument("--seed", type=int, default=0)
+    """Options of ``anygen run``."""
+    parser.add_argument("--model", default="default",
+                        help="a saved model directory, or anygen-tiny / default (the shipped model, the default)")
+    parser.add_argument("--out", default="runs/showcase", help="folder to write into (default: runs/showcase)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every task's sampling")
 
 
 def main(args: argparse.Namespace) -> int:
-    pipe = load(args.model)
-    index = build_showcase(pipe, args.out, args.seed, model_name=args.model or "anygen-tiny (embedded)")
+    """Write the showcase of ``--model`` into ``--out``; both are checked before the model loads."""
+    check_output_dir("--out", args.out)
+    path = model_dir(args.model)
+    name = f"{DEFAULT_MODEL_NAME} (shipped)" if path.resolve() == DEFAULT_MODEL else str(args.model)
+    index = build_showcase(load(path), args.out, args.seed, model_name=name)
     print(f"showcase written: open {index.resolve()}")
     return 0

@@ -2,9 +2,9 @@
 
 Example::
 
-    anygen data build --out corpus --seed 0                      # default sizes (under a minute)
-    anygen data build --out tiny --scale 0.05 --size edit=100    # smaller, with 100 edit pairs
-    anygen data build --out c --config configs/data/default.yaml --set image_size=32
+    anygen data build --seed 0                                        # default sizes into runs/corpus (a minute)
+    anygen data build --out runs/tiny --scale 0.05 --size edit=100    # smaller, with 100 edit pairs
+    anygen data build --out runs/c --config configs/data/default.yaml --set image_size=32
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ from anygen.config import load_config
 from anygen.data.corpus import TASKS, DataConfig
 from anygen.data.shapes import SPLITS
 from anygen.data.shards import write_corpus
-from anygen.errors import InvalidArgumentError
+from anygen.errors import InvalidArgumentError, check_range
+from anygen.paths import check_output_dir
+
+MAX_SCALE = 1000.0  # x the default sizes: millions of items, more than one disk should hold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``build`` under ``anygen data``."""
     commands = parser.add_subparsers(dest="data_command", required=True)
     build = commands.add_parser("build", help="generate the training corpus (JSONL shards + media)")
-    build.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    build.add_argument("--out", default="runs/corpus",
+                       help="output directory, must be empty unless --overwrite (default: runs/corpus)")
     build.add_argument("--seed", type=int, default=None, help="master seed (default 0, or the config's)")
     build.add_argument("--config", default=None, help="YAML file for DataConfig (e.g. configs/data/default.yaml)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -42,8 +46,7 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
     cfg = load_config(DataConfig, args.config, args.overrides)
     if args.seed is not None:
         cfg.seed = args.seed
-    if args.scale < 0:
-        raise InvalidArgumentError(f"--scale={args.scale} must be >= 0")
+    check_range("--scale", args.scale, 0, MAX_SCALE)
     sizes = {task: int(round(n * args.scale)) for task, n in cfg.sizes.items()}
     for item in args.size:
         task, _, value = item.partition("=")
@@ -57,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``anygen data build``; prints the manifest's counts. Returns the exit status."""
     if args.data_command != "build":
         raise InvalidArgumentError(f"unknown data command {args.data_command!r}; use `anygen data build`")
+    check_output_dir("--out", args.out)
     cfg = config_from_args(args)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     start = time.perf_counter()

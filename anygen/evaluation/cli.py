@@ -2,8 +2,9 @@
 
 Example::
 
-    anygen eval --ground-truth --suite all --n 12 --json results.json     # what a perfect model scores
-    anygen eval --model runs/tiny --suite shapes --n 24
+    anygen eval --ground-truth --suite all --n 12 --json runs/truth.json   # what a perfect model scores
+    anygen eval --model anygen-tiny --suite shapes --n 24                  # the shipped model
+    anygen eval --model runs/anygen-tiny/final --suite all                 # a saved one
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from typing import Any
 
 import torch
 
+from anygen.assets import model_dir
 from anygen.data.shapes import SPLITS
 from anygen.errors import InvalidArgumentError, check_range
 from anygen.evaluation.result import EvalResult
 from anygen.evaluation.speech import KeywordClassifier
 from anygen.evaluation.suites import SUITES, ModelCallables, run_suite
+from anygen.paths import check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``anygen eval`` options."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="directory of a saved pipeline (AnyGenPipeline.from_pretrained)")
+    source.add_argument("--model", help="directory of a saved model, or anygen-tiny / default for the shipped one")
     source.add_argument("--ground-truth", action="store_true", help="score the corpus' own references")
     parser.add_argument("--suite", default="all", choices=[*SUITES, "all"], help="which evaluator(s) to run")
     parser.add_argument("--n", type=int, default=12, help="items per category (speech: n // 10 per keyword)")
@@ -34,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=list(SPLITS), help="split the items come from")
     parser.add_argument("--keyword-model", default=None,
                         help="safetensors file of the keyword classifier (fitted and saved here when missing)")
-    parser.add_argument("--json", dest="json_path", default=None, help="write all results to this JSON file")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="also write all results to this JSON file (its folder must exist)")
 
 
 def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
@@ -61,15 +65,22 @@ def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
                           generate=lambda segments: pipe.generate(segments, generator=gen()))
 
 
-def load_model(path: str, seed: int) -> ModelCallables:
+def load_model(name_or_path: str, seed: int) -> ModelCallables:
     """Load a saved pipeline lazily; a clear error when pipelines are unavailable or the path is wrong."""
-    if not Path(path).is_dir():
-        raise InvalidArgumentError(f"--model={path!r} is not a directory holding a saved pipeline")
+    path = model_dir(name_or_path)
     try:
         from anygen.pipelines import AnyGenPipeline
     except ImportError as exc:
         raise InvalidArgumentError(f"anygen.pipelines is not available ({exc}); use --ground-truth") from exc
     return pipeline_callables(AnyGenPipeline.from_pretrained(path), seed)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Everything ``anygen eval`` will write is checked before the evaluation starts."""
+    if args.json_path is not None:
+        check_output_file("--json", args.json_path)
+    if args.keyword_model is not None and not Path(args.keyword_model).is_file():
+        check_output_file("--keyword-model", args.keyword_model)
 
 
 def keyword_classifier(path: str | None) -> KeywordClassifier | None:
@@ -96,6 +107,7 @@ def format_table(results: list[EvalResult]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run ``anygen eval``. Returns the exit status."""
     check_range("--n", args.n, 1, 100_000)
+    check_outputs(args)
     model = None if args.ground_truth else load_model(args.model, args.seed)
     classifier = keyword_classifier(args.keyword_model)
     results = run_suite(args.suite, args.n, args.seed, args.split, model, classifier)

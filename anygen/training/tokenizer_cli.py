@@ -1,35 +1,35 @@
-"""Command line of the tokenizer recipe: ``anygen train-tokenizer --config FILE [--set key=value ...]``.
+"""Command line of the tokenizer recipe: ``anygen train-tokenizer --config FILE [--set key=value ...] [--out DIR]``.
 
-Also runnable as ``python -m anygen.training.tokenizer_cli --config FILE``.
+Also runnable as ``python -m anygen.training.tokenizer_cli --config FILE``. The trained codec goes to
+``<out>/final`` unless the config names a ``final_dir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from dataclasses import asdict
 
-from anygen.config import load_config
+from anygen.training.cli_args import add_run_arguments, load_run_config, with_output_dir
 from anygen.training.tokenizer import TokenizerTrainConfig
 from anygen.training.tokenizer import main as train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and ``--set`` to ``parser``."""
-    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/tokenizer/image-tiny.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set train.steps=100 (repeatable)")
+    """Add ``--config``, ``--set`` and ``--out`` to ``parser``."""
+    add_run_arguments(parser, "configs/tokenizer/image-tiny.yaml", "train.steps=100")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the recipe with parsed ``args``; prints the final metrics as JSON and returns the exit status 0."""
-    config = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    config = with_output_dir(load_run_config(TokenizerTrainConfig, args), args)
     result = train(config)
     print(json.dumps(asdict(result), indent=2))
     return 0
 
 
-if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="anygen train-tokenizer", description=__doc__)
-    add_arguments(cli)
-    raise SystemExit(main(cli.parse_args()))
+if __name__ == "__main__":  # the same command as `anygen train-tokenizer`, for launchers that start modules
+    from anygen.cli import main as anygen
+
+    raise SystemExit(anygen(["train-tokenizer", *sys.argv[1:]]))
