@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from anygen.apps import demo as demo_module  # noqa: E402
 from anygen.assets import default_model_path  # noqa: E402
 from anygen.apps.chat import EventThread, partial_image, read_message  # noqa: E402
-from anygen.apps.demo import build_demo, launch, short_message  # noqa: E402
+from anygen.apps.demo import build_demo, launch, parse_file_size, short_message, upload_path  # noqa: E402
 from anygen.errors import InvalidArgumentError, MediaError  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.pipelines import AnyGenPipeline  # noqa: E402
@@ -254,6 +256,51 @@ def test_the_server_binds_localhost_and_caps_uploads(server: str, tmp_path: Path
     assert response.status_code == 413
     with pytest.raises(Exception, match="413|too large|exceeds"):
         client.predict(handle_file(str(big)), "x", 2.0, 1.5, 1.0, 0, 0, "vq", api_name="/edit_image")
+
+
+def png_bomb(path: Path, side: int = 12000) -> Path:
+    """A ``side`` x ``side`` greyscale PNG of 140 KB (12000 px): 144 M pixels, written row by row, never decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(bytes(side + 1)) for _ in range(side)) + packer.flush()  # filter 0 + zeros
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("api_name", ["/edit_image", "/chat"])
+def test_an_image_bomb_is_refused_before_it_is_decoded(client: Client, tmp_path: Path, api_name: str) -> None:
+    bomb = png_bomb(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200_000 and Image.open(bomb).size == (12000, 12000)
+    args = ((handle_file(str(bomb)), "make it red", 2.0, 1.5, 1.0, 0, 0, "vq") if api_name == "/edit_image"
+            else chat_args("what is this?", files=(str(bomb),)))
+    start = time.perf_counter()
+    with pytest.raises(AppError, match="12000x12000 .* more than max_pixels"):
+        client.predict(*args, api_name=api_name)
+    seconds = time.perf_counter() - start
+    print(f"{api_name}: refused in {seconds:.2f} s")
+    assert seconds < 3.0  # decoding it (144 M pixels, 430 MB as RGB) and re-encoding it takes far longer
+
+
+def test_edit_uploads_reach_the_handler_as_files() -> None:
+    assert upload_path({"path": "/tmp/gradio/x/a.png", "orig_name": "a.png"}) == "/tmp/gradio/x/a.png"
+    assert upload_path("/tmp/a.png") == "/tmp/a.png"
+    with pytest.raises(InvalidArgumentError, match="upload a source image"):
+        upload_path({"path": None})
+
+
+@pytest.mark.parametrize("text, size", [("5mb", 5 * 1024**2), ("500 KB", 500 * 1024), ("1048576", 1048576),
+                                        ("1gb", 1024**3), (7, 7)])
+def test_max_file_size_reads_gradio_units(text: str | int, size: int) -> None:
+    assert parse_file_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["banana", "0mb", "-5mb", "5 tb", "1.5mb", ""])
+def test_max_file_size_refuses_what_gradio_cannot_read(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="--max-file-size"):
+        parse_file_size(text)
 
 
 def test_concurrent_requests_match_the_same_requests_one_by_one(server: str, tmp_path: Path) -> None:

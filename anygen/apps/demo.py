@@ -141,6 +141,14 @@ def build_demo(pipe: AnyGenPipeline, concurrency: int = 2) -> gr.Blocks:
     return demo
 
 
+def upload_path(value: dict | str | None) -> str:
+    """The file of an image input that Gradio did not preprocess: its ``FileData`` dict (or a plain path)."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if not path:
+        raise InvalidArgumentError("upload a source image first")
+    return str(path)
+
+
 def _cache_dir(gr: Any) -> str:
     path = Path(gr.utils.get_upload_folder())  # GRADIO_TEMP_DIR: the only place Gradio serves files from
     path.mkdir(parents=True, exist_ok=True)
@@ -254,12 +262,11 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
                             *_seed_and_decoder(gr)]
         result = gr.Image(label="edited", type="pil")
 
-    def edit_image(source: str | None, instruction: str, guidance: float, image_guidance: float,
+    def edit_image(source: dict | str | None, instruction: str, guidance: float, image_guidance: float,
                    temperature: float, top_k: float, seed: float, decoder: str) -> Image.Image:
-        if not source:
-            raise InvalidArgumentError("upload a source image first")
         check_prompt(instruction or "", "instruction")
-        (edited,) = pipe.edit_image(load_image(source, max_pixels=MAX_PIXELS), instruction or "",
+        picture = load_image(upload_path(source), max_pixels=MAX_PIXELS)  # reads the header, then decodes
+        (edited,) = pipe.edit_image(picture, instruction or "",
                                     guidance_scale=float(guidance), image_guidance_scale=float(image_guidance),
                                     generator=make_generator(seed), temperature=float(temperature),
                                     top_k=int(top_k), decoder=check_decoder(pipe, decoder))
@@ -268,7 +275,10 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
     def draw_source() -> Image.Image:
         return enlarge(pipe.text_to_image(EDIT[0], generator=make_generator(0))[0])
 
-    run.click(user_errors(edit_image), [source, instruction, *controls], result, api_name="edit_image")
+    # preprocess=False: gr.Image would decode and re-encode the upload before the handler sees it (a 12000 x 12000
+    # PNG of 140 KB costs seconds and a gigabyte); the handler gets the uploaded file and checks its size first.
+    run.click(user_errors(edit_image), [source, instruction, *controls], result, api_name="edit_image",
+              preprocess=False)
     draw.click(user_errors(draw_source), None, source, api_name="draw_source")
 
 
