@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import torch
 from anygen.errors import InvalidArgumentError, MediaError, check_range
 
 LOG_FLOOR = 1e-5  # power below this is treated as silence before the log (keeps silence finite)
+MAX_CHANNELS = 8  # a 2-D waveform's channel axis is the one with at most this many entries
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+AudioInput = torch.Tensor | np.ndarray | str | Path | bytes | tuple
 
 
 def _all_finite(waveform: torch.Tensor) -> bool:
@@ -31,26 +35,45 @@ def _all_finite(waveform: torch.Tensor) -> bool:
     return bool(torch.isfinite(waveform).all())
 
 
-def check_waveform(waveform: torch.Tensor | np.ndarray, name: str = "waveform") -> torch.Tensor:
+def check_waveform(waveform: torch.Tensor | np.ndarray, name: str = "waveform",
+                   channels_first: bool | None = None) -> torch.Tensor:
     """Validate a waveform and return it as mono float32 ``(T,)``.
 
-    Accepts ``(T,)`` or ``(C, T)`` (channels averaged). Raises :class:`MediaError` naming ``name`` when the input
-    is not array-like, has another rank, is empty, or holds NaN / Inf samples.
+    Accepts ``(T,)``, ``(channels, T)`` or ``(T, channels)`` -- what ``soundfile.read`` returns -- and averages
+    the channels. Unless ``channels_first`` says which, the channel axis is the shorter one, with at most
+    :data:`MAX_CHANNELS` entries; a shape where that is ambiguous (``(4, 4)``) is refused. Raises
+    :class:`MediaError` naming ``name`` when the input is not array-like, has another rank, is empty, or holds
+    NaN / Inf samples.
     """
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(np.ascontiguousarray(waveform))
     if not isinstance(waveform, torch.Tensor):
         raise MediaError(f"{name} must be a torch.Tensor or numpy array, got {type(waveform).__name__}")
     if waveform.dim() not in (1, 2):
-        raise MediaError(f"{name} must be shaped (T,) or (channels, T), got shape {tuple(waveform.shape)}")
-    if waveform.numel() == 0 or waveform.shape[-1] == 0:
+        raise MediaError(f"{name} must be shaped (T,), (channels, T) or (T, channels), got shape "
+                         f"{tuple(waveform.shape)}")
+    if waveform.numel() == 0:
         raise MediaError(f"{name} is empty (shape {tuple(waveform.shape)}); need at least one sample")
     if not (waveform.is_floating_point() or waveform.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8)):
         raise MediaError(f"{name} has unsupported dtype {waveform.dtype}")
+    if waveform.dim() == 2 and not _channels_first(tuple(waveform.shape), name, channels_first):
+        waveform = waveform.T  # (T, C) -> (C, T)
     waveform = waveform.to(torch.float32)
     if not _all_finite(waveform):
         raise MediaError(f"{name} contains NaN or Inf samples")
     return to_mono(waveform)
+
+
+def _channels_first(shape: tuple[int, int], name: str, channels_first: bool | None) -> bool:
+    """Whether a 2-D waveform is ``(C, T)``: as told, else the axis with fewer (and at most 8) entries."""
+    if channels_first is not None:
+        return channels_first
+    if 1 in shape:
+        return shape[0] == 1
+    if shape[0] != shape[1] and min(shape) <= MAX_CHANNELS:
+        return shape[0] < shape[1]
+    raise MediaError(f"{name} has shape {shape}: cannot tell the channel axis (pass (T,), or (channels, T) / "
+                     f"(T, channels) with at most {MAX_CHANNELS} channels and more samples than channels)")
 
 
 def to_mono(waveform: torch.Tensor) -> torch.Tensor:
@@ -81,11 +104,51 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).to(torch.float32)
 
 
-def load_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[torch.Tensor, int]:
+def check_sample_rate(value: object, name: str = "sample_rate") -> int:
+    """``value`` as an int if it is a whole number of Hz in [1000, 384000]; 16000.5 is refused, never truncated."""
+    whole = isinstance(value, (int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer()
+    if isinstance(value, bool) or not whole or not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
+        raise InvalidArgumentError(f"{name}={value!r} must be a whole number of Hz in "
+                                   f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
+    return int(value)
+
+
+def read_audio(audio: AudioInput, sample_rate: object = None, name: str = "audio") -> tuple[torch.Tensor, int]:
+    """One clip of any supported kind -> ``(mono float32 waveform (T,), sample_rate)``, not resampled.
+
+    Args:
+        audio: a waveform (tensor or numpy ``(T,)``, ``(channels, T)`` or ``(T, channels)``) with
+            ``sample_rate``; a ``(waveform, sample_rate)`` pair; a file path or the bytes of a wav/flac/ogg file
+            (their own rate is used; a different ``sample_rate`` is refused).
+        sample_rate: the waveform's rate, a whole number of Hz.
+
+    Raises:
+        MediaError / InvalidArgumentError: naming ``name``.
+    """
+    if isinstance(audio, tuple):
+        if len(audio) != 2:
+            raise MediaError(f"{name} as a tuple must be (waveform, sample_rate), got {len(audio)} items")
+        wave, rate = audio
+        if sample_rate is not None and sample_rate != rate:
+            raise InvalidArgumentError(f"{name} carries sample_rate={rate!r} but sample_rate={sample_rate!r} "
+                                       "was passed too")
+        return read_audio(wave, rate, name)
+    if isinstance(audio, (str, Path, bytes, bytearray)):
+        wave, rate = load_audio(audio, sample_rate=None)
+        if sample_rate is not None and sample_rate != rate:
+            raise InvalidArgumentError(f"{name} is a {rate} Hz file but sample_rate={sample_rate!r} was passed; "
+                                       "leave sample_rate out for files")
+        return wave, rate
+    if sample_rate is None:
+        raise InvalidArgumentError(f"{name} is a bare waveform: pass its sample_rate too")
+    return check_waveform(audio, name), check_sample_rate(sample_rate, f"{name}'s sample_rate")
+
+
+def load_audio(path: str | Path | bytes, sample_rate: int | None = 16000) -> tuple[torch.Tensor, int]:
     """Read an audio file (wav/flac/ogg via soundfile) as mono float32 ``(T,)``.
 
     Args:
-        path: file to read.
+        path: file to read, or the file's bytes.
         sample_rate: resample to this rate; ``None`` keeps the file's own rate.
 
     Returns:
@@ -96,11 +159,13 @@ def load_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[torch
     """
     import soundfile as sf
 
+    label = "(bytes)" if isinstance(path, (bytes, bytearray)) else str(path)
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+        source = io.BytesIO(bytes(path)) if isinstance(path, (bytes, bytearray)) else str(path)
+        data, file_sr = sf.read(source, dtype="float32", always_2d=True)  # (T, C)
     except (RuntimeError, OSError, sf.LibsndfileError) as exc:
-        raise MediaError(f"cannot read audio file {path}: {exc}") from exc
-    waveform = check_waveform(torch.from_numpy(data.T.copy()), name=f"audio file {path}")
+        raise MediaError(f"cannot read audio file {label}: {exc}") from exc
+    waveform = check_waveform(torch.from_numpy(data.T.copy()), name=f"audio file {label}", channels_first=True)
     if sample_rate is not None:
         waveform = resample(waveform, int(file_sr), int(sample_rate))
         return waveform, int(sample_rate)

@@ -1,9 +1,13 @@
-"""Safe image loading and PIL <-> tensor conversion.
+"""Safe image loading and conversions between PIL images, tensors and numpy arrays.
 
 :func:`load_image` accepts a path, raw bytes or a PIL image and returns an RGB ``PIL.Image``. It rejects
 non-image bytes, truncated files and decompression bombs (the pixel count is checked after the lazy
 ``Image.open``, before any pixel is decoded) and never changes PIL's global flags. Every mode (L, LA, P, RGBA,
-CMYK, 16-bit ...) becomes RGB; transparent pixels are composited on white; EXIF orientation is applied.
+CMYK, 16-bit, float ...) becomes RGB; transparent pixels are composited on white; EXIF orientation is applied.
+
+:func:`as_image_tensor` is what the pipelines call on every image a user hands in: a PIL image, a float tensor
+``(3, H, W)`` in ``[0, 1]``, a numpy array ``(H, W, 3)`` / ``(H, W)`` (uint8, uint16 or float in ``[0, 1]``), a path
+or encoded bytes all become one ``(3, H, W)`` float32 tensor; anything else is refused with the shapes that work.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from anygen.errors import MediaError
 
 ImageSource = str | Path | bytes | Image.Image
+ImageInput = Image.Image | torch.Tensor | np.ndarray | str | Path | bytes
+IMAGE_TYPES = (Image.Image, torch.Tensor, np.ndarray, str, Path, bytes)
 DEFAULT_MAX_PIXELS = 4096 * 4096
+RANGE_TOLERANCE = 1e-3  # float pixels this far outside [0, 1] are rounding, further is another convention
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -61,18 +68,91 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
-        array = np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        if not np.isfinite(array).all():
+            raise MediaError(f"the mode-{image.mode} image holds NaN or Inf pixels")
+        array = np.clip(array / _full_scale(image.mode, array.max(initial=0)) * 255.0 + 0.5, 0, 255)
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")
 
 
-def to_tensor(images: Image.Image | Sequence[Image.Image] | torch.Tensor,
-              size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """PIL image(s) or a float tensor -> ``(B, 3, H, W)`` float32 in ``[0, 1]``.
+def _full_scale(mode: str, peak: float) -> float:
+    """The value that means white: 1 for float images in [0, 1], else 255, or 65535 for 16-bit data."""
+    if mode.startswith("I;16") or peak > 255:
+        return 65535.0
+    return 1.0 if mode == "F" and peak <= 1.0 else 255.0
+
+
+def as_image_tensor(image: ImageInput, size: tuple[int, int] | None = None, *, name: str = "image",
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """One image of any supported kind -> ``(3, H, W)`` float32 in ``[0, 1]``, resized to ``size`` when given.
 
     Args:
-        images: one PIL image, a list of them (converted to RGB), or a tensor ``(3, H, W)`` / ``(B, 3, H, W)``.
+        image: a PIL image (any mode), a float tensor ``(3, H, W)`` or ``(1, 3, H, W)`` in ``[0, 1]``, a numpy
+            array ``(H, W, 3)``, ``(H, W, 4)`` or ``(H, W)`` (uint8, uint16, or float in ``[0, 1]``), a file path,
+            or the bytes of an encoded image.
+        size: ``(H, W)``; PIL inputs are resized with PIL's bicubic filter, tensors with torch's (antialiased).
+
+    Raises:
+        MediaError: naming ``name``, for another type, shape, dtype or value range, or an unreadable file.
+
+    Example:
+        >>> as_image_tensor(np.zeros((4, 6, 3), dtype=np.uint8)).shape
+        torch.Size([3, 4, 6])
+    """
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 3:
+            raise MediaError(f"{name} must be one image (3, H, W), got a tensor of shape {tuple(image.shape)}")
+        return _check_tensor(_in_unit_range(image, name), name, size)[0]
+    if isinstance(image, np.ndarray):
+        image = _array_to_image(image, name)
+        if isinstance(image, torch.Tensor):
+            return _check_tensor(image, name, size)[0]
+    if not isinstance(image, IMAGE_TYPES):
+        raise MediaError(f"{name} must be a PIL image, a tensor (3, H, W), a numpy array (H, W, 3), a path or "
+                         f"bytes, got {type(image).__name__}")
+    return to_tensor(load_image(image, max_pixels=max_pixels), size=size)[0]
+
+
+def _in_unit_range(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    if not tensor.is_floating_point():
+        raise MediaError(f"{name} must be a float tensor in [0, 1], got dtype {tensor.dtype}; divide uint8 "
+                         "pixels by 255")
+    if tensor.numel() and torch.isfinite(tensor).all():
+        low, high = float(tensor.min()), float(tensor.max())
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise MediaError(f"{name} has values in [{low:.3g}, {high:.3g}] but images are floats in [0, 1]; "
+                             "for [-1, 1] images pass (x + 1) / 2")
+        tensor = tensor.clamp(0, 1)
+    return tensor
+
+
+def _array_to_image(array: np.ndarray, name: str) -> Image.Image | torch.Tensor:
+    """A channels-last numpy image: integers become a PIL image (any mode PIL knows), floats a (3, H, W) tensor."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))
+    if not shape_ok:
+        raise MediaError(f"{name} as a numpy array must be (H, W), (H, W, 3) or (H, W, 4) (channels last), got "
+                         f"shape {array.shape}; pass channels-first images as a torch tensor (3, H, W)")
+    if array.dtype in (np.uint8, np.uint16) and not (array.dtype == np.uint16 and array.ndim == 3):
+        return Image.fromarray(np.ascontiguousarray(array))
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim == 3 and array.shape[-1] == 4:
+        raise MediaError(f"{name} as a numpy array must be uint8, uint16 (grey) or float in [0, 1] (grey or RGB), "
+                         f"got {array.dtype} of shape {array.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    tensor = tensor.expand(3, *tensor.shape) if tensor.ndim == 2 else tensor.permute(2, 0, 1)  # (3, H, W)
+    return _in_unit_range(tensor.contiguous(), name)
+
+
+def to_tensor(images: Image.Image | Sequence[Image.Image | torch.Tensor] | torch.Tensor,
+              size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """PIL image(s) or float tensor(s) -> ``(B, 3, H, W)`` float32 in ``[0, 1]``.
+
+    Args:
+        images: one PIL image, a tensor ``(3, H, W)`` / ``(B, 3, H, W)``, or a list of PIL images (converted to
+            RGB) and ``(3, H, W)`` tensors.
         size: ``(H, W)`` or one int for square; images are resized (bicubic) when given. Without it, all images
             must already share one size.
     """
@@ -83,11 +163,13 @@ def to_tensor(images: Image.Image | Sequence[Image.Image] | torch.Tensor,
     if len(images) == 0:
         raise MediaError("images is empty; pass at least one image")
     hw = (size, size) if isinstance(size, int) else size
-    arrays = [np.asarray(_resized(to_rgb(im), hw), dtype=np.float32) / 255.0 for im in images]
-    shapes = {a.shape for a in arrays}
+    tensors = [_check_tensor(im, f"images[{i}]", hw)[0] if isinstance(im, torch.Tensor) else
+               torch.from_numpy(np.asarray(_resized(to_rgb(im), hw), dtype=np.float32) / 255.0).permute(2, 0, 1)
+               for i, im in enumerate(images)]
+    shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise MediaError(f"images have different sizes {sorted(shapes)}; pass size=(H, W) to resize them")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+    return torch.stack([t.cpu() for t in tensors]).contiguous()  # (B, 3, H, W)
 
 
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:

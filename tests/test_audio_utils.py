@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from anygen.audio import check_waveform, load_audio, log_mel, mel_filterbank, resample, save_audio, to_mono
+from anygen.audio import (check_sample_rate, check_waveform, load_audio, log_mel, mel_filterbank, read_audio,
+                          resample, save_audio, to_mono)
 from anygen.errors import InvalidArgumentError, MediaError
 
 
@@ -58,6 +59,48 @@ def test_check_waveform_mono_and_dtype():
     out = check_waveform(np.ones((2, 5), dtype=np.float64))
     assert out.shape == (5,) and out.dtype == torch.float32
     assert to_mono(torch.ones(7)).shape == (7,)
+
+
+def test_the_channel_axis_is_found_by_shape():
+    """soundfile.read returns (T, channels); torchaudio (channels, T); both become the same mono clip."""
+    stereo = np.stack([_tone().numpy(), np.zeros(8000, dtype=np.float32)])  # (2, T)
+    first, last = check_waveform(stereo), check_waveform(stereo.T)
+    assert first.shape == last.shape == (8000,) and torch.equal(first, last)
+    assert check_waveform(torch.ones(1, 9)).shape == check_waveform(torch.ones(9, 1)).shape == (9,)
+    assert check_waveform(stereo.T, channels_first=False).shape == (8000,)
+    for ambiguous in (np.zeros((4, 4)), np.zeros((16, 4000))):  # square, or more than 8 "channels"
+        with pytest.raises(MediaError, match="cannot tell the channel axis"):
+            check_waveform(ambiguous)
+
+
+@pytest.mark.parametrize("rate", [16000, 16000.0, np.int64(16000)])
+def test_whole_sample_rates_are_accepted(rate):
+    assert check_sample_rate(rate) == 16000 and isinstance(check_sample_rate(rate), int)
+
+
+@pytest.mark.parametrize("rate", [16000.5, 0, -8000, 999, 10**6, True, "16000", float("nan")])
+def test_other_sample_rates_are_refused_not_truncated(rate):
+    with pytest.raises(InvalidArgumentError, match="must be a whole number of Hz"):
+        check_sample_rate(rate)
+
+
+def test_read_audio_takes_waveforms_pairs_paths_and_bytes(tmp_path):
+    import soundfile as sf
+
+    stereo = np.stack([_tone(sr=8000).numpy()] * 2, axis=1)  # (T, 2)
+    sf.write(tmp_path / "s.wav", stereo, 8000, subtype="FLOAT")
+    expected = torch.from_numpy(stereo.mean(axis=1))
+    for source, rate in ((stereo, 8000), (torch.from_numpy(stereo.T), 8000), ((stereo, 8000), None),
+                         (tmp_path / "s.wav", None), (str(tmp_path / "s.wav"), None),
+                         ((tmp_path / "s.wav").read_bytes(), None)):
+        wave, got = read_audio(source, rate)
+        assert got == 8000 and torch.allclose(wave, expected, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="sample_rate"):
+        read_audio(stereo)  # a bare waveform needs its rate
+    with pytest.raises(InvalidArgumentError, match="8000 Hz file"):
+        read_audio(tmp_path / "s.wav", 16000)
+    with pytest.raises(InvalidArgumentError, match="16000.5"):
+        read_audio(stereo, 16000.5)
 
 
 def test_load_audio_rejects_garbage_and_empty(tmp_path):

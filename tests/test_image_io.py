@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFile
 
 from anygen.errors import MediaError
-from anygen.image import load_image, to_pil, to_tensor
+from anygen.image import as_image_tensor, load_image, to_pil, to_tensor
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -109,3 +109,54 @@ def test_tensor_round_trip_and_resizing():
         to_tensor([images[0], Image.new("RGB", (3, 3))])
     with pytest.raises(MediaError, match="NaN"):
         to_pil(torch.full((3, 2, 2), float("nan")))
+
+
+def test_float_images_in_unit_range_keep_their_brightness():
+    """A mode-F image with values in [0, 1] (what float pipelines write) is not read as 0..255 (black)."""
+    grey = Image.fromarray(np.full((2, 3), 0.5, dtype=np.float32), mode="F")
+    assert load_image(grey).getpixel((0, 0)) == (128, 128, 128)
+    bright = Image.fromarray(np.full((2, 3), 200.0, dtype=np.float32), mode="F")  # 0..255 floats stay as they are
+    assert load_image(bright).getpixel((0, 0)) == (200, 200, 200)
+    with pytest.raises(MediaError, match="NaN"):
+        load_image(Image.fromarray(np.full((2, 2), np.nan, dtype=np.float32), mode="F"))
+
+
+def test_every_input_kind_gives_the_same_tensor(tmp_path):
+    """PIL (several modes), tensors, numpy (uint8 / float, grey / RGB / RGBA), paths and bytes agree."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    expected = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    sources = [Image.fromarray(rgb), rgb, rgb.astype(np.float32) / 255.0, expected, expected[None],
+               tmp_path / "a.png", str(tmp_path / "a.png"), (tmp_path / "a.png").read_bytes(),
+               np.dstack([rgb, np.full((6, 8), 255, np.uint8)])]
+    for source in sources:
+        out = as_image_tensor(source)
+        assert out.shape == (3, 6, 8) and out.dtype == torch.float32
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    grey = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    for source in (grey, grey[..., None], Image.fromarray(grey), grey.astype(np.float64) / 255.0,
+                   Image.fromarray(grey.astype(np.float32) / 255.0, mode="F")):
+        torch.testing.assert_close(as_image_tensor(source), torch.from_numpy(grey).float().expand(3, 6, 8) / 255.0,
+                                   atol=1 / 255.0, rtol=0)
+    assert as_image_tensor(rgb, size=(3, 4)).shape == (3, 3, 4)
+    assert as_image_tensor(expected, size=(3, 4)).shape == (3, 3, 4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.rand(4, 3, 8, 8), "one image"), (torch.rand(8, 8, 3), "B, 3, H, W"),
+    (torch.randint(0, 255, (3, 4, 4)), "float tensor"), (torch.rand(3, 4, 4) * 2 - 1, r"\(x \+ 1\) / 2"),
+    (torch.full((3, 2, 2), float("nan")), "NaN"), (np.zeros((3, 8, 8), np.uint8), "channels last"),
+    (np.zeros((4, 4, 3), np.int64), "uint8"), (np.full((4, 4, 3), 2.0), r"values in \[2, 2\]"),
+    (12, "got int"), ([Image.new("RGB", (2, 2))], "got list"),
+])
+def test_unusable_images_are_refused_with_the_shapes_that_work(bad, match):
+    with pytest.raises(MediaError, match=match):
+        as_image_tensor(bad)
+
+
+def test_to_tensor_takes_lists_that_mix_pil_and_tensors():
+    """What image tokenizers call on ``[ImageSegment.image, ...]``: a list may hold (3, H, W) tensors."""
+    mixed = [Image.new("RGB", (4, 4), (255, 0, 0)), torch.zeros(3, 8, 8)]
+    batch = to_tensor(mixed, size=4)
+    assert batch.shape == (2, 3, 4, 4) and batch[0, 0].eq(1).all() and batch[1].eq(0).all()

@@ -198,7 +198,8 @@ class AudioCodec(nn.Module):
             spec = log_mel(waveforms, SAMPLE_RATE, N_FFT, HOP, self.config.n_mels)  # (B, n_mels, T // hop + 1)
         else:
             window = torch.hann_window(N_FFT, device=waveforms.device)
-            stft = torch.stft(waveforms.float(), N_FFT, HOP, window=window, return_complex=True)
+            stft = torch.stft(waveforms.float(), N_FFT, HOP, window=window, return_complex=True,
+                              pad_mode=_pad_mode(waveforms.shape[-1]))
             spec = torch.log((stft.abs() ** 2).clamp_min(LOG_FLOOR))  # (B, n_fft/2 + 1, T // hop + 1)
         return nn.functional.pad(spec, (0, max(0, frames - spec.shape[-1])), mode="replicate")[..., :frames]
 
@@ -272,6 +273,11 @@ class AudioCodec(nn.Module):
                                        f"[{int(codes.min())}, {int(codes.max())}]")
 
 
+def _pad_mode(num_samples: int) -> str:
+    """``torch.stft`` centres frames by reflecting half a window; clips shorter than that are padded with silence."""
+    return "reflect" if num_samples > N_FFT // 2 else "constant"
+
+
 def griffin_lim(magnitude: torch.Tensor, iters: int, length: int, momentum: float = 0.99) -> torch.Tensor:
     """Fast Griffin-Lim: magnitude ``(B, n_fft/2 + 1, F)`` -> waveform ``(B, length)`` (seeded random phases)."""
     window = torch.hann_window(N_FFT, device=magnitude.device)
@@ -281,7 +287,7 @@ def griffin_lim(magnitude: torch.Tensor, iters: int, length: int, momentum: floa
     wave = torch.zeros(magnitude.shape[0], length)
     for _ in range(iters):
         wave = torch.istft(magnitude * angles, N_FFT, HOP, window=window, length=length)
-        rebuilt = torch.stft(wave, N_FFT, HOP, window=window, return_complex=True)
+        rebuilt = torch.stft(wave, N_FFT, HOP, window=window, return_complex=True, pad_mode=_pad_mode(length))
         angles = rebuilt - (momentum / (1 + momentum)) * previous
         angles = angles / angles.abs().clamp_min(1e-8)
         previous = rebuilt
