@@ -318,7 +318,7 @@ def create_app(server: Server) -> Any:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         body = await parse_json(request, ChatCompletionRequest)
-        plan = await asyncio.get_running_loop().run_in_executor(server.executor, chat_plan, server, body)
+        plan = await asyncio.to_thread(chat_plan, server, body)  # decodes media: off the event loop
         generator = server.generator(body.seed)
         server.enter()
         try:

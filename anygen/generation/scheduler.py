@@ -241,6 +241,7 @@ class Scheduler:
         self._active: list[Job] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._steps = 0  # decoding steps run so far
         self._thread = threading.Thread(target=self._run, daemon=True, name="anygen-scheduler")
         self._thread.start()
 
@@ -314,10 +315,11 @@ class Scheduler:
                    max_new_tokens, scope=_SCOPE.get(), generated=[0] * b)
 
     def stats(self) -> dict[str, int]:
-        """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs)."""
+        """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
+        steps run since the start)."""
         with self._cond:
             return {"active_rows": sum(o is not None for o in self._owner), "active_jobs": len(self._active),
-                    "waiting": len(self._waiting)}
+                    "waiting": len(self._waiting), "steps": self._steps}
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the thread; jobs still running or waiting end with a :class:`GenerationError`."""
@@ -385,6 +387,7 @@ class Scheduler:
 
     def _step(self) -> None:
         """3. One token for every running job, then 4. one core call per block that holds a row."""
+        self._steps += 1
         for job in list(self._active):
             try:
                 with torch.inference_mode():
@@ -447,7 +450,8 @@ class Scheduler:
             slots = range(first, first + self.block_rows)
             if not any(held[s] for s in slots):
                 continue
-            length = torch.where(torch.tensor([held[s] for s in slots]), self._length[first: first + self.block_rows], 0)
+            rows = torch.tensor([held[s] for s in slots])
+            length = torch.where(rows, self._length[first: first + self.block_rows], 0)
             self._write_at[block].copy_(length)
             mask = (columns[None, :] <= length[:, None].to(self.device))[:, None, None, :]  # (R, 1, 1, C)
             out = self.core(input_ids=self._tokens[first: first + self.block_rows, None].to(self.device),
