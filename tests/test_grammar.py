@@ -158,7 +158,8 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
         assert torch.equal(out, greedy)
 
 
-@pytest.mark.parametrize("case", ["nan_logit", "inf_logits", "temperature_1e-45", "temperature_inf", "zero_noise"])
+@pytest.mark.parametrize("case", ["nan_logit", "inf_logits", "allowed_all_-inf", "temperature_1e-45", "temperature_inf",
+                                  "zero_noise"])
 @pytest.mark.parametrize("greedy, filtered", [(False, False), (False, True), (True, False)])
 def test_sample_tokens_never_returns_a_forbidden_id(case: str, greedy: bool, filtered: bool) -> None:
     """Numbers the loop refuses (NaN, overflow, underflow) still cannot make the sampler leave the grammar."""
@@ -172,6 +173,8 @@ def test_sample_tokens_never_returns_a_forbidden_id(case: str, greedy: bool, fil
         logits[:, 33] = float("nan")
     elif case == "inf_logits":
         logits[:, [31, 35]] = float("inf")  # inf - inf = NaN inside the softmax
+    elif case == "allowed_all_-inf":
+        logits[:, 30:40] = float("-inf")  # argmax of an all -inf row is id 0
     elif case == "temperature_1e-45":
         temperature.fill_(1e-45)
     elif case == "temperature_inf":

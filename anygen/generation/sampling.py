@@ -129,11 +129,10 @@ def pick_tokens(scaled: torch.Tensor, allowed: torch.Tensor, top_k: torch.Tensor
 
 
 def _allowed_argmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Row-wise argmax over the allowed ids only; a row whose allowed scores are all ``-inf`` takes its first
-    allowed id. Pure tensor ops (no host sync)."""
-    best = scores.masked_fill(~allowed, -math.inf).argmax(-1)  # a NaN wins argmax; only allowed ids can hold one
-    first_allowed = allowed.to(torch.uint8).argmax(-1)
-    return torch.where(allowed.gather(-1, best[:, None])[:, 0], best, first_allowed)
+    """Row-wise argmax over the allowed ids only, even where every allowed score is ``-inf`` (lifted to the lowest
+    finite value, above the forbidden ids' ``-inf``) or NaN (which wins argmax, and only allowed ids keep one)."""
+    lifted = scores.clamp(min=torch.finfo(scores.dtype).min)
+    return lifted.masked_fill(~allowed, -math.inf).argmax(-1)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
