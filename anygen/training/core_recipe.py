@@ -60,6 +60,16 @@ from anygen.training.core_data import (
     tokenize_corpus,
 )
 from anygen.training.core_metrics import LossWindow, MetricsLogger
+from anygen.training.distributed import (
+    SHARDED,
+    Prepared,
+    full_model,
+    gather_state,
+    make_accelerator,
+    prepare,
+    restore_state,
+    strategy_of,
+)
 from anygen.training.stream import CorpusRows, Prefetcher, RowSource, StreamRows
 from anygen.training.tokenizer_tasks import cosine_lr
 
@@ -193,7 +203,10 @@ class TrainSection:
     """Bookkeeping. ``loss_weights`` scale each modality's target tokens; ``max_minutes`` (0: none) ends the run
     with a checkpoint once spent, and the same command continues it; ``threads=0`` keeps torch's default.
     ``eval_every`` (0: never) runs ``eval_suites`` (``anygen eval`` suites, ``eval_n`` items per category) on the
-    validation split every that many steps and logs the scores, so the learning curve is on record."""
+    validation split every that many steps and logs the scores, so the learning curve is on record.
+    ``activation_checkpointing`` recomputes each decoder layer's activations in the backward pass (less memory, about
+    a third more compute); how the model is spread over processes comes from ``accelerate launch --config_file``
+    (docs/training_at_scale.md)."""
 
     out_dir: str = "runs/core"
     seed: int = 0
@@ -208,6 +221,7 @@ class TrainSection:
     eval_every: int = 0
     eval_suites: list[str] = field(default_factory=lambda: ["shapes", "caption", "edit"])
     eval_n: int = 4
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for key in ("checkpoint_every", "keep_last", "log_every", "eval_n"):
@@ -277,11 +291,15 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
 
 
 def start_run(optim: OptimSection, train: TrainSection) -> tuple[Accelerator, MetricsLogger]:
-    """Step 1 of a recipe: threads, the accelerator (CPU when no GPU) and the metrics logger of ``train.out_dir``."""
+    """Step 1 of a recipe: threads, the accelerator (CPU when no GPU; DDP, FSDP2 or DeepSpeed as launched) and the
+    metrics logger of ``train.out_dir``."""
     if train.threads:
         torch.set_num_threads(train.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=train.mixed_precision,
-                              gradient_accumulation_steps=optim.grad_accum)
+    accelerator = make_accelerator(train.mixed_precision, optim.grad_accum)
+    strategy = strategy_of(accelerator)
+    if train.eval_every and strategy in SHARDED:
+        raise InvalidArgumentError(f"train.eval_every={train.eval_every}: validation runs on one process and needs "
+                                   f"the whole model, not a {strategy} shard; set it to 0")
     return accelerator, MetricsLogger(Path(train.out_dir), train.log_with, accelerator.is_main_process)
 
 
@@ -296,9 +314,12 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
     model itself) to ``<train.out_dir>/final`` once every step is done.
     """
     out = Path(train.out_dir)
-    # 3. Resume from the last committed checkpoint: model, optimizer, RNG (the data follow from the step).
-    state, start = _resume(out / "checkpoints", model, optimizer)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # 3. Wrap for the processes (DDP, FSDP2 or DeepSpeed, as launched), then resume from the last committed
+    #    checkpoint: model, optimizer, RNG (the data follow from the step).
+    run = prepare(accelerator, model, optimizer, micro_batch=optim.batch_size, grad_clip=optim.grad_clip,
+                  activation_checkpointing=train.activation_checkpointing)
+    model, optimizer = run.model, run.optimizer
+    state, start = _resume(out / "checkpoints", run)
     if state is not None and accelerator.scaler is not None and "scaler" in state:
         accelerator.scaler.load_state_dict(state["scaler"])
     # 4. The loop: per step, grad_accum micro-batches -> one optimizer step; logs and checkpoints on schedule.
@@ -325,12 +346,12 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
                 logger.write({"step": done, "eval": validation_scores(accelerator.unwrap_model(model), train)})
             out_of_time = _out_of_time(accelerator, began, train.max_minutes)
             if done % train.checkpoint_every == 0 or done == total or out_of_time:
-                _commit(accelerator, out / "checkpoints", done, model, optimizer, train.keep_last)
+                _commit(accelerator, out / "checkpoints", done, run, train.keep_last)
             if out_of_time:
                 break
     logger.close()
     # 5. The trained model, in the format users load with AnyGen.from_pretrained.
-    final_dir = _save_final(accelerator, model, out / "final", export) if done == total else None
+    final_dir = _save_final(accelerator, run, out / "final", export) if done == total else None
     return CoreTrainResult(step=done, complete=done == total, loss=record.get("loss"),
                            tokens_per_second=record.get("tokens_per_s"), final_dir=final_dir)
 
@@ -423,38 +444,39 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 # ---- 3. resume / commit ----------------------------------------------------------------------------------------
-def _resume(root: Path, model: AnyGen, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any] | None, int]:
+def _resume(root: Path, run: Prepared) -> tuple[dict[str, Any] | None, int]:
+    """Every process reads the last committed checkpoint and keeps its part of the full state (after ``prepare``)."""
     path = latest_checkpoint(root)
     if path is None:
         return None, 0
     state = load_checkpoint(path)
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_state(run, state["model"], state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"checkpoint {path} does not match this config's model: {err}") from err
     restore_rng_state(state["rng"])
     return state, checkpoint_step(path)
 
 
-def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, keep_last: int) -> None:
-    """Only the main process writes, after every process has finished the step."""
+def _commit(accelerator: Accelerator, root: Path, step: int, run: Prepared, keep_last: int) -> None:
+    """Every process helps gather the full state; only the main process writes, after all finished the step."""
     accelerator.wait_for_everyone()
+    model_state, optimizer_state = gather_state(accelerator, run)
     if accelerator.is_main_process:
-        state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": capture_rng_state()}
+        state = {"model": model_state, "optimizer": optimizer_state, "rng": capture_rng_state(),
+                 "distributed": {"strategy": run.strategy, "processes": accelerator.num_processes}}
         if accelerator.scaler is not None:
             state["scaler"] = accelerator.scaler.state_dict()
         save_checkpoint(root, step, state, keep_last=keep_last)
     accelerator.wait_for_everyone()
 
 
-def _save_final(accelerator: Accelerator, model: torch.nn.Module, directory: Path,
+def _save_final(accelerator: Accelerator, run: Prepared, directory: Path,
                 export: Callable[[torch.nn.Module], AnyGen] | None = None) -> str:
+    """The whole model (gathered from the shards of a sharded run) saved by the main process."""
     accelerator.wait_for_everyone()
+    trained = full_model(accelerator, run)
     if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(model)
         (trained if export is None else export(trained)).save_pretrained(directory)
     accelerator.wait_for_everyone()
     return str(directory)
