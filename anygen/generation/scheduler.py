@@ -242,6 +242,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._steps = 0  # decoding steps run so far
+        self._tokens_out = 0  # tokens sampled for rows that were not done yet
         self._thread = threading.Thread(target=self._run, daemon=True, name="anygen-scheduler")
         self._thread.start()
 
@@ -316,10 +317,11 @@ class Scheduler:
 
     def stats(self) -> dict[str, int]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
-        steps run since the start)."""
+        steps run since the start) and ``tokens`` (tokens generated since the start, guidance branches not
+        counted)."""
         with self._cond:
             return {"active_rows": sum(o is not None for o in self._owner), "active_jobs": len(self._active),
-                    "waiting": len(self._waiting), "steps": self._steps}
+                    "waiting": len(self._waiting), "steps": self._steps, "tokens": self._tokens_out}
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the thread; jobs still running or waiting end with a :class:`GenerationError`."""
@@ -424,6 +426,7 @@ class Scheduler:
         step = Step(index, tokens, job.state, after)
         for row, was in enumerate(job.state.mode.tolist()):
             job.generated[row] += was != job.grammar.done_mode
+            self._tokens_out += was != job.grammar.done_mode
         job.state, job.index = after, index + 1
         return step
 
