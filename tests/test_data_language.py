@@ -189,3 +189,17 @@ def test_same_rng_same_words_and_wording_leaves_scenes_alone():
     phrase_prompt(words, spec)
     reference.integers(2**63)
     assert rng.integers(1000) == reference.integers(1000)
+
+
+def test_music_and_digit_requests_keep_their_content():
+    from anygen.data.melody import sample_chord, sample_melody
+    from anygen.evaluation.melody import parse_music_text
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        tune, chord = sample_melody(rng), sample_chord(rng)
+        assert parse_music_text(tune.prompt) == tune.notes, tune.prompt
+        assert " ".join(parse_music_text(chord.prompt)) + " chord" == chord.text, chord.prompt
+    captions = {digit_caption(rng, 8) for _ in range(300)}
+    assert len(captions) > 30 and all("8" in c or "eight" in c for c in captions)
+    assert not any(" a 8" in c or " a eight" in c for c in captions)
