@@ -184,14 +184,7 @@ def _strings(node: Any) -> list[str]:
     return [node] if isinstance(node, str) else []
 
 
-# The core recipe's configs still name the shipped tokenizers relative to the repository root; they move to
-# pkg://anygen-tiny/... with the core recipe's next change (then this list empties and strict xfail reminds us).
-REPO_RELATIVE = {"train/tiny.yaml", "train/tiny-quick.yaml", "train/tiny-continue.yaml", "train/tiny-v5.yaml"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
-    str(p.relative_to(CONFIGS)) in REPO_RELATIVE, reason="names anygen/assets/... relative to the repository root",
-    strict=True)) for p in ANYGEN_CONFIGS], ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize("path", ANYGEN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_configs_name_no_path_outside_the_project(path: Path) -> None:
     for value in _strings(yaml.safe_load(path.read_text())):
         assert not value.startswith(("/", "~")) and ".." not in Path(value).parts, f"{value!r} leaves the project"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from anygen.data.digits import DIGIT_NAMES, sample_digit
+from anygen.data.digits import digit_caption, sample_digit
 from anygen.data.edits import EDIT_OPS, sample_edit
 from anygen.data.interleaved import sample_document
 from anygen.data.melody import sample_chord, sample_melody
@@ -92,7 +92,7 @@ class DataConfig:
 def _image_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str) -> Item:
     if rng.random() < cfg.digit_fraction:
         image, label = sample_digit(rng, split, cfg.image_size)
-        text = f"a handwritten {DIGIT_NAMES[label]}" if rng.random() < 0.5 else f"the digit {label}"
+        text = digit_caption(rng, label)
         meta = {"source": "digits", "label": label}
     else:
         sample = sample_shape_scene(rng, sample_category(rng, cfg.categories(split)), split)
@@ -116,9 +116,11 @@ def _edit_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str)
 
 def _melody_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str) -> Item:
     sample = sample_chord(rng, split) if rng.random() < cfg.chord_fraction else sample_melody(rng, split)
-    audio, text = AudioSegment(sample.waveform, sample.sample_rate), TextSegment(sample.text)
+    audio = AudioSegment(sample.waveform, sample.sample_rate)
     meta = {"kind": sample.kind, "notes": sample.notes, "timbre": sample.timbre, "text": sample.text}
-    pair = ([text], [audio]) if task == "text_to_melody" else ([audio], [text])
+    # Requests come in many wordings; the transcription of a melody is its canonical note names.
+    pair = ([TextSegment(sample.prompt or sample.text)], [audio]) if task == "text_to_melody" else (
+        [audio], [TextSegment(sample.text)])
     return {"task": task, "prompt": pair[0], "target": pair[1], "meta": meta}
 
 
