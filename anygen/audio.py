@@ -106,7 +106,8 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
 
 def check_sample_rate(value: object, name: str = "sample_rate") -> int:
     """``value`` as an int if it is a whole number of Hz in [1000, 384000]; 16000.5 is refused, never truncated."""
-    whole = isinstance(value, (int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer()
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
+                                                     and float(value).is_integer())
     if isinstance(value, bool) or not whole or not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
         raise InvalidArgumentError(f"{name}={value!r} must be a whole number of Hz in "
                                    f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")

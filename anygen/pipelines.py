@@ -1,40 +1,57 @@
-"""The user API: one pipeline object, one method per task, diffusers-style arguments.
+"""The user API: one pipeline object, one method per task, with the argument names of diffusers / transformers.
 
-    pipe = anygen.load()                      # the embedded default model (or anygen.load(path))
-    images = pipe.text_to_image("a red circle above a blue square", num_images=4, guidance_scale=2.0,
-                                generator=torch.Generator().manual_seed(0))
+    pipe = anygen.load()                                  # the embedded anygen-tiny; or a directory, or "org/name"
+    out = pipe.text_to_image("a red circle above a blue square", num_images_per_prompt=4,
+                             generator=torch.Generator().manual_seed(0))
+    out.images                                            # four PIL images
+    pipe.caption(out.images).texts                        # what comes out goes back in
 
 Every task is the same three shared steps -- build prompts from segments, :meth:`AnyGenPipeline._sample` (the
-grammar-constrained sampler with guidance), decode the spans -- so no task has its own copy of the loop.
+grammar-constrained sampler with guidance, behind a tqdm bar), decode the spans -- so no task has its own copy of
+the loop. Each returns a dataclass of :mod:`anygen.outputs` (``return_dict=False``: its fields as a tuple).
 Empty prompts: ``text_to_image("")`` samples unconditionally; ``speak("")`` is an error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from anygen.audio import check_waveform, resample
+from anygen.audio import AudioInput, read_audio, resample
+from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.base import VQDecoder
 from anygen.decoders.checks import check_mask, check_settings
-from anygen.errors import InvalidArgumentError, check_range
-from anygen.generation.loop import decode_steps, generate
+from anygen.errors import GenerationError, InvalidArgumentError, check_range
+from anygen.generation.loop import decode_steps
 from anygen.generation.sampling import Generators, Guidance, SamplingParams
-from anygen.image import load_image, to_pil, to_tensor
-from anygen.model import AnyGen
-from anygen.processor import drop_condition
 from anygen.generation.streaming import Event, stream_events
+from anygen.image import ImageInput, to_pil
+from anygen.model import AnyGen
+from anygen.outputs import (AudioPipelineOutput, GenerationPipelineOutput, ImagePipelineOutput, PipelineOutput,
+                            TextPipelineOutput)
+from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_count, check_image_size,
+                                    image_tensors, mask_tensor)
+from anygen.processor import drop_condition
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
-ImageInput = Image.Image | torch.Tensor | str | Path | bytes
-MaskInput = Image.Image | torch.Tensor
 OutputType = Literal["pil", "pt", "np"]
 DECODERS = ("vq", "diffusion")
+DEFAULT_DECODER_STEPS = 20
+StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
+"""``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
+diffusers; ``timestep`` is ``None`` for token steps, ``callback_kwargs`` holds ``"tokens"`` ``(B,)`` and the
+:class:`~anygen.generation.loop.Step`); its return value is ignored."""
+
+
+class EmptyAnswerError(GenerationError):
+    """:meth:`AnyGenPipeline.generate` / :meth:`~AnyGenPipeline.chat`: the model's first token was ``<|eos|>``."""
 
 
 @dataclass
@@ -42,6 +59,7 @@ class Sampled:
     """Generated ids per row, starting with the begin token of a span the prompt opened (if any)."""
 
     rows: list[list[int]]
+    finished: list[bool]
 
 
 @dataclass
@@ -50,7 +68,7 @@ class Rendering:
     ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and the kept pixels (``mask`` ``(1, H, W)``)."""
 
     decoder: str = "vq"
-    steps: int = 20
+    steps: int | None = None
     guidance_scale: float = 1.0
     strength: float = 1.0
     image: torch.Tensor | None = None
@@ -62,174 +80,336 @@ class AnyGenPipeline:
     """Inference for every task of an :class:`~anygen.model.AnyGen` model.
 
     Args:
-        model: the model (put it in eval mode on the device you want).
-        image_size: ``(H, W)`` of generated images (default: the image tokenizer's own).
+        model: the model (put in eval mode; move it with :meth:`to`).
+        image_size: ``(H, W)`` of generated images: the size the model learned (default: the image tokenizer's).
         max_audio_seconds: longest audio span a call may generate.
+        chat_template: how :meth:`chat` lays out a conversation (default: turns in order, no role text).
+        sampler: what turns prompt ids into decoding steps: the eager loop's
+            :func:`~anygen.generation.loop.decode_steps` (default), or a
+            :class:`~anygen.generation.scheduler.Scheduler`'s ``decode_steps`` to share one running batch.
     """
 
-    def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0):
+    def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0,
+                 chat_template: ChatTemplate | None = None,
+                 sampler: Callable[..., Iterator[Any]] | None = None) -> None:
         self.model = model.eval()
-        self.image_size = image_size or _default_image_size(model.tokenizers.get("image"))
+        self.image_size = tuple(image_size or _default_image_size(model.tokenizers.get("image")))
+        if "image" in model.tokenizers:
+            model.tokenizers["image"].tokens_for(self.image_size)  # raises for sizes the tokenizer cannot produce
         self.max_audio_seconds = max_audio_seconds
+        self.chat_template = chat_template or ChatTemplate()
+        self._progress_bar_config: dict[str, Any] = {}
+        self.sampler = sampler or decode_steps
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **kwargs: object) -> "AnyGenPipeline":
-        """Load a model saved with ``AnyGen.save_pretrained`` (local directory, safetensors only)."""
-        return cls(AnyGen.from_pretrained(directory), **kwargs)
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, revision: str | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool | None = None,
+                        token: str | bool | None = None, **kwargs: Any) -> AnyGenPipeline:
+        """Load a saved model: ``None`` / ``"anygen-tiny"`` (embedded), a directory, or a Hub repo ``"org/name"``.
+
+        ``torch_dtype`` (e.g. ``torch.bfloat16``) is the core's dtype; ``device`` where the model runs. Hub
+        arguments as in :func:`anygen.hub.resolve_model`; other keywords go to the constructor.
+        """
+        from anygen.hub import resolve_model
+
+        directory = resolve_model(name_or_path, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only, token=token)
+        pipe = cls(AnyGen.from_pretrained(directory), **kwargs)
+        return pipe.to(device, torch_dtype)
+
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        """Save the model (``AnyGen.save_pretrained``), e.g. to share it or to :meth:`push_to_hub` it."""
+        self.model.save_pretrained(directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the model to a Hub repository; see :func:`anygen.hub.push_to_hub`. Returns the commit URL."""
+        from anygen.hub import push_to_hub
+
+        return push_to_hub(self.model, repo_id, **kwargs)
+
+    # ---- device, dtype, progress ---------------------------------------------------------------------------
+    def to(self, *args: str | torch.device | torch.dtype | None) -> AnyGenPipeline:
+        """Move to a device and/or cast, as ``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)`` or both.
+
+        The dtype applies to the core (the transformer); the media tokenizers and decoders stay in float32, the
+        dtype their inputs arrive in, and move with the device. Returns the pipeline.
+        """
+        dtypes = [a for a in args if isinstance(a, torch.dtype)]
+        devices = [a for a in args if a is not None and not isinstance(a, torch.dtype)]
+        if len(dtypes) > 1 or len(devices) > 1 or any(not isinstance(d, (str, torch.device)) for d in devices):
+            raise InvalidArgumentError(f"to() takes one device and/or one torch.dtype, got {args!r}")
+        if dtypes and not dtypes[0].is_floating_point:
+            raise InvalidArgumentError(f"torch_dtype={dtypes[0]} must be a floating-point dtype")
+        if devices:
+            device = torch.device(devices[0])
+            self.model.to(device)
+            for part in [*self.model.tokenizers.values(), *self.model.decoders.values()]:
+                if isinstance(part, torch.nn.Module):
+                    part.to(device)
+        if dtypes:
+            self.model.core.to(dtypes[0])
+            self.model.adapters.to(dtypes[0])
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.core.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.core.parameters()).dtype
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Settings of the tqdm bars (e.g. ``disable=True``); bars appear only for calls longer than a second."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, desc: str | None = None):
+        return tqdm(iterable, total=total, **{"desc": desc, "delay": 1.0, "leave": False,
+                                              **self._progress_bar_config})
 
     # ---- tasks ---------------------------------------------------------------------------------------------
-    def text_to_image(self, prompt: str | Sequence[str], negative_prompt: str | None = None, num_images: int = 1,
-                      guidance_scale: float = 2.0, generator: Generators = None, temperature: float = 1.0,
-                      top_k: int = 0, top_p: float = 1.0, height: int | None = None, width: int | None = None,
-                      decoder: str = "vq", decoder_steps: int = 20, decoder_guidance_scale: float = 1.0,
-                      output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
-        """Images for each prompt (``num_images`` per prompt, prompts in order).
+    def text_to_image(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                      num_images_per_prompt: int = 1, guidance_scale: float = 2.0, generator: Generators = None,
+                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, height: int | None = None,
+                      width: int | None = None, decoder: str = "vq", num_inference_steps: int | None = None,
+                      decoder_guidance_scale: float = 1.0, output_type: OutputType = "pil", return_dict: bool = True,
+                      callback_on_step_end: StepCallback | None = None) -> ImagePipelineOutput | tuple:
+        """``num_images_per_prompt`` images for each prompt, prompts in order.
 
-        ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``).
-        ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
-        (``decoder_steps`` DDIM steps, ``decoder_guidance_scale``) instead of the tokenizer's own decoder.
+        ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``: one, or
+        one per prompt). ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
+        (``num_inference_steps`` DDIM steps, default 20; ``decoder_guidance_scale``) instead of the tokenizer's.
+        ``height`` / ``width``: only the size the model generates (:attr:`image_size`) is accepted.
         """
-        prompts = _as_list(prompt, "prompt")
-        _check_count("num_images", num_images)
-        size = self._image_shape(height, width)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale,
+        prompts = as_list(prompt, "prompt")
+        negatives = [None] * len(prompts) if negative_prompt is None else as_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1 < len(prompts):
+            negatives *= len(prompts)
+        if len(negatives) != len(prompts):
+            raise InvalidArgumentError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
+        check_count("num_images_per_prompt", num_images_per_prompt)
+        size = check_image_size(height, width, self.image_size)
+        render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale,
                                            output_type=output_type), size)
-        rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(num_images)]
-        uncond = [[TextSegment(negative_prompt)] if negative_prompt else []] * len(rows)
+        n = num_images_per_prompt
+        rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(n)]
+        uncond = [[TextSegment(q)] if q else [] for q in negatives for _ in range(n)]
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
-                               guidance=(uncond, guidance_scale), generator=generator, image_size=size)
-        return self._images(sampled, size, render, generator)
+                               guidance=(uncond, guidance_scale), generator=generator, image_size=size,
+                               desc="text_to_image", callback=callback_on_step_end)
+        return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
-                   guidance_scale: float = 2.0, image_guidance_scale: float = 1.5, num_images: int = 1,
+                   guidance_scale: float = 2.0, image_guidance_scale: float = 1.5, num_images_per_prompt: int = 1,
                    generator: Generators = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   decoder: str = "vq", strength: float = 1.0, decoder_steps: int = 20,
-                   decoder_guidance_scale: float = 1.0,
-                   output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
-        """Apply ``instruction`` to ``image``; guidance as in InstructPix2Pix (text and image scales).
+                   decoder: str = "vq", strength: float = 1.0, num_inference_steps: int | None = None,
+                   decoder_guidance_scale: float = 1.0, output_type: OutputType = "pil", return_dict: bool = True,
+                   callback_on_step_end: StepCallback | None = None) -> ImagePipelineOutput | tuple:
+        """Apply each ``instruction`` to its ``image``; guidance as in InstructPix2Pix (text and image scales).
 
-        With ``decoder="diffusion"``, ``strength < 1`` renders SDEdit-style: the input image is re-noised to the
-        matching timestep and denoised under the new codes, so more of the input survives at lower strength.
+        ``image``: one image or a batch, of any kind :func:`anygen.image.as_image_tensor` reads (PIL, tensor,
+        numpy, path, bytes). With ``decoder="diffusion"``, ``strength < 1`` renders SDEdit-style: the input is
+        re-noised to the matching timestep and denoised under the new codes, so more of it survives.
         """
-        images = [self._image(x) for x in _as_list(image, "image", kind=(Image.Image, torch.Tensor, str, Path, bytes))]
-        instructions = _as_list(instruction, "instruction")
-        if len(instructions) != len(images):
-            raise InvalidArgumentError(f"got {len(images)} images but {len(instructions)} instructions")
-        _check_count("num_images", num_images)
-        size = self._image_shape(None, None)
-        start = torch.cat([to_tensor(x, size=size) for x in images]).repeat_interleave(num_images, dim=0)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale, strength, start,
+        size = self.image_size
+        pixels = image_tensors(image, size)  # (B, 3, H, W)
+        instructions = as_list(instruction, "instruction")
+        if len(instructions) != len(pixels):
+            raise InvalidArgumentError(f"got {len(pixels)} images but {len(instructions)} instructions")
+        check_count("num_images_per_prompt", num_images_per_prompt)
+        start = pixels.repeat_interleave(num_images_per_prompt, dim=0)
+        render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale, strength, start,
                                            output_type=output_type), size)
-        sampled = self._edit_codes(images, instructions, num_images, guidance_scale, image_guidance_scale,
-                                   generator, SamplingParams(temperature, top_k, top_p))
-        return self._images(sampled, size, render, generator)
+        sampled = self._edit_codes(pixels, instructions, num_images_per_prompt, guidance_scale, image_guidance_scale,
+                                   generator, SamplingParams(temperature, top_k, top_p), callback_on_step_end)
+        return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
-    def inpaint(self, image: ImageInput, mask_image: MaskInput, prompt: str, guidance_scale: float = 2.0,
-                image_guidance_scale: float = 1.5, num_images: int = 1, generator: Generators = None,
+    def inpaint(self, image: ImageInput, mask_image: ImageInput, prompt: str, guidance_scale: float = 2.0,
+                image_guidance_scale: float = 1.5, num_images_per_prompt: int = 1, generator: Generators = None,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, strength: float = 1.0,
-                decoder_steps: int = 20, decoder_guidance_scale: float = 1.0,
-                output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
+                num_inference_steps: int | None = None, decoder_guidance_scale: float = 1.0,
+                output_type: OutputType = "pil", return_dict: bool = True,
+                callback_on_step_end: StepCallback | None = None) -> ImagePipelineOutput | tuple:
         """Regenerate the masked part of ``image`` following ``prompt``; the rest keeps its pixels.
 
         The core writes new codes for ``(image, prompt)`` exactly as :meth:`edit_image` does; the diffusion
         decoder renders them while the unmasked region is re-noised from ``image`` at every step and blended in.
 
         Args:
-            mask_image: white (or 1) = regenerate, black (or 0) = keep; a PIL image (resized like ``image``) or a
-                tensor ``(H, W)`` / ``(1, H, W)`` of the model's image size, values in ``[0, 1]``.
+            mask_image: white (or 1) = regenerate, black (or 0) = keep; a PIL image, path or bytes (split at half
+                intensity), or a float tensor / array ``(H, W)`` / ``(1, H, W)`` in ``[0, 1]``; resized to fit.
             strength: as in :meth:`edit_image`; 1 regenerates the masked region from pure noise.
         """
-        if not isinstance(image, (Image.Image, torch.Tensor, str, Path, bytes)) or not isinstance(prompt, str):
-            raise InvalidArgumentError(f"inpaint takes one image and one prompt string, got {type(image).__name__} "
-                                       f"and {type(prompt).__name__}")
-        picture = self._image(image)
-        _check_count("num_images", num_images)
-        size = self._image_shape(None, None)
-        start = to_tensor(picture, size=size).repeat(num_images, 1, 1, 1)
-        render = self._rendering(Rendering("diffusion", decoder_steps, decoder_guidance_scale, strength, start,
-                                           _mask(mask_image, size), output_type), size)
-        sampled = self._edit_codes([picture], [prompt], num_images, guidance_scale, image_guidance_scale, generator,
-                                   SamplingParams(temperature, top_k, top_p))
-        return self._images(sampled, size, render, generator)
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError(f"inpaint takes one prompt string, got {type(prompt).__name__}")
+        size = self.image_size
+        pixels = image_tensors(image, size)
+        if len(pixels) != 1:
+            raise InvalidArgumentError(f"inpaint takes one image, got {len(pixels)}")
+        check_count("num_images_per_prompt", num_images_per_prompt)
+        start = pixels.repeat(num_images_per_prompt, 1, 1, 1)
+        render = self._rendering(Rendering("diffusion", num_inference_steps, decoder_guidance_scale, strength, start,
+                                           mask_tensor(mask_image, size), output_type), size)
+        sampled = self._edit_codes(pixels, [prompt], num_images_per_prompt, guidance_scale, image_guidance_scale,
+                                   generator, SamplingParams(temperature, top_k, top_p), callback_on_step_end)
+        return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def caption(self, image: ImageInput | Sequence[ImageInput], max_new_tokens: int = 48,
-                generator: Generators = None, do_sample: bool = False, temperature: float = 1.0) -> str | list[str]:
-        """Describe an image (greedy by default). A list of images gives a list of captions."""
-        images = _as_list(image, "image", kind=(Image.Image, torch.Tensor, str, Path, bytes))
-        rows = [[ImageSegment(self._image(x))] for x in images]
-        texts = self._texts(rows, max_new_tokens, generator, do_sample, temperature)
-        return texts if isinstance(image, (list, tuple)) else texts[0]
+                generator: Generators = None, do_sample: bool = False, temperature: float = 1.0,
+                return_dict: bool = True,
+                callback_on_step_end: StepCallback | None = None) -> TextPipelineOutput | tuple:
+        """One description per image (greedy by default); ``image`` is one image or a batch of any kind."""
+        rows = [[ImageSegment(x)] for x in image_tensors(image, self.image_size)]
+        texts = self._texts(rows, max_new_tokens, generator, SamplingParams(temperature, do_sample=do_sample),
+                            "caption", callback_on_step_end)
+        return _out(TextPipelineOutput(texts), return_dict)
 
-    def speak(self, text: str, guidance_scale: float = 2.0, generator: Generators = None, temperature: float = 0.7,
-              top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
-        """Speech (or a melody, for note names) for ``text``: returns ``(waveform (T,), sample_rate)``.
+    def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
+              temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None,
+              return_dict: bool = True,
+              callback_on_step_end: StepCallback | None = None) -> AudioPipelineOutput | tuple:
+        """Speech (or a melody, for note names) for each text: ``.audios`` (one waveform ``(T,)`` each) at
+        ``.sample_rate``.
 
         ``guidance_scale`` is classifier-free guidance against the empty text. The defaults (2.0, temperature 0.7)
         were chosen on the validation split: anygen-tiny's spoken keywords are read right 0.7-0.9 of the time
         with them, 0.4-0.57 with plain sampling (``guidance_scale=1.0, temperature=1.0``); MODEL_CARD.md has the
         table.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidArgumentError("text must be a non-empty string for speak()")
+        texts = as_list(text, "text")
+        if any(not t.strip() for t in texts):
+            raise InvalidArgumentError("text must be a non-empty string (or a list of them) for speak()")
         tok = self._tokenizer("audio")
         seconds = self.max_audio_seconds if max_seconds is None else max_seconds
         check_range("max_seconds", seconds, 0.0, None, low_inclusive=False)
-        sampled = self._sample([[TextSegment(text)]], "audio", {"audio": SamplingParams(temperature, top_k, top_p)},
-                               guidance=([[]], guidance_scale), generator=generator,
-                               audio_samples=int(seconds * tok.sample_rate))
-        (segment,) = self._segments(sampled.rows[0])
-        return segment.waveform, segment.sample_rate
+        sampled = self._sample([[TextSegment(t)] for t in texts], "audio",
+                               {"audio": SamplingParams(temperature, top_k, top_p)},
+                               guidance=([[]] * len(texts), guidance_scale), generator=generator,
+                               audio_samples=int(seconds * tok.sample_rate), desc="speak",
+                               callback=callback_on_step_end)
+        waves = [self._segments(row)[0].waveform.detach().cpu() for row in sampled.rows]
+        return _out(AudioPipelineOutput(waves, int(tok.sample_rate)), return_dict)
 
-    def transcribe(self, waveform: torch.Tensor | np.ndarray, sample_rate: int, max_new_tokens: int = 32,
-                   generator: Generators = None) -> str:
-        """Text for a mono (or multi-channel, averaged) waveform at any sample rate."""
-        check_range("sample_rate", sample_rate, 1000, 384000)
-        tok = self._tokenizer("audio")
-        wave = resample(check_waveform(waveform), int(sample_rate), tok.sample_rate)
-        return self._texts([[AudioSegment(wave, tok.sample_rate)]], max_new_tokens, generator, False, 1.0)[0]
+    def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,
+                   max_new_tokens: int = 32, generator: Generators = None, return_dict: bool = True,
+                   callback_on_step_end: StepCallback | None = None) -> TextPipelineOutput | tuple:
+        """Text for each clip: a waveform ``(T,)`` / ``(channels, T)`` / ``(T, channels)`` at ``sample_rate``
+        (tensor or numpy; channels are averaged), a ``(waveform, sample_rate)`` pair, a file path or bytes, or a
+        list of them (``pipe.transcribe(out.audios, out.sample_rate)`` reads what :meth:`speak` returned)."""
+        rows = [[self._audio_segment(x, sample_rate, "audio")] for x in audio_items(audio)]
+        texts = self._texts(rows, max_new_tokens, generator, SamplingParams(do_sample=False), "transcribe",
+                            callback_on_step_end)
+        return _out(TextPipelineOutput(texts), return_dict)
 
     def generate(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                  generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
-                 output_modalities: Sequence[str] | None = None) -> Interleaved:
-        """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses."""
+                 output_modalities: Sequence[str] | None = None, return_dict: bool = True,
+                 callback_on_step_end: StepCallback | None = None) -> GenerationPipelineOutput | tuple:
+        """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
+
+        Media segments may hold any image / audio input the other tasks take. Raises
+        :class:`EmptyAnswerError` (a :class:`~anygen.errors.GenerationError`) when the model ends at once
+        (``<|eos|>`` first), rather than return an empty answer.
+        """
         prompt = self._segments_in(segments)
         sampled = self._sample([prompt], None, sampling, guidance=([drop_condition(prompt)], guidance_scale),
-                               generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities)
-        return self._segments(sampled.rows[0])
+                               generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities,
+                               desc="generate", callback=callback_on_step_end)
+        answer = self._segments(sampled.rows[0])
+        if not answer:
+            raise EmptyAnswerError("the model ended its answer at once (its first token was <|eos|>): the prompt is "
+                                  "probably unlike the model's training documents; try another generator seed, "
+                                  "fewer media in one prompt, or a prompt that ends with a question")
+        return _out(GenerationPipelineOutput([_on_cpu(s) for s in answer], sampled.finished[0]), return_dict)
+
+    def chat(self, messages: Sequence[Message | Mapping], max_new_tokens: int = 256, guidance_scale: float = 1.0,
+             generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
+             output_modalities: Sequence[str] | None = None, return_dict: bool = True,
+             callback_on_step_end: StepCallback | None = None) -> GenerationPipelineOutput | tuple:
+        """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`).
+
+        Example:
+            >>> history = [{"role": "user", "content": "a red circle"}]                     # doctest: +SKIP
+            >>> history.append({"role": "assistant", "content": pipe.chat(history).segments})  # doctest: +SKIP
+            >>> history.append({"role": "user", "content": "make it blue"})                 # doctest: +SKIP
+            >>> pipe.chat(history).segments                                                 # doctest: +SKIP
+        """
+        return self.generate(self.apply_chat_template(messages), max_new_tokens, guidance_scale, generator, sampling,
+                             output_modalities, return_dict, callback_on_step_end)
+
+    def apply_chat_template(self, messages: Sequence[Message | Mapping]) -> Interleaved:
+        """The prompt segments :meth:`chat` feeds the model for ``messages`` (with :attr:`chat_template`)."""
+        return self.chat_template.apply(messages)
+
+    def prompt_ids(self, segments: Interleaved) -> list[int]:
+        """The token ids the model reads for ``segments``, ``<|bos|>`` first (e.g. to count a prompt's tokens)."""
+        return [self.model.vocab.bos_id, *self.model.processor.encode(self._segments_in(segments))]
 
     def stream(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
                output_modalities: Sequence[str] | None = None) -> Iterator[Event]:
         """Like :meth:`generate`, as typed events (text deltas, media codes so far, finished segments).
 
-        The iterator may be resumed on any thread.
+        The iterator may be resumed on any thread. For a conversation, pass ``pipe.apply_chat_template(messages)``.
         """
         prompt = self._segments_in(segments)
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
-        steps = decode_steps(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
+        steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=output_modalities,
                              generator=generator)
         return stream_events(self.model.processor, steps, rows)
+
+    def render_codes(self, codes: torch.Tensor, decoder: str = "vq", num_inference_steps: int | None = None,
+                     decoder_guidance_scale: float = 1.0, generator: Generators = None,
+                     output_type: OutputType = "pil", return_dict: bool = True) -> ImagePipelineOutput | tuple:
+        """Render image codes ``(B, N)`` (local ids, e.g. a stream's ``MediaProgress.codes``) with ``decoder``.
+
+        Example:
+            >>> codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 64, 64))         # doctest: +SKIP
+            >>> pipe.render_codes(codes, decoder="diffusion", num_inference_steps=10).images  # doctest: +SKIP
+        """
+        size = self.image_size
+        render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale,
+                                           output_type=output_type), size)
+        return _out(ImagePipelineOutput(self._render(torch.as_tensor(codes).long(), size, render, generator)),
+                    return_dict)
+
+    def check_decoder(self, decoder: str) -> str:
+        """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""
+        self._rendering(Rendering(decoder), self.image_size)
+        return decoder
 
     # ---- shared steps -----------------------------------------------------------------------------------------
     def _sample(self, rows: list[Interleaved], begin: str | None, sampling: dict[str, SamplingParams] | None, *,
                 guidance: tuple[list[Interleaved], float] | None = None,
                 image_guidance: tuple[list[Interleaved], float] | None = None, generator: Generators = None,
                 max_new_tokens: int | None = None, open_modalities: Sequence[str] | None = (),
-                image_size: tuple[int, int] | None = None, audio_samples: int | None = None) -> Sampled:
+                image_size: tuple[int, int] | None = None, audio_samples: int | None = None, desc: str = "",
+                callback: StepCallback | None = None) -> Sampled:
         """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row."""
+        check_callback(callback)
         rules = self._rules(image_size, audio_samples)
         if max_new_tokens is None:  # exactly one span: its codes and the end token
             max_new_tokens = next(r.max_len for r in rules if r.modality == begin) + 1
         prompts, plan = self._prompt_ids(rows, begin, guidance, image_guidance)
         vocab = self.model.vocab
-        opened = [vocab.begin_id(begin)] if begin else []
-        out = generate(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
-                       guidance=plan, open_modalities=open_modalities, generator=generator)
+        steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
+                             sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator)
+        tokens = []
+        with self.progress_bar(total=max_new_tokens, desc=desc) as bar:
+            for step in steps:
+                tokens.append(step.tokens)
+                bar.update()
+                if callback is not None:
+                    callback(self, step.index, None, {"tokens": step.tokens, "step": step})
+        out = torch.stack(tokens, 1).tolist()  # (B, S)
+        finished = [vocab.eos_id in row for row in out]
+        sequences = [row[: row.index(vocab.eos_id) + 1] if done else row for row, done in zip(out, finished)]
         if begin is None:
-            return Sampled(out.sequences)
+            return Sampled(sequences, finished)
         end = vocab.end_id(begin)  # a single-span task: keep the span, drop whatever followed it
-        return Sampled([opened + seq[: seq.index(end) + 1] for seq in out.sequences])
+        return Sampled([[vocab.begin_id(begin)] + seq[: seq.index(end) + 1] for seq in sequences], finished)
 
     def _prompt_ids(self, rows: list[Interleaved], begin: str | None,
                     guidance: tuple[list[Interleaved], float] | None,
@@ -251,23 +431,23 @@ class AnyGenPipeline:
     def _segments(self, ids: list[int]) -> Interleaved:
         return self.model.processor.decode(ids)
 
-    def _texts(self, rows: list[Interleaved], max_new_tokens: int, generator: Generators, do_sample: bool,
-               temperature: float) -> list[str]:
-        params = SamplingParams(temperature, do_sample=do_sample)
-        sampled = self._sample(rows, None, {"text": params}, generator=generator, max_new_tokens=max_new_tokens)
+    def _texts(self, rows: list[Interleaved], max_new_tokens: int, generator: Generators, params: SamplingParams,
+               desc: str, callback: StepCallback | None) -> list[str]:
+        sampled = self._sample(rows, None, {"text": params}, generator=generator, max_new_tokens=max_new_tokens,
+                               desc=desc, callback=callback)
         return ["".join(s.text for s in self._segments(r) if isinstance(s, TextSegment)).strip()
                 for r in sampled.rows]
 
-    def _edit_codes(self, images: list[Image.Image | torch.Tensor], instructions: list[str], num_images: int,
-                    guidance_scale: float, image_guidance_scale: float, generator: Generators,
-                    params: SamplingParams) -> Sampled:
+    def _edit_codes(self, images: torch.Tensor, instructions: list[str], num_images: int, guidance_scale: float,
+                    image_guidance_scale: float, generator: Generators, params: SamplingParams,
+                    callback: StepCallback | None) -> Sampled:
         """New image codes for each (image, instruction) pair, ``num_images`` each, with both guidance terms."""
         rows = [[ImageSegment(x), TextSegment(t)] for x, t in zip(images, instructions) for _ in range(num_images)]
         uncond = [drop_condition(r) for r in rows]
         uncond_all = [drop_condition(r, ("text", "image")) for r in rows]
         return self._sample(rows, "image", {"image": params}, guidance=(uncond, guidance_scale),
                             image_guidance=(uncond_all, image_guidance_scale), generator=generator,
-                            image_size=self._image_shape(None, None))
+                            image_size=self.image_size, desc="edit_image", callback=callback)
 
     def _rendering(self, render: Rendering, size: tuple[int, int]) -> Rendering:
         """Check the decoder choice, its settings and the output type before anything is sampled."""
@@ -276,15 +456,18 @@ class AnyGenPipeline:
         if render.decoder not in DECODERS:
             raise InvalidArgumentError(f"decoder={render.decoder!r} is not available; choose one of {list(DECODERS)}")
         if render.decoder == "vq":
-            if render.strength != 1.0:
-                raise InvalidArgumentError(f"strength={render.strength!r} needs decoder='diffusion' (the VQ "
-                                           "decoder renders codes only)")
+            for name, value, default in (("strength", render.strength, 1.0), ("num_inference_steps", render.steps,
+                                                                              None)):
+                if value != default:
+                    raise InvalidArgumentError(f"{name}={value!r} needs decoder='diffusion' (the VQ decoder renders "
+                                               "codes in one pass)")
             return render
+        render.steps = DEFAULT_DECODER_STEPS if render.steps is None else render.steps
         check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
         diffusion = self._diffusion_decoder()
         if tuple(diffusion.image_size) != tuple(size):
-            raise InvalidArgumentError(f"the diffusion decoder renders {tuple(diffusion.image_size)} images; "
-                                       f"height/width {tuple(size)} need decoder='vq'")
+            raise InvalidArgumentError(f"the diffusion decoder renders {tuple(diffusion.image_size)} images but this "
+                                       f"pipeline makes {tuple(size)} ones; use decoder='vq'")
         check_mask(render.mask, 1, size)
         return render
 
@@ -298,25 +481,6 @@ class AnyGenPipeline:
         if decoder.codebook_size != tok.codebook_size:
             raise InvalidArgumentError(f"the diffusion decoder renders codes of a {decoder.codebook_size}-entry "
                                        f"codebook but the image tokenizer has {tok.codebook_size}")
-        return decoder
-
-    def render_codes(self, codes: torch.Tensor, decoder: str = "vq", decoder_steps: int = 20,
-                     decoder_guidance_scale: float = 1.0, generator: Generators = None,
-                     output_type: OutputType = "pil") -> list[Image.Image] | torch.Tensor:
-        """Render image codes ``(B, N)`` (local ids, e.g. a stream's ``MediaProgress.codes``) with ``decoder``.
-
-        Example:
-            >>> codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 64, 64))  # doctest: +SKIP
-            >>> pipe.render_codes(codes, decoder="diffusion", decoder_steps=10)           # doctest: +SKIP
-        """
-        size = self._image_shape(None, None)
-        render = self._rendering(Rendering(decoder, decoder_steps, decoder_guidance_scale,
-                                           output_type=output_type), size)
-        return self._render(torch.as_tensor(codes).long(), size, render, generator)
-
-    def check_decoder(self, decoder: str) -> str:
-        """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""
-        self._rendering(Rendering(decoder), self._image_shape(None, None))
         return decoder
 
     def _images(self, sampled: Sampled, size: tuple[int, int], render: Rendering, generator: Generators):
@@ -333,7 +497,7 @@ class AnyGenPipeline:
         if render.output_type == "pt":
             return images
         if render.output_type == "np":
-            return images.permute(0, 2, 3, 1).numpy()
+            return images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
         return to_pil(images)
 
     # ---- inputs --------------------------------------------------------------------------------------------
@@ -354,73 +518,50 @@ class AnyGenPipeline:
                                        f"{sorted(self.model.tokenizers)})")
         return self.model.tokenizers[modality]
 
-    def _image_shape(self, height: int | None, width: int | None) -> tuple[int, int]:
-        size = (height or self.image_size[0], width or self.image_size[1])
-        self._tokenizer("image").tokens_for(size)  # raises for sizes the tokenizer cannot produce
-        return size
-
-    def _image(self, image: ImageInput) -> Image.Image | torch.Tensor:
-        if isinstance(image, torch.Tensor):
-            return image
-        picture = load_image(image)
-        if picture.size != (self.image_size[1], self.image_size[0]):
-            picture = picture.resize((self.image_size[1], self.image_size[0]), Image.Resampling.BICUBIC)
-        return picture
+    def _audio_segment(self, audio: AudioInput, sample_rate: object, name: str) -> AudioSegment:
+        """Any audio input as a mono segment at the audio tokenizer's rate."""
+        rate = self._tokenizer("audio").sample_rate
+        wave, source_rate = read_audio(audio, sample_rate, name)
+        return AudioSegment(resample(wave, source_rate, rate), rate)
 
     def _segments_in(self, segments: Interleaved) -> Interleaved:
-        if isinstance(segments, (str, TextSegment, ImageSegment, AudioSegment, CodesSegment)):
+        if isinstance(segments, (str, TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
             segments = [segments]
         out: Interleaved = []
-        for s in segments:
+        for i, s in enumerate(segments):
             if isinstance(s, str):
                 s = TextSegment(s)
-            if isinstance(s, ImageSegment):
-                s = ImageSegment(self._image(s.image))
-            if isinstance(s, AudioSegment):
-                tok = self._tokenizer("audio")
-                s = AudioSegment(resample(check_waveform(s.waveform), s.sample_rate, tok.sample_rate),
-                                 tok.sample_rate)
-            if isinstance(s, MediaSegment):
-                self._tokenizer(s.modality)  # a plug-in modality this model must have
-            if not isinstance(s, (TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
+            elif isinstance(s, ImageSegment):
+                s = ImageSegment(image_tensors(s.image, self.image_size, f"segments[{i}].image")[0])
+            elif isinstance(s, AudioSegment):
+                s = self._audio_segment(s.waveform, s.sample_rate, f"segments[{i}].waveform")
+            elif isinstance(s, (CodesSegment, MediaSegment)):
+                self._tokenizer(s.modality)  # a modality this model must have
+            elif not isinstance(s, TextSegment):
                 raise InvalidArgumentError(f"segments must hold strings or segments, got {type(s).__name__}")
             out.append(s)
         return out
 
 
-def load(path: str | Path | None = None, **kwargs: object) -> AnyGenPipeline:
-    """The pipeline of a saved model; without ``path``, the embedded default model."""
-    if path is None:
-        from anygen.assets import default_model_path
+def load(name_or_path: str | Path | None = None, **kwargs: Any) -> AnyGenPipeline:
+    """The pipeline of a saved model: the embedded anygen-tiny (``None`` or ``"anygen-tiny"``), a directory, or a
+    Hub repository ``"org/name"``; keywords as :meth:`AnyGenPipeline.from_pretrained` (``torch_dtype``,
+    ``device``, ``revision``, ``local_files_only`` ...)."""
+    return AnyGenPipeline.from_pretrained(name_or_path, **kwargs)
 
-        path = default_model_path()
-    return AnyGenPipeline.from_pretrained(path, **kwargs)
+
+def _out(output: PipelineOutput, return_dict: bool) -> PipelineOutput | tuple:
+    return output if return_dict else output.to_tuple()
+
+
+def _on_cpu(segment: Any) -> Any:
+    if isinstance(segment, ImageSegment) and isinstance(segment.image, torch.Tensor):
+        return ImageSegment(segment.image.detach().cpu())
+    if isinstance(segment, AudioSegment):
+        return AudioSegment(segment.waveform.detach().cpu(), segment.sample_rate)
+    return segment
 
 
 def _default_image_size(tok: object) -> tuple[int, int]:
-    size = getattr(tok, "image_size", 64) if tok is not None else 64
+    size = getattr(tok, "image_size", None) or getattr(getattr(tok, "config", None), "image_size", None) or 64
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _as_list(value: object, name: str, kind: type | tuple[type, ...] = str) -> list:
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items or not all(isinstance(v, kind) for v in items):
-        raise InvalidArgumentError(f"{name} must be a {getattr(kind, '__name__', 'supported value')} or a non-empty "
-                                   f"list of them, got {type(value).__name__}")
-    return items
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
-        raise InvalidArgumentError(f"{name}={value!r} must be an integer in [1, 64]")
-
-
-def _mask(mask: MaskInput, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL mask (resized to ``size``, white = 1) or a tensor, as ``(1, H, W)`` floats; 0.5 splits keep / redo."""
-    if isinstance(mask, Image.Image):
-        gray = mask.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
-        return (torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0) >= 0.5).float()[None]
-    if not isinstance(mask, torch.Tensor):
-        raise InvalidArgumentError(f"mask_image must be a PIL image or a tensor (H, W) / (1, H, W), got "
-                                   f"{type(mask).__name__}")
-    return mask.float()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from PIL import Image
@@ -19,18 +19,25 @@ class TextSegment:
 
 @dataclass
 class ImageSegment:
-    """One image: a PIL image or a float tensor ``(3, H, W)`` in ``[0, 1]``."""
+    """One image: a PIL image or a float tensor ``(3, H, W)`` in ``[0, 1]`` (what the model emits).
 
-    image: Image.Image | torch.Tensor
+    The pipelines also take a numpy array ``(H, W, 3)``, a file path or encoded bytes here, and convert it.
+    """
+
+    image: Image.Image | torch.Tensor | Any
     modality = "image"
 
 
 @dataclass
 class AudioSegment:
-    """One mono waveform ``(T,)`` (float, roughly in ``[-1, 1]``) at ``sample_rate`` Hz."""
+    """One mono waveform ``(T,)`` (float, roughly in ``[-1, 1]``) at ``sample_rate`` Hz (what the model emits).
 
-    waveform: torch.Tensor
-    sample_rate: int
+    The pipelines also take a numpy array, a ``(channels, T)`` / ``(T, channels)`` waveform, or a file path or
+    bytes with ``sample_rate=None`` (the file's own rate), and convert it.
+    """
+
+    waveform: torch.Tensor | Any
+    sample_rate: int | None = None
     modality = "audio"
 
 
@@ -43,8 +50,6 @@ class CodesSegment:
 
     modality: str
     codes: torch.Tensor
-
-
 
 
 @dataclass

@@ -48,18 +48,19 @@ def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]
     prompt = "a red circle above a blue square"
     picture = render_scene(ShapesEval(n_per_category=1, seed=0, split="test").samples[0].scene, 64)
     one = median_seconds(lambda: pipe.text_to_image(prompt, generator=seed()), repeats)
-    eight = median_seconds(lambda: pipe.text_to_image(prompt, num_images=8, generator=seed()), repeats)
+    eight = median_seconds(lambda: pipe.text_to_image(prompt, num_images_per_prompt=8, generator=seed()), repeats)
     out = [("text to image, 1 image", f"{one:.2f} s", "64 codes, CFG 2 (cond + uncond in one batch), VQ decoder"),
            ("text to image, batch of 8", f"{eight / 8:.3f} s per image", f"{eight:.2f} s for the batch")]
     if "image" in pipe.model.decoders:
         diff = median_seconds(lambda: pipe.text_to_image(prompt, generator=seed(), decoder="diffusion",
-                                                         decoder_steps=20), repeats)
+                                                         num_inference_steps=20), repeats)
         out.append(("text to image, diffusion decoder", f"{diff:.2f} s", "as above, then 20 DDIM steps"))
     edit = median_seconds(lambda: pipe.edit_image(picture, "make the circle green", generator=seed()), repeats)
     caption = median_seconds(lambda: pipe.caption(picture), repeats)
     out += [("edit image", f"{edit:.2f} s", "text + image guidance: three branches in one batch"),
             ("caption", f"{caption:.2f} s", "greedy, up to 48 tokens")]
-    wave, rate = pipe.speak("hello", generator=seed())
+    speech = pipe.speak("hello", generator=seed())
+    wave, rate = speech.audios[0], speech.sample_rate
     seconds = max(wave.shape[-1] / rate, 1e-3)
     speak = median_seconds(lambda: pipe.speak("hello", generator=seed()), repeats)
     transcribe = median_seconds(lambda: pipe.transcribe(wave, rate), repeats)

@@ -15,7 +15,7 @@ from conftest import TINY_CORE
 
 from anygen.config import load_config
 from anygen.decoders import DiffusionDecoder, DiffusionDecoderConfig, VQDecoder, load_decoder
-from anygen.errors import CheckpointError, InvalidArgumentError
+from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.image import to_pil, to_tensor
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
@@ -275,27 +275,30 @@ def pipe(text_tokenizer) -> AnyGenPipeline:
 
 
 def test_pipelines_render_through_the_diffusion_decoder(pipe, tmp_path) -> None:
-    settings = {"decoder": "diffusion", "decoder_steps": 2}
-    images = pipe.text_to_image("a red circle", num_images=2, generator=seed(0), **settings)
+    settings = {"decoder": "diffusion", "num_inference_steps": 2}
+    images = pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seed(0), **settings).images
     assert len(images) == 2 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in images)
-    first = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings)
-    assert torch.equal(first, pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings))
+    first = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings).images
+    assert torch.equal(first, pipe.text_to_image("a red circle", generator=seed(0), output_type="pt",
+                                                 **settings).images)
     source_image = to_pil(torch.rand(3, 16, 16, generator=seed(1)))[0]
     source = to_tensor(source_image)[0]
     edited = pipe.edit_image(source_image, "make it blue", strength=0.5, generator=seed(0), output_type="pt",
-                             **settings)
+                             **settings).images
     assert edited.shape == (1, 3, 16, 16)
-    kept = pipe.inpaint(source_image, torch.zeros(16, 16), "a blue square", decoder_steps=2, generator=seed(0),
-                        output_type="pt")
+    kept = pipe.inpaint(source_image, torch.zeros(16, 16), "a blue square", num_inference_steps=2, generator=seed(0),
+                        output_type="pt").images
     assert torch.allclose(kept[0], source, atol=1e-6)
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (16, 0, 32, 32))  # right half: regenerate
-    out = pipe.inpaint(source_image, mask, "a blue square", decoder_steps=2, generator=seed(0), output_type="pt")
+    out = pipe.inpaint(source_image, mask, "a blue square", num_inference_steps=2, generator=seed(0),
+                       output_type="pt").images
     assert torch.allclose(out[0, :, :, :8], source[:, :, :8], atol=1e-6)
     pipe.model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "decoders" / "image" / "model.safetensors").is_file()
     loaded = AnyGenPipeline(AnyGen.from_pretrained(tmp_path / "m"), image_size=(16, 16))
-    assert torch.equal(first, loaded.text_to_image("a red circle", generator=seed(0), output_type="pt", **settings))
+    assert torch.equal(first, loaded.text_to_image("a red circle", generator=seed(0), output_type="pt",
+                                                   **settings).images)
 
 
 def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None:
@@ -304,9 +307,9 @@ def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None
     with pytest.raises(InvalidArgumentError, match="strength"):
         pipe.edit_image(source, "x", strength=0.5)  # needs decoder="diffusion"
     with pytest.raises(InvalidArgumentError, match="num_inference_steps"):
-        pipe.text_to_image("a", decoder="diffusion", decoder_steps=0)
-    with pytest.raises(InvalidArgumentError, match="mask"):
-        pipe.inpaint(source, torch.zeros(8, 8), "x")
+        pipe.text_to_image("a", decoder="diffusion", num_inference_steps=0)
+    with pytest.raises(MediaError, match="mask_image"):
+        pipe.inpaint(source, torch.zeros(2, 8, 8), "x")
     with pytest.raises(InvalidArgumentError, match="decoder"):
         pipe.text_to_image("a", decoder="gan")
     pipe.model.decoders.clear()
@@ -315,15 +318,16 @@ def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None
 
 
 def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
-    images = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt")
+    images = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt").images
     codes = pipe.model.tokenizers["image"].encode(images)  # (1, N)
-    vq = pipe.render_codes(codes, output_type="pt")
+    vq = pipe.render_codes(codes, output_type="pt").images
     assert torch.equal(vq, VQDecoder(pipe.model.tokenizers["image"]).decode(codes, (16, 16)))
-    diffused = pipe.render_codes(codes, decoder="diffusion", decoder_steps=2, generator=seed(0), output_type="pt")
+    diffused = pipe.render_codes(codes, decoder="diffusion", num_inference_steps=2, generator=seed(0),
+                                 output_type="pt").images
     direct = pipe.model.decoders["image"].decode(codes, num_inference_steps=2, generator=seed(0))
     assert torch.equal(diffused, direct)
-    with pytest.raises(InvalidArgumentError, match="decoder_steps|num_inference_steps"):
-        pipe.render_codes(codes, decoder="diffusion", decoder_steps=0)
+    with pytest.raises(InvalidArgumentError, match="num_inference_steps"):
+        pipe.render_codes(codes, decoder="diffusion", num_inference_steps=0)
 
 
 def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
@@ -332,7 +336,7 @@ def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
     from anygen.types import ImageSegment
 
     codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 16, 16, generator=seed(3)))[0]  # (N,)
-    vq_image = pipe.render_codes(codes[None])[0]
+    vq_image = pipe.render_codes(codes[None]).images[0]
 
     def finished_part(decoder: str) -> Image.Image:
         answer = Answer(pipe, decoder=decoder, generator=seed(0))
@@ -341,7 +345,7 @@ def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
         (part,) = answer.parts
         return part
 
-    expected = pipe.render_codes(codes[None], decoder="diffusion", generator=seed(0))[0]
+    expected = pipe.render_codes(codes[None], decoder="diffusion", generator=seed(0)).images[0]
     assert not np.array_equal(np.asarray(expected), np.asarray(vq_image))
     assert np.array_equal(np.asarray(finished_part("diffusion")), np.asarray(enlarge(expected, CHAT_IMAGE_SIZE)))
     assert np.array_equal(np.asarray(finished_part("vq")), np.asarray(enlarge(vq_image, CHAT_IMAGE_SIZE)))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
 
 import anygen
 from anygen.assets import DEFAULT_MODEL
+from anygen.errors import InvalidArgumentError
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +27,62 @@ def test_the_default_model_is_shipped_as_fp16_safetensors_under_60_mb() -> None:
 
 def test_every_task_returns_the_documented_types_deterministically(pipe: anygen.AnyGenPipeline) -> None:
     seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    a = pipe.text_to_image("a red circle", num_images=2, generator=seed())
-    b = pipe.text_to_image("a red circle", num_images=2, generator=seed())
+    a = pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seed()).images
+    b = pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seed()).images
     assert all(isinstance(i, Image.Image) and i.size == (64, 64) for i in a)
     assert [i.tobytes() for i in a] == [i.tobytes() for i in b]
-    (edited,) = pipe.edit_image(a[0], "make the circle blue", generator=seed())
+    (edited,) = pipe.edit_image(a[0], "make the circle blue", generator=seed()).images
     assert edited.size == (64, 64)
-    assert isinstance(pipe.caption(a[0]), str)
-    wave, rate = pipe.speak("hello", generator=seed())
-    assert rate == 16000 and wave.ndim == 1 and wave.numel() > 0 and torch.isfinite(wave).all()
-    assert isinstance(pipe.transcribe(wave, rate), str)
+    assert isinstance(pipe.caption(a[0]).texts[0], str)
+    speech = pipe.speak("hello", generator=seed())
+    (wave,) = speech.audios
+    assert speech.sample_rate == 16000 and wave.ndim == 1 and wave.numel() > 0 and torch.isfinite(wave).all()
+    assert isinstance(pipe.transcribe(wave, speech.sample_rate).texts[0], str)
 
 
 def test_the_shipped_diffusion_decoder_renders_deterministically(pipe: anygen.AnyGenPipeline) -> None:
     assert "image" in pipe.model.decoders
     seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    settings = {"decoder": "diffusion", "decoder_steps": 4, "output_type": "pt"}
-    a = pipe.text_to_image("a red circle", generator=seed(), **settings)
+    settings = {"decoder": "diffusion", "num_inference_steps": 4, "output_type": "pt"}
+    a = pipe.text_to_image("a red circle", generator=seed(), **settings).images
     assert a.shape == (1, 3, 64, 64) and torch.isfinite(a).all()
-    assert torch.equal(a, pipe.text_to_image("a red circle", generator=seed(), **settings))
-    vq = pipe.text_to_image("a red circle", generator=seed(), output_type="pt")
+    assert torch.equal(a, pipe.text_to_image("a red circle", generator=seed(), **settings).images)
+    vq = pipe.text_to_image("a red circle", generator=seed(), output_type="pt").images
     assert not torch.equal(a, vq)  # the same codes, rendered by another decoder
+
+
+def test_only_the_size_the_model_learned_is_accepted(pipe: anygen.AnyGenPipeline) -> None:
+    """Other sizes used to come back blank (32x32: mean 0.99, std 0.002): refused before sampling."""
+    assert pipe.image_size == (64, 64)
+    for height, width in ((32, 32), (128, 128), (64, 128), (0, None)):
+        with pytest.raises(InvalidArgumentError, match="makes 64x64 images only"):
+            pipe.text_to_image("a red circle", height=height, width=width)
+
+
+@pytest.mark.parametrize("samples", [1, 100, 320, 512, 513])
+def test_clips_shorter_than_half_an_stft_window_are_padded(pipe: anygen.AnyGenPipeline, samples: int) -> None:
+    """The codec's STFT used to fail on <= 512 samples (reflect padding); such clips are padded with silence."""
+    codec = pipe.model.tokenizers["audio"]
+    codes = codec.encode([torch.full((samples,), 0.01)])
+    assert codes.shape == (1, codec.tokens_for(samples))
+    assert codec.decode(codes[:, :1]).shape == (1, 320)  # one code frame decodes to 320 samples
+    assert isinstance(pipe.transcribe(torch.full((samples,), 0.01), 16000, max_new_tokens=4).texts[0], str)
+
+
+def test_a_text_image_audio_prompt_answers_or_says_why_not(pipe: anygen.AnyGenPipeline) -> None:
+    """This prompt used to return [] silently: the model's first token was <|eos|> (no training document mixes
+    all three modalities in a prompt). Now the answer has segments, or EmptyAnswerError says what happened."""
+    from anygen.pipelines import EmptyAnswerError
+    from anygen.types import AudioSegment, ImageSegment, TextSegment
+
+    picture = pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
+    tone = 0.3 * torch.sin(torch.arange(16000) / 16000 * 2 * math.pi * 440)
+    prompt = [TextSegment("what is this"), ImageSegment(picture), AudioSegment(tone, 16000)]
+    outcomes = []
+    for seed in range(2):
+        try:
+            answer = pipe.generate(prompt, max_new_tokens=24, generator=torch.Generator().manual_seed(seed))
+            outcomes.append(answer.segments)
+        except EmptyAnswerError:
+            outcomes.append("empty")
+    assert all(o == "empty" or len(o) > 0 for o in outcomes)

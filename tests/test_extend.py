@@ -83,9 +83,9 @@ def test_old_tasks_sample_exactly_the_same_after_a_modality_is_appended(tiny_mod
     def sample(model: AnyGen) -> tuple[list, str, list]:
         pipe = AnyGenPipeline(model, image_size=(32, 32), max_audio_seconds=0.1)
         seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-        image = pipe.text_to_image("a red circle", num_images=2, generator=seed(), output_type="pt")
-        wave, _ = pipe.speak("a blue square", generator=seed(), temperature=1.5)
-        caption = pipe.caption(image[0], do_sample=True, generator=seed())
+        image = pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seed(), output_type="pt").images
+        (wave,) = pipe.speak("a blue square", generator=seed(), temperature=1.5).audios
+        caption = pipe.caption(image[0], do_sample=True, generator=seed()).texts
         return image.tolist(), caption, wave.tolist()
 
     before = sample(tiny_model)
@@ -103,7 +103,7 @@ def test_extended_model_round_trips_and_generates(tiny_model: AnyGen, tmp_path: 
         assert torch.equal(loaded.core.state_dict()[key], value), key
     pipe = AnyGenPipeline(loaded)
     out = pipe.generate([MediaSegment("signal", torch.sin(torch.linspace(0, 6.28, 50)))], max_new_tokens=24,
-                        output_modalities=["signal"], generator=torch.Generator().manual_seed(0))
+                        output_modalities=["signal"], generator=torch.Generator().manual_seed(0)).segments
     assert all(isinstance(s, (TextSegment, MediaSegment)) for s in out)
     signals = [s for s in out if isinstance(s, MediaSegment)]
     assert all(s.data.shape == (16,) for s in signals)

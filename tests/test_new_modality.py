@@ -74,5 +74,5 @@ def test_a_registered_modality_flows_through_processor_grammar_generation_and_di
 
     model.save_pretrained(tmp_path / "m")
     pipe = AnyGenPipeline.from_pretrained(tmp_path / "m")
-    out = pipe.generate([TextSegment("a ramp")], max_new_tokens=30, generator=torch.Generator().manual_seed(0))
+    out = pipe.generate([TextSegment("a ramp")], max_new_tokens=30, generator=torch.Generator().manual_seed(0)).segments
     assert all(isinstance(s, (TextSegment, MediaSegment)) for s in out)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import numpy as np
 from PIL import Image
 
 import anygen
@@ -26,40 +27,54 @@ def seed(n: int) -> torch.Generator:
 
 
 def test_text_to_image_types_sizes_and_determinism(pipe: AnyGenPipeline) -> None:
-    images = pipe.text_to_image(["a red circle", "two green triangles"], num_images=2, generator=seed(0))
+    prompts = ["a red circle", "two green triangles"]
+    images = pipe.text_to_image(prompts, num_images_per_prompt=2, generator=seed(0)).images
     assert len(images) == 4 and all(isinstance(i, Image.Image) and i.size == (32, 32) for i in images)
-    again = pipe.text_to_image(["a red circle", "two green triangles"], num_images=2, generator=seed(0))
+    again = pipe.text_to_image(prompts, num_images_per_prompt=2, generator=seed(0)).images
     assert [i.tobytes() for i in images] == [i.tobytes() for i in again]
-    other = pipe.text_to_image(["a red circle", "two green triangles"], num_images=2, generator=seed(1))
+    other = pipe.text_to_image(prompts, num_images_per_prompt=2, generator=seed(1)).images
     assert [i.tobytes() for i in images] != [i.tobytes() for i in other]
-    tensor = pipe.text_to_image("", output_type="pt", generator=seed(0), height=16, width=48)
-    assert tensor.shape == (1, 3, 16, 48) and 0 <= tensor.min() and tensor.max() <= 1
-    assert pipe.text_to_image("a", output_type="np", negative_prompt="blue")[0].shape == (32, 32, 3)
+    tensor = pipe.text_to_image("", output_type="pt", generator=seed(0), height=32, width=32).images
+    assert tensor.shape == (1, 3, 32, 32) and 0 <= tensor.min() and tensor.max() <= 1
+    array = pipe.text_to_image("a", output_type="np", negative_prompt="blue").images
+    assert isinstance(array, np.ndarray) and array.shape == (1, 32, 32, 3)
+    (plain,) = pipe.text_to_image(prompts, generator=seed(0), output_type="pt", return_dict=False)
+    assert torch.equal(plain, pipe.text_to_image(prompts, generator=seed(0), output_type="pt").images)
+    wide = AnyGenPipeline(pipe.model, image_size=(16, 48)).text_to_image("", output_type="pt").images
+    assert wide.shape == (1, 3, 16, 48)
 
 
 def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     source = Image.new("RGB", (40, 40), "red")  # resized to the model's size
-    (edited,) = pipe.edit_image(source, "make it blue", generator=seed(0))
+    (edited,) = pipe.edit_image(source, "make it blue", generator=seed(0)).images
     assert edited.size == (32, 32)
-    assert isinstance(pipe.caption(source), str)
-    assert len(pipe.caption([source, source])) == 2
-    wave, rate = pipe.speak("say hello", generator=seed(0))
-    assert rate == 8000 and wave.ndim == 1 and 0 < wave.numel() <= 4000 and wave.numel() % 400 == 0
+    (text,) = pipe.caption(source).texts
+    assert isinstance(text, str)
+    assert len(pipe.caption([source, source]).texts) == 2
+    speech = pipe.speak("say hello", generator=seed(0))
+    (wave,) = speech.audios
+    assert speech.sample_rate == 8000 and wave.ndim == 1 and 0 < wave.numel() <= 4000 and wave.numel() % 400 == 0
     stereo = torch.sin(torch.linspace(0, 2000, 16000)).repeat(2, 1)
-    assert isinstance(pipe.transcribe(stereo, 16000), str)
+    assert isinstance(pipe.transcribe(stereo, 16000).texts[0], str)
     out = pipe.generate(["a red circle", ImageSegment(source)], max_new_tokens=30, generator=seed(0))
-    assert out and all(hasattr(s, "modality") for s in out)
+    assert out.segments and all(hasattr(s, "modality") for s in out.segments) and isinstance(out.finished, bool)
     events = list(pipe.stream([TextSegment("hi")], max_new_tokens=10, generator=seed(0)))
     assert isinstance(events[-1], RowDone)
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda p: p.text_to_image("a", num_images=0), "num_images"),
+    (lambda p: p.text_to_image("a", num_images_per_prompt=0), "num_images_per_prompt"),
     (lambda p: p.text_to_image("a", guidance_scale=math.nan), "guidance_scale"),
     (lambda p: p.text_to_image("a", guidance_scale=-1.0), "guidance_scale"),
     (lambda p: p.text_to_image("a", temperature=0.0), "temperature"),
     (lambda p: p.text_to_image("a", top_p=0.0), "top_p"),
-    (lambda p: p.text_to_image("a", height=20), "multiple"),
+    (lambda p: p.text_to_image("a", height=20), "makes 32x32 images only"),
+    (lambda p: p.text_to_image("a", height=64, width=64), "height=64, width=64 is not a size"),
+    (lambda p: p.text_to_image("a", height=0), "height=0, width=32"),
+    (lambda p: p.text_to_image("a", width=32.0), "width=32.0 must be an integer"),
+    (lambda p: p.text_to_image("a", num_inference_steps=4), "num_inference_steps=4 needs decoder='diffusion'"),
+    (lambda p: p.text_to_image(["a", "b"], negative_prompt=["c"] * 3), "3 negative prompts"),
+    (lambda p: p.text_to_image("a", callback_on_step_end=3), "callback_on_step_end"),
     (lambda p: p.text_to_image("a", decoder="diffusion"), "decoder"),
     (lambda p: p.text_to_image("a", output_type="jpeg"), "output_type"),
     (lambda p: p.text_to_image(["a", 3]), "prompt"),
@@ -67,13 +82,16 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.speak("   "), "non-empty"),
     (lambda p: p.speak("hi", max_seconds=0.0), "max_seconds"),
     (lambda p: p.transcribe(torch.zeros(100), 0), "sample_rate"),
+    (lambda p: p.transcribe(torch.zeros(1600), 16000.5), "16000.5 must be a whole number"),
+    (lambda p: p.transcribe(torch.zeros(1600)), "pass its sample_rate"),
+    (lambda p: p.speak(["hi", ""]), "non-empty"),
 ])
 def test_bad_arguments_raise_clear_errors(pipe: AnyGenPipeline, call, match: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     def no_sampling(*args, **kwargs):
         raise AssertionError("the sampler ran before the bad argument was refused")
 
-    monkeypatch.setattr("anygen.pipelines.generate", no_sampling)
+    monkeypatch.setattr(pipe, "sampler", no_sampling)
     with pytest.raises(InvalidArgumentError, match=match):
         call(pipe)
 
@@ -95,8 +113,8 @@ def test_bad_media_and_misspelled_keywords(pipe: AnyGenPipeline) -> None:
 def test_a_pipeline_round_trips_through_disk(pipe: AnyGenPipeline, tmp_path) -> None:
     pipe.model.save_pretrained(tmp_path / "m")
     loaded = anygen.load(tmp_path / "m", image_size=(32, 32))
-    a = pipe.text_to_image("a red circle", generator=seed(3), output_type="pt")
-    b = loaded.text_to_image("a red circle", generator=seed(3), output_type="pt")
+    a = pipe.text_to_image("a red circle", generator=seed(3), output_type="pt").images
+    b = loaded.text_to_image("a red circle", generator=seed(3), output_type="pt").images
     assert torch.equal(a, b)
 
 
@@ -135,3 +153,65 @@ def test_stream_can_be_resumed_on_other_threads(pipe: AnyGenPipeline) -> None:
             got.append(event)
     assert [type(e) for e in got] == [type(e) for e in expected]
     assert [getattr(e, "text", None) for e in got] == [getattr(e, "text", None) for e in expected]
+
+
+def test_dtype_device_and_to(pipe: AnyGenPipeline, tmp_path) -> None:
+    assert pipe.to(torch.bfloat16) is pipe and pipe.dtype == torch.bfloat16 and pipe.device.type == "cpu"
+    image = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt").images
+    assert image.dtype == torch.float32 and image.shape == (1, 3, 32, 32)  # media stays float32
+    pipe.to("cpu", torch.float32)
+    assert pipe.dtype == torch.float32
+    pipe.model.save_pretrained(tmp_path / "m")
+    loaded = anygen.load(tmp_path / "m", torch_dtype=torch.bfloat16, device="cpu", image_size=(32, 32))
+    assert loaded.dtype == torch.bfloat16
+    for bad in ((torch.int64,), ("cpu", "cpu"), (torch.float16, torch.float32), (3,)):
+        with pytest.raises(InvalidArgumentError):
+            pipe.to(*bad)
+
+
+def test_progress_bars_show_for_slow_calls_and_can_be_disabled(pipe: AnyGenPipeline, capsys) -> None:
+    pipe.set_progress_bar_config(delay=0)  # as if every call were slow
+    pipe.text_to_image("a red circle", generator=seed(0))
+    assert "text_to_image" in capsys.readouterr().err
+    pipe.set_progress_bar_config(disable=True, delay=0)
+    pipe.text_to_image("a red circle", generator=seed(0))
+    pipe.caption(Image.new("RGB", (32, 32)), max_new_tokens=3)
+    assert capsys.readouterr().err == ""
+
+
+def test_callback_on_step_end_sees_every_token(pipe: AnyGenPipeline) -> None:
+    seen = []
+
+    def callback(p: AnyGenPipeline, index: int, timestep: None, kwargs: dict) -> dict:
+        assert p is pipe and timestep is None
+        seen.append((index, kwargs["tokens"].clone()))
+        return kwargs
+
+    pipe.text_to_image(["a", "b"], generator=seed(0), callback_on_step_end=callback)
+    assert [i for i, _ in seen] == list(range(17))  # 16 codes and the end token
+    assert all(tokens.shape == (2,) for _, tokens in seen)
+
+
+def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:
+    speech = pipe.speak(["say hello", "a red circle"], generator=seed(0))
+    assert len(speech.audios) == 2 and all(w.ndim == 1 and w.numel() > 0 for w in speech.audios)
+    texts = pipe.transcribe(speech.audios, speech.sample_rate, max_new_tokens=4).texts
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    pairs = [(w, speech.sample_rate) for w in speech.audios]
+    assert pipe.transcribe(pairs, max_new_tokens=4).texts == texts
+    audios, rate = pipe.speak("say hello", generator=seed(0), return_dict=False)
+    assert rate == speech.sample_rate and len(audios) == 1
+
+
+def test_an_answer_the_model_ends_at_once_is_an_error(pipe: AnyGenPipeline) -> None:
+    """``generate`` never returns an empty answer: a model whose first token is <|eos|> gets EmptyAnswerError."""
+    from anygen.errors import GenerationError
+    from anygen.pipelines import EmptyAnswerError
+
+    with torch.no_grad():  # make <|eos|> the most likely token everywhere
+        embedding = pipe.model.core.get_input_embeddings().weight  # (V, D), tied with the output layer
+        embedding[:, 0] = 1.0
+        embedding[pipe.model.vocab.eos_id, 0] = 50.0
+    with pytest.raises(EmptyAnswerError, match=r"first token was <\|eos\|>") as info:
+        pipe.generate(["a red circle", ImageSegment(Image.new("RGB", (32, 32)))], generator=seed(0))
+    assert isinstance(info.value, GenerationError)

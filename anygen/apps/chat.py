@@ -107,7 +107,8 @@ class Answer:
             self._put(self._progress(event))
         elif isinstance(event, SegmentDone):
             if isinstance(event.segment, ImageSegment) and self.decoder != "vq" and self._codes is not None:
-                (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder, generator=self.generator)
+                (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder,
+                                                  generator=self.generator).images
                 self._put(enlarge(image, CHAT_IMAGE_SIZE))
             elif not isinstance(event.segment, TextSegment):
                 self._put(media_part(event.segment))

@@ -236,10 +236,11 @@ def _image_tab(gr: Any, pipe: AnyGenPipeline) -> None:
     def text_to_image(prompt: str, negative: str, num_images: float, guidance: float, temperature: float,
                       top_k: float, seed: float, decoder: str) -> list[Image.Image]:
         check_prompt(prompt or "", "prompt")
-        images = pipe.text_to_image(prompt or "", negative_prompt=negative or None, num_images=int(num_images),
+        images = pipe.text_to_image(prompt or "", negative_prompt=negative or None,
+                                    num_images_per_prompt=int(num_images),
                                     guidance_scale=float(guidance), generator=make_generator(seed),
                                     temperature=float(temperature), top_k=int(top_k),
-                                    decoder=check_decoder(pipe, decoder))
+                                    decoder=check_decoder(pipe, decoder)).images
         return [enlarge(image) for image in images]
 
     run.click(user_errors(text_to_image), [prompt, negative, count, *controls], gallery, api_name="text_to_image")
@@ -269,11 +270,11 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         (edited,) = pipe.edit_image(picture, instruction or "",
                                     guidance_scale=float(guidance), image_guidance_scale=float(image_guidance),
                                     generator=make_generator(seed), temperature=float(temperature),
-                                    top_k=int(top_k), decoder=check_decoder(pipe, decoder))
+                                    top_k=int(top_k), decoder=check_decoder(pipe, decoder)).images
         return enlarge(edited)
 
     def draw_source() -> Image.Image:
-        return enlarge(pipe.text_to_image(EDIT[0], generator=make_generator(0))[0])
+        return enlarge(pipe.text_to_image(EDIT[0], generator=make_generator(0)).images[0])
 
     # preprocess=False: gr.Image would decode and re-encode the upload before the handler sees it (a 12000 x 12000
     # PNG of 140 KB costs seconds and a gigabyte); the handler gets the uploaded file and checks its size first.
@@ -299,9 +300,9 @@ def _speech_tab(gr: Any, pipe: AnyGenPipeline) -> None:
     def speak(text: str, guidance: float, temperature: float, top_k: float, seed: float,
               max_seconds: float) -> tuple[int, np.ndarray]:
         check_prompt(text or "", "text")
-        wave, rate = pipe.speak(text or "", guidance_scale=float(guidance), generator=make_generator(seed),
-                                temperature=float(temperature), top_k=int(top_k), max_seconds=float(max_seconds))
-        clip = AudioClip.of(wave, rate)
+        speech = pipe.speak(text or "", guidance_scale=float(guidance), generator=make_generator(seed),
+                            temperature=float(temperature), top_k=int(top_k), max_seconds=float(max_seconds))
+        clip = AudioClip.of(speech.audios[0], speech.sample_rate)
         return clip.rate, clip.samples
 
     run.click(user_errors(speak), [text, *controls], audio, api_name="speak")

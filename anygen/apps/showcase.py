@@ -74,18 +74,18 @@ def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_n
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731  (a fresh, seeded generator per task)
     # 1. Text to image.
     start = time.perf_counter()
-    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images=2, generator=gen())
+    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images_per_prompt=2, generator=gen()).images
     body = "".join(figure(page.image(img, f"t2i-{i}.png"), IMAGE_PROMPTS[i // 2]) for i, img in enumerate(images))
     page.add("Text to image", body, time.perf_counter() - start)
     # 2. Editing: draw a source image, then apply an instruction to it.
     start = time.perf_counter()
-    (source,) = pipe.text_to_image(EDIT[0], generator=gen())
-    (edited,) = pipe.edit_image(source, EDIT[1], generator=gen())
+    (source,) = pipe.text_to_image(EDIT[0], generator=gen()).images
+    (edited,) = pipe.edit_image(source, EDIT[1], generator=gen()).images
     page.add("Image editing", figure(page.image(source, "edit-source.png"), EDIT[0])
              + figure(page.image(edited, "edit-result.png"), EDIT[1]), time.perf_counter() - start)
     # 3. Captions of the generated images.
     start = time.perf_counter()
-    captions = pipe.caption(images[::2])
+    captions = pipe.caption(images[::2]).texts
     body = "".join(figure(page.image(img, f"t2i-{2 * i}.png"), f"caption: {c}")
                    for i, (img, c) in enumerate(zip(images[::2], captions)))
     page.add("Image to text", body, time.perf_counter() - start)
@@ -93,14 +93,15 @@ def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_n
     start = time.perf_counter()
     body = ""
     for i, text in enumerate((*SPEECH, MELODY)):
-        wave, rate = pipe.speak(text, generator=gen())
-        heard = pipe.transcribe(wave, rate)
+        speech = pipe.speak(text, generator=gen())
+        wave, rate = speech.audios[0], speech.sample_rate
+        heard = pipe.transcribe(wave, rate).texts[0]
         body += figure(page.audio(wave, rate, f"audio-{i}.wav"), f"{text!r} -> heard {heard!r}")
     page.add("Text to speech / melody, and back", body, time.perf_counter() - start)
     # 5. An interleaved answer.
     start = time.perf_counter()
     question = question_segments(pipe.image_size[0])
-    answer = pipe.generate(question, max_new_tokens=200, generator=gen())
+    answer = pipe.generate(question, max_new_tokens=200, generator=gen()).segments
     page.add("Interleaved", _render(page, question, "prompt") + "<p>&rarr;</p>" + _render(page, answer, "answer"),
              time.perf_counter() - start)
     return page.write(model_name)

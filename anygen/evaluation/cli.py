@@ -50,19 +50,32 @@ def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
     """
     calls = itertools.count()
     gen = lambda: torch.Generator().manual_seed(seed * 1_000_003 + next(calls))  # noqa: E731
+    pipe.set_progress_bar_config(disable=True)  # one bar per item would bury the evaluation's own output
 
     def text_to_image(prompts: list[str]) -> list:
-        return [pipe.text_to_image(p, num_images=1, generator=gen())[0] for p in prompts]
+        return [pipe.text_to_image(p, generator=gen()).images[0] for p in prompts]
 
     def edit(image: Any, instruction: str) -> Any:
-        return pipe.edit_image(image, instruction, generator=gen())[0]
+        return pipe.edit_image(image, instruction, generator=gen()).images[0]
 
     def speak(text: str) -> tuple[torch.Tensor, int]:  # melodies use the same text -> audio span
-        return pipe.speak(text, generator=gen())
+        out = pipe.speak(text, generator=gen())
+        return out.audios[0], out.sample_rate
 
-    return ModelCallables(text_to_image=text_to_image, caption=pipe.caption, edit=edit, speak=speak,
-                          transcribe=pipe.transcribe, play=speak, transcribe_music=pipe.transcribe,
-                          generate=lambda segments: pipe.generate(segments, generator=gen()))
+    def transcribe(waveform: torch.Tensor, sample_rate: int) -> str:
+        return pipe.transcribe(waveform, sample_rate).texts[0]
+
+    def generate(segments: list) -> list:
+        from anygen.pipelines import EmptyAnswerError
+
+        try:
+            return pipe.generate(segments, generator=gen()).segments
+        except EmptyAnswerError:  # the model ended at once: scored as an answer with nothing in it
+            return []
+
+    return ModelCallables(text_to_image=text_to_image, caption=lambda image: pipe.caption(image).texts[0],
+                          edit=edit, speak=speak, transcribe=transcribe, play=speak, transcribe_music=transcribe,
+                          generate=generate)
 
 
 def load_model(name_or_path: str, seed: int) -> ModelCallables:

@@ -208,17 +208,27 @@ def pipeline_signal_callables(pipe: Any, seed: int = 0, temperature: float = 0.0
     span = pipe.model.tokenizers[MODALITY].default_shape + 2
 
     def text_to_signal(description: str) -> torch.Tensor | None:
-        out = pipe.generate([TextSegment(description)], max_new_tokens=span + 8, output_modalities=[MODALITY],
-                            sampling={"text": greedy, MODALITY: codes}, generator=torch.Generator().manual_seed(seed))
+        out = _answer(pipe, [TextSegment(description)], max_new_tokens=span + 8, output_modalities=[MODALITY],
+                      sampling={"text": greedy, MODALITY: codes}, generator=torch.Generator().manual_seed(seed))
         signals = [s.data for s in out if isinstance(s, MediaSegment) and s.modality == MODALITY]
         return signals[0] if signals else None
 
     def signal_to_text(signal: torch.Tensor) -> str:
-        out = pipe.generate([MediaSegment(MODALITY, signal)], max_new_tokens=40, output_modalities=[],
-                            sampling={"text": greedy}, generator=torch.Generator().manual_seed(seed))
+        out = _answer(pipe, [MediaSegment(MODALITY, signal)], max_new_tokens=40, output_modalities=[],
+                      sampling={"text": greedy}, generator=torch.Generator().manual_seed(seed))
         return "".join(s.text for s in out if isinstance(s, TextSegment)).strip()
 
     return SignalCallables(text_to_signal, signal_to_text)
+
+
+def _answer(pipe: Any, prompt: list, **kwargs: Any) -> list:
+    """The pipeline's answer segments; an answer the model ends at once is empty (and scores as wrong)."""
+    from anygen.pipelines import EmptyAnswerError
+
+    try:
+        return pipe.generate(prompt, **kwargs).segments
+    except EmptyAnswerError:
+        return []
 
 
 def ground_truth_signal_callables(samples: Sequence[SignalSample]) -> SignalCallables:
