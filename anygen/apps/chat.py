@@ -1,6 +1,9 @@
 """The chat part of the demo: read a multimodal message, stream the answer as parts, render partial media.
 
-Nothing here imports gradio; :mod:`anygen.apps.demo` wires these functions into the interface.
+Every turn feeds the model the whole conversation (:meth:`AnyGenPipeline.apply_chat_template`), trimmed from the
+oldest turn when it would not fit in the context with the answer's tokens. The model's own answers go back in as
+it wrote them: media as the codes it emitted, text as text. Nothing here imports gradio; :mod:`anygen.apps.demo`
+wires these functions into the interface.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -22,15 +24,13 @@ import torch
 from PIL import Image
 
 from anygen.audio import load_audio
+from anygen.chat_template import Message
 from anygen.errors import InvalidArgumentError, MediaError
 from anygen.image import load_image, to_pil
 from anygen.pipelines import DECODERS, AnyGenPipeline
 from anygen.generation.sampling import SamplingParams
 from anygen.generation.streaming import Event, MediaProgress, SegmentDone, TextDelta
-from anygen.types import AudioSegment, ImageSegment, Interleaved, Segment, TextSegment
-
-if TYPE_CHECKING:
-    pass
+from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, Segment, TextSegment
 
 
 MAX_PIXELS = 2048 * 2048
@@ -95,25 +95,39 @@ class Answer:
     open: bool = False
     decoder: str = "vq"
     generator: torch.Generator | None = None
-    _codes: torch.Tensor | None = None  # the open image span's codes so far
+    said: Interleaved = field(default_factory=list)  # the finished segments, as the next turn's prompt holds them
+    _codes: torch.Tensor | None = None  # the open media span's codes so far
+    _text: str = ""  # the open text segment so far
 
     def apply(self, event: Event) -> None:
         """Update the parts for one streaming event."""
         if isinstance(event, TextDelta):
             ongoing = self.open and isinstance(self.parts[-1], str)
             self._put(self.parts[-1] + event.text if ongoing else event.text)
+            self._text += event.text
         elif isinstance(event, MediaProgress):
             self._codes = event.codes
             self._put(self._progress(event))
         elif isinstance(event, SegmentDone):
-            if isinstance(event.segment, ImageSegment) and self.decoder != "vq" and self._codes is not None:
-                (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder,
-                                                  generator=self.generator).images
-                self._put(enlarge(image, CHAT_IMAGE_SIZE))
-            elif not isinstance(event.segment, TextSegment):
-                self._put(media_part(event.segment))
-            self._codes = None
-            self.open = False
+            self._finish(event.segment)
+
+    def segments(self) -> Interleaved:
+        """What the model has said so far: finished segments, and the text it is writing (a cut-off media span
+        is left out: it could not be read back)."""
+        return [*self.said, *([TextSegment(self._text)] if self._text else [])]
+
+    def _finish(self, segment: Segment) -> None:
+        if isinstance(segment, ImageSegment) and self.decoder != "vq" and self._codes is not None:
+            (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder,
+                                              generator=self.generator).images
+            self._put(enlarge(image, CHAT_IMAGE_SIZE))
+        elif not isinstance(segment, TextSegment):
+            self._put(media_part(segment))
+        codes = self._codes
+        self.said.append(segment if isinstance(segment, TextSegment) or codes is None else
+                         CodesSegment(segment.modality, codes))
+        self._codes, self._text = None, ""
+        self.open = False
 
     def _put(self, part: Part) -> None:
         if self.open:
@@ -282,24 +296,51 @@ class ChatSettings:
     decoder: str = "vq"  # how finished images are rendered (partial ones always use the tokenizer's decoder)
 
 
-def chat_turn(pipe: AnyGenPipeline, message: dict | None, history: list[dict] | None, settings: ChatSettings,
-              renderer: Renderer) -> Iterator[list[dict]]:
-    """Answer one chat message; yields the whole history (Gradio messages) each time the answer grows."""
+def chat_turn(pipe: AnyGenPipeline, message: dict | None, history: list[dict] | None,
+              conversation: list[Message] | None, settings: ChatSettings,
+              renderer: Renderer) -> Iterator[tuple[list[dict], list[Message]]]:
+    """Answer one chat message given the earlier turns.
+
+    Yields, each time the answer grows, the whole history as Gradio messages and the conversation as the model
+    reads it (earlier turns that still fit, this message, the answer so far), so a stopped answer is kept too.
+    """
     segments, shown = read_message(message)
+    turns = fit_context(pipe, [*(conversation or []), Message("user", segments)], settings.max_new_tokens)
     history = [*(history or []), renderer.message("user", shown)]
     answer = Answer(pipe, decoder=settings.decoder, generator=settings.generator)
-    yield [*history, renderer.message("assistant", [])]
-    worker = EventThread(lambda: pipe.stream(segments, max_new_tokens=settings.max_new_tokens,
+    yield [*history, renderer.message("assistant", [])], turns
+    prompt = pipe.apply_chat_template(turns)
+    worker = EventThread(lambda: pipe.stream(prompt, max_new_tokens=settings.max_new_tokens,
                                              generator=settings.generator, sampling=settings.sampling,
                                              output_modalities=settings.output_modalities))
     try:
         for events in worker.batches():
             for event in events:
                 answer.apply(event)
-            yield [*history, renderer.message("assistant", answer.parts)]
+            yield [*history, renderer.message("assistant", answer.parts)], _with_answer(turns, answer)
     finally:
         worker.close(timeout=0)  # a closed request (stop button, disconnect) ends the generation after its step
-    yield [*history, renderer.message("assistant", answer.parts or ["(no output)"])]
+    yield [*history, renderer.message("assistant", answer.parts or ["(no output)"])], _with_answer(turns, answer)
+
+
+def fit_context(pipe: AnyGenPipeline, turns: list[Message], max_new_tokens: int) -> list[Message]:
+    """``turns`` without their oldest exchanges, until the prompt and the answer fit in the model's context (a
+    system message stays; the last message always stays, and the pipeline says if it alone is too long)."""
+    limit = int(getattr(pipe.model.core.config, "max_position_embeddings", 0) or 2**31)
+    while len(pipe.prompt_ids(pipe.apply_chat_template(turns))) + max_new_tokens > limit:
+        keep = 1 if turns[0].role == "system" else 0
+        rest = turns[keep + 1:]
+        while len(rest) > 1 and rest[0].role != "user":  # a conversation restarts at a user's turn
+            rest = rest[1:]
+        if len(turns) - keep <= 1 or not rest:
+            break
+        turns = [*turns[:keep], *rest]
+    return turns
+
+
+def _with_answer(turns: list[Message], answer: Answer) -> list[Message]:
+    said = answer.segments()
+    return [*turns, Message("assistant", said)] if said else turns
 
 
 # ---- errors -------------------------------------------------------------------------------------------------

@@ -179,7 +179,8 @@ def _seed_and_decoder(gr: Any) -> list[Any]:
 
 
 def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
-    history = gr.State([])
+    history = gr.State([])  # what the chat shows
+    conversation = gr.State([])  # what the model reads: every turn as segments (anygen.chat_template.Message)
     chatbot = gr.Chatbot(label="chat", height=520, elem_id="chat")
     box = gr.MultimodalTextbox(placeholder="Type a message, attach images or audio", show_label=False,
                                file_types=["image", "audio"], file_count="multiple",
@@ -200,7 +201,7 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
     gr.Examples([[{"text": text, "files": [] if scene is None else [_example_image(gr, scene, i)]}]
                  for i, (text, scene) in enumerate(CHAT_EXAMPLES)], inputs=[box])
 
-    def chat(message: dict | None, past: list[dict], max_new_tokens: float, seed: float, decoder: str,
+    def chat(message: dict | None, past: list[dict], turns: list, max_new_tokens: float, seed: float, decoder: str,
              output_modalities: list[str], text_temperature: float, text_top_k: float, image_temperature: float,
              image_top_k: float, audio_temperature: float, audio_top_k: float) -> Iterator[tuple]:
         check_decoder(pipe, decoder)
@@ -210,12 +211,13 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         plan = ChatSettings(int(max_new_tokens), make_generator(seed), sampling, list(output_modalities or []),
                             decoder)
         renderer = Renderer(Path(tempfile.mkdtemp(prefix="anygen-chat-", dir=_cache_dir(gr))))
-        for i, messages in enumerate(chat_turn(pipe, message, past, plan, renderer)):
-            yield messages, messages, None if i == 0 else gr.skip()
+        for i, (messages, read) in enumerate(chat_turn(pipe, message, past, turns, plan, renderer)):
+            yield messages, messages, read, None if i == 0 else gr.skip()
 
-    event = box.submit(user_errors(chat), [box, history, *settings], [chatbot, history, box], api_name="chat")
+    event = box.submit(user_errors(chat), [box, history, conversation, *settings],
+                       [chatbot, history, conversation, box], api_name="chat")
     stop.click(None, cancels=[event])
-    clear.click(lambda: ([], []), None, [chatbot, history], api_visibility="private")
+    clear.click(lambda: ([], [], []), None, [chatbot, history, conversation], api_visibility="private")
 
 
 def _image_tab(gr: Any, pipe: AnyGenPipeline) -> None:
