@@ -249,7 +249,7 @@ def render(rows: list[Row], title: str) -> str:
 
 def render_columns(tables: list[list[Row]], names: list[str], title: str) -> str:
     """One table with a value column per measured model (rows matched by position; notes from the first)."""
-    lines = [f"### {title}", "", "| metric | " + " | ".join(f"`{n}`" for n in names) + " | note |",
+    lines = [f"#### {title}", "", "| metric | " + " | ".join(f"`{n}`" for n in names) + " | note |",
              "|---|" + "---|" * len(names) + "---|"]
     for rows in zip(*tables):
         lines.append(f"| {rows[0].metric} | " + " | ".join(r.value for r in rows) + f" | {rows[0].note} |")
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = [audio_rows(AudioCodec.from_pretrained(d), args.words, args.music) for d in args.audio]
         sections = ["### Audio codecs", "", header, "", render_columns(tables, args.audio, "Spectrogram codecs")]
         if args.front_ends:
-            sections += ["", "### Front ends: Griffin-Lim of the exact spectrogram (no codec)", "",
+            sections += ["", "#### Front ends: Griffin-Lim of the exact spectrogram (no codec)", "",
                          "| front end | keyword accuracy | melody recognition | chord recognition |",
                          "|---|---|---|---|"]
             sections += [f"| {r.metric} | {r.value} | {r.note} |" for r in front_end_rows(args.words, args.music)]
