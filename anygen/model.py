@@ -12,36 +12,44 @@ Saved layout (``save_pretrained``)::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anygen.gated_lora import AdapterSpec, GatedAdapters
-from anygen.core import CoreConfig, build_core, core_from_config, extend_vocab, load_pretrained_core
+from anygen.core import CoreConfig, build_core, extend_vocab, load_pretrained_core
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.generation.grammar import SpanRule, span_rules
 from anygen.processor import IGNORE, Processor
+from anygen.safe_replace import recover, replace_dir
+from anygen.saved_model import (
+    ADAPTERS,
+    CONFIG,
+    FORMAT_VERSION,
+    WEIGHTS,
+    core_skeleton,
+    inside,
+    is_model_dir,
+    load_core,
+    load_weights,
+    read_config,
+    read_vocab,
+    read_weights,
+    save_tensors,
+    unique_tensors,
+)
 from anygen.tokenizers.base import ModalityTokenizer
 from anygen.tokenizers.registry import tokenizer_class
 from anygen.tokenizers.text import TextTokenizer
-from anygen.tokenizers.weights import check_tensors
 from anygen.vocab import ModalitySpec, Vocab
 
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-ADAPTERS = "adapters.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass
@@ -143,24 +151,30 @@ class AnyGen(nn.Module):
         return AnyGenOutput(logits, loss, losses)
 
     # ---- persistence ----------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Write the model atomically: into a temporary sibling directory, then renamed over ``directory``.
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, *,
+                        overwrite: bool = False) -> None:
+        """Write the model to ``directory``; an earlier save there is replaced only once the new one is whole.
 
-        ``dtype`` (e.g. ``torch.float16``) casts the stored weights of the core and of every tokenizer that
-        accepts a ``dtype``; loading casts them back to the requested dtype.
+        The new copy is written beside ``directory`` and swapped in (:mod:`anygen.safe_replace`): a crash at any
+        point leaves the old or the new model loadable, and the next load or save recovers or removes what it
+        left. ``directory`` may be missing, empty or an anygen model; anything else (a file, a folder holding
+        other things) is refused unless ``overwrite=True``.
+
+        Args:
+            directory: where the model goes, e.g. ``"out/my-model"``.
+            dtype: e.g. ``torch.float16``: casts the stored weights of the core and of every tokenizer that
+                accepts a ``dtype``; loading casts them back to the requested dtype.
+            overwrite: replace ``directory`` whatever it holds.
+
+        Raises:
+            CheckpointError: ``directory`` is a file or a non-empty folder that is not an anygen model (and
+                ``overwrite`` is False), or a weight is NaN/Inf.
         """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            self._write(tmp, dtype)
-            _replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        replace_dir(Path(directory), lambda folder: self._write(folder, dtype), may_replace=is_model_dir,
+                    overwrite=overwrite)
 
     def _write(self, directory: Path, dtype: torch.dtype | None) -> None:
-        _save_tensors(_unique_tensors(self.core), directory / WEIGHTS, dtype, "weights")
+        save_tensors(unique_tensors(self.core), directory / WEIGHTS, dtype, "weights")
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
         entries = {}
         for name, tok in self.tokenizers.items():
@@ -172,22 +186,34 @@ class AnyGen(nn.Module):
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
                   "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
         if len(self.adapters):
-            _save_tensors(self.adapters.state_dict(), directory / ADAPTERS, dtype, "adapter weights")
+            save_tensors(self.adapters.state_dict(), directory / ADAPTERS, dtype, "adapter weights")
             config["adapters"] = [a.spec.to_dict() for a in self.adapters]
-        (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (directory / CONFIG).write_text(json.dumps(config, indent=2, default=str))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa",
                         dtype: torch.dtype = torch.float32) -> "AnyGen":
-        """Load a model written by :meth:`save_pretrained` (safetensors only; strict about every key and shape)."""
+        """Load a model written by :meth:`save_pretrained` (safetensors only; strict about every key and shape).
+
+        Everything is checked before the core is allocated (``anygen.saved_model``): ``config.json`` against its
+        schema, the weights against a core built on the meta device, the tokenizers against the vocab. Any
+        failure raises :class:`CheckpointError` naming the file and the key; no half-built model is returned.
+        """
         directory = Path(directory)
-        config = _read_config(directory)
-        vocab = Vocab.from_dict(config["vocab"])
-        tokenizers = {name: tokenizer_class(entry["class"]).from_pretrained(directory / entry["path"])
+        with contextlib.suppress(OSError):  # e.g. a read-only folder: load what is there
+            recover(directory)  # a save killed mid-swap left the model beside its place
+        config = read_config(directory)
+        source, weights_path = directory / CONFIG, directory / WEIGHTS
+        weights = read_weights(weights_path)
+        skeleton = core_skeleton(config["core"], weights, weights_path, attn_implementation)
+        vocab = read_vocab(config["vocab"], skeleton.get_input_embeddings().weight.shape[0], source)
+        text = TextTokenizer.from_pretrained(inside(directory, config["text_tokenizer"], "text_tokenizer", source))
+        tokenizers = {name: tokenizer_class(entry["class"]).from_pretrained(
+                          inside(directory, entry["path"], f"tokenizers.{name}.path", source))
                       for name, entry in config["tokenizers"].items()}
-        text = TextTokenizer.from_pretrained(directory / config["text_tokenizer"])
-        core = core_from_config(dict(config["core"]), attn_implementation)
-        _load_weights(core, directory / WEIGHTS)
+        _check_tokenizers(vocab, text, tokenizers, f"{directory}: ")
+        core = load_core(config["core"], weights, weights_path, attn_implementation)
+        del weights
         adapters = _load_adapters(core, config.get("adapters", []), directory / ADAPTERS)
         model = cls(core, vocab, text, tokenizers, _load_decoders(directory), adapters)
         return model.to(dtype).eval()
@@ -196,22 +222,24 @@ class AnyGen(nn.Module):
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _check_tokenizers(vocab: Vocab, text: TextTokenizer, tokenizers: Mapping[str, ModalityTokenizer]) -> None:
+def _check_tokenizers(vocab: Vocab, text: TextTokenizer, tokenizers: Mapping[str, ModalityTokenizer],
+                      where: str = "") -> None:
+    """Raise :class:`CheckpointError` (its message starting with ``where``) unless the tokenizers fit ``vocab``."""
     if text.vocab_size > vocab.text_size:  # its extra ids would land on specials or codebook ids
-        raise CheckpointError(f"the text tokenizer uses {text.vocab_size} ids but the vocab's text span holds "
+        raise CheckpointError(f"{where}the text tokenizer uses {text.vocab_size} ids but the vocab's text span holds "
                               f"vocab.text_size={vocab.text_size}: ids from {vocab.text_size} on belong to special "
                               "and media tokens (was the tokenizer replaced after the model was built?)")
     for spec in vocab.modalities:
         tok = tokenizers.get(spec.name)
         if tok is None:
-            raise CheckpointError(f"no tokenizer for modality {spec.name!r}")
+            raise CheckpointError(f"{where}no tokenizer for modality {spec.name!r}")
         got = (tok.codebook_size, tok.num_codebooks)
         if got != (spec.codebook_size, spec.num_codebooks):
-            raise CheckpointError(f"{spec.name} tokenizer has codebook_size x num_codebooks = {got}, but the vocab "
-                                  f"was built for {(spec.codebook_size, spec.num_codebooks)}")
+            raise CheckpointError(f"{where}{spec.name} tokenizer has codebook_size x num_codebooks = {got}, but the "
+                                  f"vocab was built for {(spec.codebook_size, spec.num_codebooks)}")
     extra = set(tokenizers) - set(vocab.modality_names)
     if extra:
-        raise CheckpointError(f"tokenizers for modalities the vocab lacks: {sorted(extra)}")
+        raise CheckpointError(f"{where}tokenizers for modalities the vocab lacks: {sorted(extra)}")
 
 
 def _load_decoders(directory: Path) -> dict[str, Any]:
@@ -230,68 +258,6 @@ def _load_adapters(core: nn.Module, specs: list[dict[str, Any]], path: Path) -> 
     try:
         adapters = nn.ModuleList([GatedAdapters(core, AdapterSpec(**spec)) for spec in specs])
     except (TypeError, InvalidArgumentError) as err:
-        raise CheckpointError(f"config.json: bad adapters entry: {err}") from err
-    _load_weights(adapters, path)
+        raise CheckpointError(f"{path.parent / CONFIG}: bad adapters entry: {err}") from err
+    load_weights(adapters, path)
     return list(adapters)
-
-
-def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | None, what: str) -> None:
-    """Write ``tensors`` as safetensors (floating ones cast to ``dtype``), refusing non-finite values."""
-    if not all(torch.isfinite(t).all() for t in tensors.values()):
-        raise CheckpointError(f"refusing to save non-finite {what}")
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
-
-
-def _unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with tied parameters stored once (the first name wins)."""
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in module.state_dict().items():
-        key = tensor.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            out[name] = tensor
-    return out
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir():
-        raise CheckpointError(f"model directory {directory} does not exist")
-    if not (directory / WEIGHTS).is_file():
-        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        hint = (f" It holds pickle weights {pickles}, which anygen never loads (they can run code): convert them "
-                "once in a trusted environment with safetensors.torch.save_file(torch.load(f, weights_only=True), "
-                f"'{WEIGHTS}').") if pickles else ""
-        raise CheckpointError(f"{directory / WEIGHTS} not found.{hint}")
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {directory / 'config.json'}: {err}") from err
-    if config.get("format") != "anygen" or config.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{directory / 'config.json'} is not an anygen v{FORMAT_VERSION} config")
-    return config
-
-
-def _load_weights(core: nn.Module, path: Path) -> None:
-    try:
-        saved = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from err
-    expected = _unique_tensors(core)
-    check_tensors(expected, saved, path)
-    with torch.no_grad():
-        for key, tensor in expected.items():
-            tensor.copy_(saved[key])
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    """Move ``tmp`` to ``directory``; an existing ``directory`` is only removed once the new one is in place."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)

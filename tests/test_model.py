@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from anygen import saved_model
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.model import AnyGen
 from anygen.tokenizers.simple import GridImageTokenizer
@@ -101,7 +106,7 @@ def _corrupt(directory: Path, how: str) -> None:
         (directory / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
     elif how == "codebook":
         config = json.loads((directory / "config.json").read_text())
-        config["vocab"]["modalities"][0][1] = 128
+        config["vocab"]["modalities"][0][1] = 8  # fits the core, but not the image tokenizer
         (directory / "config.json").write_text(json.dumps(config))
     elif how == "config":
         (directory / "config.json").write_text("{not json")
@@ -170,3 +175,199 @@ def test_text_tokenizer_size_counts_its_highest_id_not_its_token_count(text_toke
     vocab[max(vocab, key=vocab.get)] = 5000  # a gap: 300 tokens, the last one with id 5000
     gapped = TextTokenizer(Tokenizer.from_str(json.dumps(data)))
     assert gapped.vocab_size == 5001
+
+
+def _drop(key: str):
+    return lambda c: c.pop(key)
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(config: dict) -> None:
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_drop("vocab"), "missing key 'vocab'"),
+    (lambda c: [c], "the top level must be a JSON object, got list"),
+    (_set("core", "model_type", "no-such-model"), "core.model_type='no-such-model' is not a causal-LM type"),
+    (_set("core", "model_type", 7), "core.model_type=7"),
+    (_set("vocab", "text_size", "300"), "vocab.text_size must be an integer, got str '300'"),
+    (_set("vocab", "text_size", True), "vocab.text_size must be an integer, got bool"),
+    (_set("core", "hidden_size", "64"), "core.hidden_size must be an integer, got str '64'"),
+    (_set("core", "rms_norm_eps", [1]), "core.rms_norm_eps must be a number"),
+    (_set("vocab", "modalities", [["image", "64", 1]]), r"vocab.modalities\[0\]\[1\] \(codebook_size\)"),
+    (_set("vocab", "modalities", [["image", 0, 1]]), r"\(codebook_size\)=0 must be >= 1"),
+    (_set("vocab", "pad_to", 0), "vocab.pad_to=0 must be >= 1"),
+    (_set("tokenizers", [], ), "tokenizers must be an object"),
+    (_set("extra", 1), "unknown key 'extra'"),
+    (_set("vocab", "bogus", 1), "unknown key 'vocab.bogus'"),
+    (_set("tokenizers", "image", "colour", "red"), "unknown key 'tokenizers.image.colour'"),
+    (_drop("text_tokenizer"), "missing key 'text_tokenizer'"),
+    (_set("version", 2), "not an anygen v1 config"),
+    (_set("adapters", [{"first_id": 1}]), r"missing key 'adapters\[0\].end_id'"),
+    (_set("core", "hidden_size", 128), "model.safetensors: key 'model.embed_tokens.weight' has shape"),
+    (_set("core", "num_hidden_layers", 10 ** 9), "core.num_hidden_layers=1000000000 but .* holds only"),
+    (_set("vocab", "text_size", 10 ** 12), r"lays out 10000000\d+ ids but the core has 448 embedding rows"),
+])
+def test_malformed_config_json_names_the_file_and_the_key(tiny_model: AnyGen, tmp_path: Path, edit, match) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    replaced = edit(config)
+    path.write_text(json.dumps(replaced if isinstance(replaced, list) else config))
+    with pytest.raises(CheckpointError, match=match) as info:
+        AnyGen.from_pretrained(tmp_path / "m")
+    assert "config.json" in str(info.value) or "model.safetensors" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("text_tokenizer", "../outside"), ("text_tokenizer", "/etc"), ("text_tokenizer", "a/../../b"),
+    ("text_tokenizer", "C:\\tokenizer"), ("text_tokenizer", ""), ("image", "..\\..\\etc"),
+])
+def test_tokenizer_paths_must_stay_inside_the_model_directory(tiny_model: AnyGen, tmp_path: Path, key: str,
+                                                              value: str) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    tiny_model.text_tokenizer.save_pretrained(tmp_path / "outside")  # a loadable tokenizer the path points at
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    if key == "image":
+        config["tokenizers"]["image"]["path"] = value
+    else:
+        config[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="must be a relative path inside the model directory") as info:
+        AnyGen.from_pretrained(tmp_path / "m")
+    assert str(path) in str(info.value)
+
+
+def test_non_finite_json_numbers_are_refused(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    path.write_text(re.sub(r'"text_size": \d+', '"text_size": NaN', path.read_text()))
+    with pytest.raises(CheckpointError, match="NaN is not a JSON number"):
+        AnyGen.from_pretrained(tmp_path / "m")
+
+
+# ---- saving never loses what is at the target -------------------------------------------------------------------
+def _norm(model: AnyGen) -> torch.Tensor:
+    return model.core.model.norm.weight.detach().clone()
+
+
+def test_saving_refuses_a_foreign_directory_or_a_file_unless_overwrite(tiny_model: AnyGen, tmp_path: Path) -> None:
+    folder, file = tmp_path / "photos", tmp_path / "notes.txt"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"not a model")
+    file.write_text("keep me")
+    for target in (folder, file):
+        with pytest.raises(CheckpointError, match=f"{re.escape(str(target))} is a .*overwrite=True"):
+            tiny_model.save_pretrained(target)
+    assert (folder / "holiday.jpg").read_bytes() == b"not a model" and file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+    for target in (folder, file):
+        tiny_model.save_pretrained(target, overwrite=True)
+        assert torch.equal(_norm(AnyGen.from_pretrained(target)), _norm(tiny_model))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+
+
+def test_saving_into_an_empty_folder_or_over_a_model_needs_no_overwrite(tiny_model: AnyGen, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    tiny_model.save_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        tiny_model.core.model.norm.weight += 1
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert torch.equal(_norm(AnyGen.from_pretrained(tmp_path / "m")), _norm(tiny_model))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+class Killed(BaseException):
+    """The process died here: nothing after it runs (no except or finally block may touch the disk)."""
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, call: int) -> list[int]:
+    """Make the ``call``-th os.replace/os.rename (0: the write of the weights) die, and every file operation
+    after it fail the same way; returns the running count of renames."""
+    counter = [0]
+    real_replace = os.replace
+
+    def die(message: str) -> None:
+        for name in ("replace", "rename", "remove", "unlink", "rmdir"):
+            monkeypatch.setattr(os, name, dead)
+        monkeypatch.setattr(shutil, "rmtree", dead)
+        raise Killed(message)
+
+    def dead(*args, **kwargs):
+        raise Killed("the process is gone")
+
+    def replace(*args, **kwargs):
+        counter[0] += 1
+        if counter[0] == call:
+            die(f"killed at rename #{call}")
+        return real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    if call == 0:
+        monkeypatch.setattr(saved_model, "save_file", lambda *a, **k: die("killed while writing the weights"))
+    return counter
+
+
+def test_a_save_killed_at_any_point_loses_nothing(tiny_model: AnyGen, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model.save_pretrained(tmp_path / "probe")
+    with monkeypatch.context() as patch:
+        renames = _kill_at(patch, call=-1)
+        tiny_model.save_pretrained(tmp_path / "probe")
+    assert renames[0] >= 2, "a replace moves the old copy aside, then the new one in"
+    for call in range(renames[0] + 1):
+        folder = tmp_path / f"crash-{call}"
+        target = folder / "m"
+        tiny_model.save_pretrained(target)
+        old = _norm(tiny_model)
+        with torch.no_grad():
+            tiny_model.core.model.norm.weight += 1
+        with monkeypatch.context() as patch:
+            _kill_at(patch, call)
+            with pytest.raises(Killed):
+                tiny_model.save_pretrained(target)
+        loaded = _norm(AnyGen.from_pretrained(target))  # recovers a copy that a crash left beside the target
+        assert torch.equal(loaded, old) or torch.equal(loaded, _norm(tiny_model)), call
+        tiny_model.save_pretrained(target)  # the next save removes every leftover
+        assert [p.name for p in folder.iterdir()] == ["m"], call
+        assert torch.equal(_norm(AnyGen.from_pretrained(target)), _norm(tiny_model)), call
+
+
+def test_a_save_killed_between_the_two_renames_is_recovered_on_load(tiny_model: AnyGen, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "m"
+    tiny_model.save_pretrained(target)
+    with torch.no_grad():
+        tiny_model.core.model.norm.weight += 1
+    with monkeypatch.context() as patch:
+        _kill_at(patch, 2)  # the old copy is aside, the new one not yet in place
+        with pytest.raises(Killed):
+            tiny_model.save_pretrained(target)
+    assert not target.exists() and len(list(tmp_path.iterdir())) == 2
+    assert torch.equal(_norm(AnyGen.from_pretrained(target)), _norm(tiny_model))  # the new, complete copy
+
+
+def test_stale_temporaries_of_dead_saves_are_removed_and_nothing_else(tiny_model: AnyGen, tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    partial = tmp_path / f".m.anygen-new-{dead_pid}-0123abcd"
+    (partial / "copy").mkdir(parents=True)
+    (partial / "marker.json").write_text(json.dumps({"target": "m", "pid": dead_pid}))
+    (partial / "copy" / "model.safetensors").write_bytes(b"half a file")
+    unmarked = tmp_path / f".m.anygen-new-{dead_pid}-89abcdef"  # our pattern, but no marker: not ours
+    unmarked.mkdir()
+    (unmarked / "thesis.tex").write_text("keep")
+    running = tmp_path / ".m.anygen-new-1-fedcba98"  # pid 1 is alive: a save in progress elsewhere
+    (running / "copy").mkdir(parents=True)
+    (running / "marker.json").write_text(json.dumps({"target": "m", "pid": 1}))
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", unmarked.name, running.name])
