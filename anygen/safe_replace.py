@@ -9,11 +9,12 @@ A save writes the new copy beside the target, inside a hidden container that onl
 
 Then it swaps: (1) the old target moves into its "old" container, (2) the new copy moves to the target, (3) both
 containers are deleted. A crash before (1) leaves the old target in place; between (1) and (2) there is no target
-but two whole copies. :func:`recover` (every load and save runs it) then moves the newest complete new copy to the
-target, or else the old one back (:func:`recover_all` for every target of a folder). :func:`remove_leftovers` (every save runs it) deletes the containers of earlier
-crashed saves. Only directories whose name has this pattern *and* that hold a marker naming their target are ever
-touched, never those of a save still running in another process; a copy is only ever installed whole (a
-container's ``complete`` marker goes, and its copy is renamed, before anything in it is deleted).
+but two whole copies. :func:`recover` (every load and save runs it; :func:`recover_all` for a whole folder) then
+moves the newest complete new copy to the target, or else the old one back. :func:`remove_leftovers` (every save
+runs it) deletes the containers of earlier crashed saves. Only directories whose name has this pattern *and* that
+hold a marker naming their target are ever touched, never those of a save still running in another process. A copy
+is only ever installed whole: a container loses its ``complete`` marker, and its copy is renamed, before anything
+in it is deleted; its marker goes last.
 
 Example:
     >>> replace_dir(Path("out/model"), lambda d: (d / "config.json").write_text("{}"),  # doctest: +SKIP

@@ -8,10 +8,13 @@ A checkpoint is a directory ``<root>/step-XXXXXXXX`` holding
   those tensors;
 - ``manifest.json``: the step and the size of each file, written LAST.
 
-:func:`save_checkpoint` writes into a temporary directory under ``root``, writes the manifest, then renames the
-directory into place (one atomic ``rename``) and only then prunes older checkpoints. A crash at any point leaves
-the previous checkpoint loadable; :func:`latest_checkpoint` ignores directories without a manifest. Nothing
-pickled is ever written or read. Non-finite floating tensors are refused before anything is committed.
+:func:`save_checkpoint` writes the files beside the step's directory, writes the manifest, swaps the directory
+into place (:mod:`anygen.safe_replace`: a re-saved step's old copy goes only once the new one is in place) and
+only then prunes older checkpoints. A crash at any point leaves the previous checkpoint loadable, and the next save
+removes what killed saves left (their temporaries, a half-pruned step directory); only directories named like
+ours and holding nothing but checkpoint files are ever removed. :func:`latest_checkpoint` returns the newest
+checkpoint whose manifest is intact and matches its files, so a corrupt newest one falls back to the one before.
+Nothing pickled is ever written or read. Non-finite floating tensors are refused before anything is committed.
 
 Example:
     >>> save_checkpoint(root, 100, {"model": model.state_dict(), "rng": capture_rng_state()})  # doctest: +SKIP
@@ -20,12 +23,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anygen.errors import CheckpointError
+from anygen.safe_replace import recover_all, remove_leftovers, replace_dir
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_TMP_STEP = re.compile(r"^\.tmp-step-[a-z0-9_]+$")  # temporaries of earlier versions (tempfile.mkdtemp names)
+_OLD_STEP = re.compile(r"^\.old-(?P<step>step-\d{8,})-\d+$")  # a re-saved step set aside by earlier versions
 TENSORS, STRUCTURE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
+_FILES = (TENSORS, STRUCTURE, MANIFEST)
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -68,41 +75,42 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep_las
     root.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, "", tensors)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-step-"))
-    try:
-        _write_files(tmp, step, structure, tensors)
-        final = _commit(tmp, checkpoint_dir(root, step))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(root)
+    final = checkpoint_dir(root, step)
+    replace_dir(final, lambda folder: _write_files(folder, step, structure, tensors), may_replace=_holds_only_ours)
     prune_checkpoints(root, keep_last)
     return final
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The committed checkpoint with the highest step under ``root`` (directories without a manifest are ignored)."""
-    steps = committed_checkpoints(root)
-    return steps[-1] if steps else None
+    """The newest valid checkpoint under ``root``: its manifest parses and matches its files (else the one before).
+
+    A step that a killed save left beside its place (:mod:`anygen.safe_replace`) is first moved back.
+    """
+    with contextlib.suppress(OSError):  # e.g. a read-only folder: read what is there
+        recover_all(Path(root))
+    valid = [p for p in committed_checkpoints(root) if _is_valid(p)]
+    return valid[-1] if valid else None
 
 
 def committed_checkpoints(root: str | Path) -> list[Path]:
-    """Committed checkpoint directories under ``root``, oldest first."""
+    """Checkpoint directories with a manifest under ``root``, oldest first (valid or not, unlike
+    :func:`latest_checkpoint`)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    return sorted(found, key=_step_of)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a committed checkpoint back into the nested structure given to :func:`save_checkpoint`.
 
-    The step is read with :func:`checkpoint_step`. Raises :class:`CheckpointError` naming the file when anything is missing, truncated or malformed.
+    The step is read with :func:`checkpoint_step`. Raises :class:`CheckpointError` naming the file when anything
+    is missing, truncated or malformed.
     """
     path = Path(path)
-    manifest = _read_json(path / MANIFEST)
-    for name, size in manifest.get("files", {}).items():
-        if not (path / name).is_file() or (path / name).stat().st_size != size:
-            raise CheckpointError(f"{path / name} is missing or has the wrong size (manifest says {size} bytes)")
+    _check_manifest(path)
     try:
         tensors = load_file(str(path / TENSORS))
     except (SafetensorError, OSError, ValueError) as err:
@@ -112,15 +120,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_step(path: str | Path) -> int:
     """The step recorded in a committed checkpoint's manifest."""
-    return int(_read_json(Path(path) / MANIFEST)["step"])
+    return _check_manifest(Path(path))["step"]
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> None:
-    """Delete committed checkpoints beyond the newest ``keep_last`` (never touches uncommitted directories)."""
-    for old in committed_checkpoints(root)[:-keep_last]:
-        # Remove the manifest first so a crash mid-delete leaves a directory that is ignored, not a broken one.
-        (old / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep_last`` valid checkpoints; delete every committed one older than those.
+
+    A corrupt checkpoint newer than the kept ones is left alone (re-saving its step replaces it); it never counts
+    towards ``keep_last``, so it cannot push a good checkpoint out.
+    """
+    committed = committed_checkpoints(root)
+    kept = [p for p in committed if _is_valid(p)][-keep_last:]
+    if not kept:
+        return
+    for old in committed:
+        if _step_of(old) < _step_of(kept[0]):
+            _remove_checkpoint(old)
+
+
+def remove_stale(root: str | Path) -> None:
+    """Delete what killed saves and prunes left under ``root`` (:func:`save_checkpoint` calls it first).
+
+    That is: unfinished swaps (:mod:`anygen.safe_replace`), ``.tmp-step-*`` and ``.old-step-*`` directories of
+    earlier versions, and step directories that lost their manifest mid-prune, each only if it holds nothing but
+    checkpoint files. A set-aside ``.old-step-*`` whose step is missing is moved back instead.
+    """
+    root = Path(root)
+    remove_leftovers(root)
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        old = _OLD_STEP.match(path.name)
+        if old and not (root / old["step"]).exists() and (path / MANIFEST).is_file():
+            os.replace(path, root / old["step"])
+        elif (_TMP_STEP.match(path.name) or old or (_STEP_DIR.match(path.name) and not (path / MANIFEST).exists())) \
+                and _holds_only_ours(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -143,48 +176,49 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- writing --------------------------------------------------------------------------------------------------
-def _write_files(tmp: Path, step: int, structure: Any, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / STRUCTURE).write_text(json.dumps(structure))
-    files = {name: (tmp / name).stat().st_size for name in (TENSORS, STRUCTURE)}
-    manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
-    _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2))
-    for name in (TENSORS, STRUCTURE):
-        _fsync(tmp / name)
+def _write_files(folder: Path, step: int, structure: Any, tensors: dict[str, torch.Tensor]) -> None:
+    save_file(tensors, str(folder / TENSORS))
+    (folder / STRUCTURE).write_text(json.dumps(structure))
+    files = {name: (folder / name).stat().st_size for name in (TENSORS, STRUCTURE)}
+    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT_VERSION, "step": step, "files": files}, indent=2))
 
 
-def _commit(tmp: Path, final: Path) -> Path:
-    if final.exists():  # re-saving a step: move the old one aside, commit, then delete it
-        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    return final
+def _remove_checkpoint(path: Path) -> None:
+    # The manifest goes first, so a crash mid-delete leaves a directory that is ignored, then removed as stale.
+    (path / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+def _holds_only_ours(path: Path) -> bool:
+    """A directory holding nothing but the files a checkpoint is made of (possibly none)."""
+    return path.is_dir() and not path.is_symlink() and all(p.name in _FILES for p in path.iterdir())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
+def _check_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a committed checkpoint, checked against its files (:class:`CheckpointError` if it is not)."""
+    manifest = _read_json(path / MANIFEST)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    step = manifest.get("step") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or set(files) != {TENSORS, STRUCTURE} or not isinstance(step, int) \
+            or isinstance(step, bool):
+        raise CheckpointError(f"{path / MANIFEST} is malformed (needs an integer 'step' and the size of "
+                              f"{TENSORS} and {STRUCTURE})")
+    for name, size in files.items():
+        if not (path / name).is_file() or (path / name).stat().st_size != size:
+            raise CheckpointError(f"{path / name} is missing or has the wrong size (manifest says {size} bytes)")
+    return manifest
+
+
+def _is_valid(path: Path) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:  # some filesystems do not support fsync on directories
-        pass
+        _check_manifest(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 # -- (de)serialising the structure ----------------------------------------------------------------------------
@@ -236,6 +270,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or bad JSON
         raise CheckpointError(f"cannot read {path}: {err}") from err
