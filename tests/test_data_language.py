@@ -203,3 +203,8 @@ def test_music_and_digit_requests_keep_their_content():
     captions = {digit_caption(rng, 8) for _ in range(300)}
     assert len(captions) > 30 and all("8" in c or "eight" in c for c in captions)
     assert not any(" a 8" in c or " a eight" in c for c in captions)
+
+
+def test_a_colour_after_the_only_shape_is_the_new_colour() -> None:
+    assert parse_edit("make the square red") == EditRequest("recolor", None, "square", "red")
+    assert parse_edit("make the blue square red") == EditRequest("recolor", "blue", "square", "red")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from anygen.apps import showcase_requests as requests
 from anygen.cli import main
 from anygen.model import AnyGen
 
@@ -12,8 +13,14 @@ def test_anygen_run_writes_a_complete_showcase(tiny_model: AnyGen, tmp_path: Pat
     assert main(["run", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "show")]) == 0
     assert "index.html" in capsys.readouterr().out
     page = (tmp_path / "show" / "index.html").read_text()
-    for title in ("Text to image", "Image editing", "Image to text", "speech", "Interleaved"):
+    for title in ("Text to image", "Image editing", "Image to text", "speech", "melody", "Interleaved"):
         assert title in page
+    # Every request's every sample is judged, and each section states its pass rate over them.
+    rates = [tuple(map(int, m)) for m in re.findall(r"passed (\d+) of (\d+)", page)]
+    n_images = len(requests.IMAGE_PROMPTS) * requests.IMAGES_PER_PROMPT
+    assert [total for _, total in rates] == [n_images, len(requests.EDITS), len(requests.CAPTION_SCENES),
+                                             len(requests.SPEECH), len(requests.MUSIC), 4]
+    assert sum(passed for passed, _ in rates) == page.count("&#10003;") - 1  # one tick explains the marks
     linked = re.findall(r'src="([^"]+)"', page)
     assert sum(name.endswith(".png") for name in linked) >= 8 and sum(n.endswith(".wav") for n in linked) >= 3
     assert all((tmp_path / "show" / name).is_file() for name in linked)

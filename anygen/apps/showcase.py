@@ -1,4 +1,9 @@
-"""``anygen run``: a showcase of every task on one model, written as files plus an ``index.html`` to open."""
+"""``anygen run``: every task of one model on a fixed list of requests, judged, written as files + ``index.html``.
+
+The requests (:mod:`anygen.apps.showcase_requests`) were fixed before the shipped model was trained. Every sample
+drawn is shown, each is judged by the evaluator of its task (:mod:`anygen.evaluation`), and each section prints its
+pass rate over exactly the samples on the page, so the page shows what the model does, not what it does best.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,42 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from anygen.apps import showcase_requests as requests
 from anygen.assets import DEFAULT_MODEL, DEFAULT_MODEL_NAME, model_dir
 from anygen.audio import save_audio
+from anygen.data.edits import EditSample
+from anygen.data.instructions import parse_edit
+from anygen.data.interleaved import DOC_KINDS, sample_document
+from anygen.data.language import parse_text
+from anygen.data.melody import MelodySample
 from anygen.data.scenes import Scene, ShapeObject, render_scene
+from anygen.errors import GenerationError
+from anygen.evaluation.caption import score_caption
+from anygen.evaluation.edit import score_edit
+from anygen.evaluation.interleaved import score_document
+from anygen.evaluation.melody import parse_music_text, score_music_audio
+from anygen.evaluation.shapes import score_image
+from anygen.evaluation.speech import KeywordClassifier, default_classifier
 from anygen.paths import check_output_dir
 from anygen.pipelines import AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
-# Prompts the shipped anygen-tiny gets right at least half the time (8 seeded samples each, ShapesEval's judge):
-# "a red circle" 7/8, "a square" 5/8, "two circles" 6/8, "a blue square" 6/8. Colour pairs and relations
-# ("two blue squares" 0/8, "a circle above a square" 1/8) it rarely gets right: MODEL_CARD.md has the scores.
-IMAGE_PROMPTS = ("a red circle", "a square", "two circles", "a blue square")
-EDIT = ("a blue square", "make the square red")
-SPEECH = ("hello", "seven")
-MELODY = "C4 E4 G4 C5"
-# An interleaved question about a picture; the corpus' answer is "Answer:", the number spoken, then a caption.
+# Examples the demo offers, taken from the showcase's requests.
+IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
+EDIT = ("a blue square", requests.EDITS[0][1])
+SPEECH = requests.SPEECH
+MELODY = requests.MUSIC[0]
+# An interleaved question about a picture (the demo's first chat example).
 QUESTION_SCENE = Scene([ShapeObject("circle", "red", 0.3, 0.3, 0.15), ShapeObject("circle", "red", 0.7, 0.7, 0.15)])
 QUESTION = "How many shapes are in this picture?"
 
 
 def question_segments(size: int = 64) -> Interleaved:
-    """The interleaved showcase prompt: :data:`QUESTION` about :data:`QUESTION_SCENE`, rendered at ``size``."""
+    """The demo's interleaved prompt: :data:`QUESTION` about :data:`QUESTION_SCENE`, rendered at ``size``."""
     return [TextSegment(QUESTION), ImageSegment(render_scene(QUESTION_SCENE, size))]
 
 
@@ -50,61 +67,132 @@ class Page:
         save_audio(self.out / name, waveform, rate)
         return f'<audio controls src="{name}"></audio>'
 
-    def add(self, title: str, body: str, seconds: float) -> None:
-        self.sections.append(f"<section><h2>{html.escape(title)}</h2><p class=t>{seconds:.1f} s</p>{body}</section>")
+    def add(self, title: str, verdicts: list[bool], body: str, seconds: float) -> None:
+        """A section with its pass rate over ``verdicts`` (one per sample shown)."""
+        rate = f"passed {sum(verdicts)} of {len(verdicts)} ({sum(verdicts) / max(1, len(verdicts)):.0%})"
+        self.sections.append(f"<section><h2>{html.escape(title)}</h2><p class=r>{rate}</p>"
+                             f"<p class=t>{seconds:.1f} s</p>{body}</section>")
 
     def write(self, model_name: str) -> Path:
         style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}img{image-rendering:pixelated;"
-                 "margin:4px}figure{display:inline-block;text-align:center}.t{color:#888}")
+                 "margin:4px}figure{display:inline-block;text-align:center;vertical-align:top;max-width:14em}"
+                 ".t{color:#888}.r{font-weight:bold}.ok{color:#070}.no{color:#a00}")
         doc = (f"<!doctype html><meta charset=utf-8><title>anygen showcase</title><style>{style}</style>"
-               f"<h1>anygen showcase</h1><p>Model: {html.escape(model_name)}</p>{''.join(self.sections)}")
+               f"<h1>anygen showcase</h1><p>Model: {html.escape(model_name)}. Requests fixed in advance; every "
+               f"sample is shown and judged by the evaluators (&#10003; passed, &#10007; failed).</p>"
+               f"{''.join(self.sections)}")
         index = self.out / "index.html"
         index.write_text(doc)
         return index
 
 
-def figure(content: str, caption: str) -> str:
-    return f"<figure>{content}<figcaption>{html.escape(caption)}</figcaption></figure>"
+def figure(content: str, caption: str, passed: bool | None = None) -> str:
+    mark = "" if passed is None else (" <span class=ok>&#10003;</span>" if passed else " <span class=no>&#10007;</span>")
+    return f"<figure>{content}<figcaption>{html.escape(caption)}{mark}</figcaption></figure>"
 
 
-def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_name: str = "") -> Path:
-    """Run every task once and write the results under ``out``; returns the path of ``index.html``."""
+def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_name: str = "",
+                   classifier: KeywordClassifier | None = None) -> Path:
+    """Run every request of every task, judge each sample and write the page under ``out``; returns
+    ``index.html``. ``classifier`` judges spoken keywords (fitted on espeak-ng renders when not given)."""
     page = Page(Path(out))
     page.out.mkdir(parents=True, exist_ok=True)
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731  (a fresh, seeded generator per task)
-    # 1. Text to image.
-    start = time.perf_counter()
-    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images_per_prompt=2, generator=gen()).images
-    body = "".join(figure(page.image(img, f"t2i-{i}.png"), IMAGE_PROMPTS[i // 2]) for i, img in enumerate(images))
-    page.add("Text to image", body, time.perf_counter() - start)
-    # 2. Editing: draw a source image, then apply an instruction to it.
-    start = time.perf_counter()
-    (source,) = pipe.text_to_image(EDIT[0], generator=gen()).images
-    (edited,) = pipe.edit_image(source, EDIT[1], generator=gen()).images
-    page.add("Image editing", figure(page.image(source, "edit-source.png"), EDIT[0])
-             + figure(page.image(edited, "edit-result.png"), EDIT[1]), time.perf_counter() - start)
-    # 3. Captions of the generated images.
-    start = time.perf_counter()
-    captions = pipe.caption(images[::2]).texts
-    body = "".join(figure(page.image(img, f"t2i-{2 * i}.png"), f"caption: {c}")
-                   for i, (img, c) in enumerate(zip(images[::2], captions)))
-    page.add("Image to text", body, time.perf_counter() - start)
-    # 4. Speech and a melody, each transcribed back.
-    start = time.perf_counter()
-    body = ""
-    for i, text in enumerate((*SPEECH, MELODY)):
-        speech = pipe.speak(text, generator=gen())
-        wave, rate = speech.audios[0], speech.sample_rate
-        heard = pipe.transcribe(wave, rate).texts[0]
-        body += figure(page.audio(wave, rate, f"audio-{i}.wav"), f"{text!r} -> heard {heard!r}")
-    page.add("Text to speech / melody, and back", body, time.perf_counter() - start)
-    # 5. An interleaved answer.
-    start = time.perf_counter()
-    question = question_segments(pipe.image_size[0])
-    answer = pipe.generate(question, max_new_tokens=200, generator=gen()).segments
-    page.add("Interleaved", _render(page, question, "prompt") + "<p>&rarr;</p>" + _render(page, answer, "answer"),
-             time.perf_counter() - start)
+    size = pipe.image_size[0]
+    _text_to_image(page, pipe, gen())
+    _edits(page, pipe, gen(), size)
+    _captions(page, pipe, size)
+    _speech(page, pipe, gen(), classifier or default_classifier())
+    _music(page, pipe, gen())
+    _interleaved(page, pipe, gen(), size, classifier)
     return page.write(model_name)
+
+
+def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator) -> None:
+    start, n = time.perf_counter(), requests.IMAGES_PER_PROMPT
+    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images_per_prompt=n, generator=generator).images
+    verdicts, body = [], ""
+    for i, image in enumerate(images):
+        category, prompt = requests.IMAGE_PROMPTS[i // n]
+        verdicts.append(bool(score_image(image, parse_text(prompt), category)["passed"]))
+        body += figure(page.image(image, f"t2i-{i}.png"), f"{prompt} ({category})", verdicts[-1])
+    page.add("Text to image", verdicts, body, time.perf_counter() - start)
+
+
+def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int) -> None:
+    start = time.perf_counter()
+    sources = [render_scene(source, size) for source, _, _ in requests.EDITS]
+    edited = pipe.edit_image(sources, [instruction for _, instruction, _ in requests.EDITS],
+                             generator=generator).images
+    verdicts, body = [], ""
+    for i, ((source, instruction, target), before, after) in enumerate(zip(requests.EDITS, sources, edited)):
+        sample = EditSample(parse_edit(instruction).op, source, target, instruction)
+        verdicts.append(bool(score_edit(before, after, sample)["passed"]))
+        body += figure(page.image(before, f"edit-{i}-source.png") + page.image(after, f"edit-{i}-result.png"),
+                       instruction, verdicts[-1])
+    page.add("Image editing", verdicts, body, time.perf_counter() - start)
+
+
+def _captions(page: Page, pipe: AnyGenPipeline, size: int) -> None:
+    start = time.perf_counter()
+    pictures = [render_scene(scene, size) for _, scene in requests.CAPTION_SCENES]
+    captions = pipe.caption(pictures).texts
+    verdicts, body = [], ""
+    for i, ((category, scene), picture, text) in enumerate(zip(requests.CAPTION_SCENES, pictures, captions)):
+        verdicts.append(bool(score_caption(text, scene, category)["passed"]))
+        body += figure(page.image(picture, f"caption-{i}.png"), f"caption: {text}", verdicts[-1])
+    page.add("Image to text", verdicts, body, time.perf_counter() - start)
+
+
+def _speech(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, classifier: KeywordClassifier) -> None:
+    start = time.perf_counter()
+    out = pipe.speak(list(SPEECH), generator=generator)
+    heard = pipe.transcribe(out.audios, out.sample_rate).texts
+    predicted = classifier.predict(out.audios, out.sample_rate)
+    verdicts, body = [], ""
+    for i, (word, wave, text, guess) in enumerate(zip(SPEECH, out.audios, heard, predicted)):
+        verdicts.append(guess == word)
+        body += figure(page.audio(wave, out.sample_rate, f"speech-{i}.wav"),
+                       f"{word!r} (the model transcribes it as {text!r})", verdicts[-1])
+    page.add("Text to speech (judged by a keyword classifier)", verdicts, body, time.perf_counter() - start)
+
+
+def _music_sample(text: str) -> MelodySample:
+    parsed = parse_music_text(text)
+    if isinstance(parsed, tuple):
+        return MelodySample("chord", f"{parsed[0]} {parsed[1]} chord", [], "", torch.zeros(0))
+    return MelodySample("melody", " ".join(parsed), list(parsed), "", torch.zeros(0))
+
+
+def _music(page: Page, pipe: AnyGenPipeline, generator: torch.Generator) -> None:
+    start = time.perf_counter()
+    out = pipe.speak(list(requests.MUSIC), generator=generator)
+    verdicts, body = [], ""
+    for i, (text, wave) in enumerate(zip(requests.MUSIC, out.audios)):
+        verdict = score_music_audio(wave, out.sample_rate, _music_sample(text))
+        verdicts.append(bool(verdict["passed"]))
+        heard = verdict["heard"] if isinstance(verdict["heard"], str) else " ".join(h or "?" for h in verdict["heard"])
+        body += figure(page.audio(wave, out.sample_rate, f"music-{i}.wav"), f"{text!r} (heard: {heard})",
+                       verdicts[-1])
+    page.add("Text to melody / chord (judged by pitch)", verdicts, body, time.perf_counter() - start)
+
+
+def _interleaved(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int,
+                 classifier: KeywordClassifier | None) -> None:
+    start = time.perf_counter()
+    rng = np.random.default_rng(requests.INTERLEAVED_SEED)
+    documents = [sample_document(rng, kind, "validation", size) for kind in DOC_KINDS
+                 for _ in range(requests.INTERLEAVED_PER_KIND)]
+    verdicts, body = [], ""
+    for i, doc in enumerate(documents):
+        try:
+            answer = pipe.generate(list(doc.prompt), max_new_tokens=200, generator=generator).segments
+        except GenerationError as err:  # an empty answer is a failed sample, shown as such
+            answer = [TextSegment(f"(no answer: {err})")]
+        verdicts.append(bool(score_document(answer, doc.checks, classifier or default_classifier())["passed"]))
+        body += (f"<div>{_render(page, doc.prompt, f'doc-{i}-prompt')}<p>&rarr;</p>"
+                 f"{_render(page, answer, f'doc-{i}-answer')}<p>{'&#10003;' if verdicts[-1] else '&#10007;'}</p></div>")
+    page.add("Interleaved", verdicts, body, time.perf_counter() - start)
 
 
 def _render(page: Page, segments: Interleaved, prefix: str) -> str:

@@ -167,4 +167,7 @@ def parse_edit(text: str) -> EditRequest:
         return EditRequest("reshape", color, shape, mentions[1][1])
     if loose:
         return EditRequest("recolor", color, shape, loose[0])
+    if color is not None and words.index(color) > words.index(next(w for w in words if shape_of(w) == shape)):
+        # "make the square red": the only colour follows the only shape, so it is the new colour.
+        return EditRequest("recolor", None, shape, color)
     raise InvalidArgumentError(f"instruction={text!r} must name a new colour or a new shape")
