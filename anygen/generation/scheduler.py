@@ -20,20 +20,20 @@ eager loop's in the last bits of the logits, since the eager loop runs a differe
 from __future__ import annotations
 
 import collections
-import contextvars
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import Cache, StaticLayer
 
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule
 from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
                                     cache_argument)
+from anygen.generation.request_scope import (RequestCancelled, RequestScope, RequestTimeout, current_scope,
+                                             request_scope)
+from anygen.generation.slot_cache import slot_cache
 from anygen.generation.sampling import Generators, Guidance, NoiseSource, SamplingParams, pick_tokens, scale_logits
 from anygen.vocab import Vocab
 
@@ -43,86 +43,6 @@ __all__ = ["Scheduler", "Job", "RequestScope", "request_scope", "SchedulerBusy",
 
 class SchedulerBusy(GenerationError):
     """The waiting queue is full: try again later (HTTP 503)."""
-
-
-class RequestTimeout(GenerationError):
-    """The request did not finish within its time limit (HTTP 504)."""
-
-
-class RequestCancelled(GenerationError):
-    """The caller went away; its rows were freed."""
-
-
-# ---- request scopes: cancellation and deadlines for every job a request submits -------------------------------
-
-
-class RequestScope:
-    """The jobs one request submitted, its deadline and whether it was cancelled (e.g. its client disconnected)."""
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.jobs: list[Job] = []
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Free the rows of every job of this request at the next step boundary; later submissions fail."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-
-_SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("anygen_request_scope", default=None)
-
-
-class request_scope:  # noqa: N801 -- used as a context manager, like contextlib's
-    """``with request_scope(scope):`` attaches every job submitted in this thread (or task) to ``scope``."""
-
-    def __init__(self, scope: RequestScope) -> None:
-        self.scope, self._token = scope, None
-
-    def __enter__(self) -> RequestScope:
-        self._token = _SCOPE.set(self.scope)
-        return self.scope
-
-    def __exit__(self, *exc: object) -> None:
-        _SCOPE.reset(self._token)
-
-
-# ---- the KV cache: one row per slot, every row writing its own column ----------------------------------------
-
-
-class SlotLayer(StaticLayer):
-    """A static cache layer whose rows write at their own columns (``write_at``, ``(R,)``) instead of one shared
-    column, so rows that joined the batch at different steps can share a decode call."""
-
-    def __init__(self, max_cache_len: int, write_at: torch.Tensor) -> None:
-        super().__init__(max_cache_len)
-        self.write_at = write_at
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        r, h, _, d = key_states.shape  # (R, heads, 1, head_dim)
-        index = self.write_at.view(r, 1, 1, 1).expand(r, h, 1, d)
-        self.keys.scatter_(2, index, key_states)
-        self.values.scatter_(2, index, value_states)
-        return self.keys, self.values
-
-
-def _block_cache(core: torch.nn.Module, rows: int, length: int, write_at: torch.Tensor) -> Cache:
-    config = core.config
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    param = next(core.parameters())
-    layers = [SlotLayer(length, write_at) for _ in range(config.num_hidden_layers)]
-    empty = torch.zeros(rows, heads, 1, head_dim, dtype=param.dtype, device=param.device)
-    for layer in layers:
-        layer.lazy_initialization(empty, empty)
-    return Cache(layers=layers)
 
 
 # ---- jobs --------------------------------------------------------------------------------------------------
@@ -233,7 +153,7 @@ class Scheduler:
         self.device = next(core.parameters()).device
         self._cache_key = cache_argument(core)
         self._write_at = [torch.zeros(block_rows, dtype=torch.long, device=self.device) for _ in range(blocks)]
-        self._caches = [_block_cache(core, block_rows, self.cache_len, w) for w in self._write_at]
+        self._caches = [slot_cache(core, block_rows, self.cache_len, w) for w in self._write_at]
         self._length = torch.zeros(self.rows, dtype=torch.long)  # tokens in each slot's cache
         self._tokens = torch.full((self.rows,), vocab.pad_id, dtype=torch.long)  # next input of each slot
         self._owner: list[Job | None] = [None] * self.rows
@@ -313,7 +233,7 @@ class Scheduler:
         for name in guidance.modalities if branches > 1 else ():
             guided_modes[grammar.mode_of(name)] = True
         return Job(rows, b, branches, grammar, tables, state, guidance, guided_modes, NoiseSource(b, generator),
-                   max_new_tokens, scope=_SCOPE.get(), generated=[0] * b)
+                   max_new_tokens, scope=current_scope(), generated=[0] * b)
 
     def stats(self) -> dict[str, int]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
