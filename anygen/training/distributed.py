@@ -273,6 +273,7 @@ def _deepspeed_gather(run: Prepared, optimizer: bool = True) -> tuple[State, Sta
                 model_state[key] = param.detach().cpu().clone()
     if not optimizer:
         return model_state, None
+    _link_fragments(_zero_optimizer(run))
     step = _deepspeed_step(run)
     state = {name: {"step": step.clone(), **{k: safe_get_full_optimizer_state(p, k).cpu() for k in ADAM_KEYS}}
              for name, p in module.named_parameters() if p.requires_grad}
@@ -318,12 +319,26 @@ def _deepspeed_adam_state(run: Prepared, step: float) -> None:
     """Adam keeps its state lazily: create it (zeros, the saved step) so the saved moments can be scattered in."""
     zero = _zero_optimizer(run)
     inner = zero.optimizer
-    for group in inner.param_groups:
-        for flat in group["params"]:
-            state = inner.state[flat]
-            for key in ADAM_KEYS:
-                state.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
-            state["step"] = torch.tensor(step, dtype=torch.float32)
-    link = getattr(zero, "_lazy_init_hp_params_optimizer_state", None)  # ZeRO-1/2 map parameters onto the state
-    if link is not None:
-        link()
+    for flat in _fp32_partitions(zero):
+        state = inner.state[flat]
+        for key in ADAM_KEYS:
+            state.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
+        state["step"] = torch.tensor(step, dtype=torch.float32)
+    _link_fragments(zero)
+
+
+def _fp32_partitions(zero: Any) -> list[torch.Tensor]:
+    """This process' flat fp32 partitions, the parameters of DeepSpeed's inner optimizer (ZeRO-3 hands them to it
+    only during its step, so they are read from the ZeRO optimizer: stage 3, stages 1-2, bf16 without ZeRO)."""
+    for name in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+        if hasattr(zero, name):
+            return list(getattr(zero, name))
+    raise CheckpointError(f"cannot find the fp32 partitions of DeepSpeed's {type(zero).__name__}")
+
+
+def _link_fragments(zero: Any) -> None:
+    """ZeRO-1/2 map each parameter onto its slice of the optimizer state once, after the step of the FIRST
+    parameter group, so the later groups' parameters stay unmapped; map them all again (ZeRO-3 needs no map)."""
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
