@@ -20,6 +20,7 @@ eager loop's in the last bits of the logits, since the eager loop runs a differe
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -71,8 +72,7 @@ class Job:
     slots: list[int | None] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (rows, V) the next-token logits of every row
     generated: list[int] = field(default_factory=list)  # tokens each output row emitted before it was done
-    out: "collections.deque[Any]" = field(default_factory=collections.deque)
-    ready: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # steps, then _END or an exception
     done: bool = False
     _cancelled: bool = False
 
@@ -80,8 +80,7 @@ class Job:
         """The job's steps as the scheduler produces them; closing the iterator early cancels the job."""
         try:
             while True:
-                self.ready.acquire()
-                item = self.out.popleft()
+                item = self.out.get()
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -98,8 +97,7 @@ class Job:
         return self._cancelled or (self.scope is not None and self.scope.cancelled)
 
     def _put(self, item: Any) -> None:
-        self.out.append(item)
-        self.ready.release()
+        self.out.put(item)
 
 
 _END = object()
@@ -133,7 +131,7 @@ class Scheduler:
 
     Example:
         >>> scheduler = Scheduler(model.core, model.vocab)                        # doctest: +SKIP
-        >>> pipe = AnyGenPipeline(model, sampler=scheduler)                       # doctest: +SKIP
+        >>> pipe = AnyGenPipeline(model, sampler=scheduler.decode_steps)          # doctest: +SKIP
     """
 
     def __init__(self, core: torch.nn.Module, vocab: Vocab, *, block_rows: int = 8, blocks: int = 4,
