@@ -212,10 +212,10 @@ def _check_finite(logits: torch.Tensor, scaled: torch.Tensor, allowed: torch.Ten
                   guidance: Guidance | None) -> None:
     """Raise :class:`GenerationError` if the core's logits, or the guided and temperature-scaled logits of the ids
     the grammar allows, hold NaN or +-inf. One host sync per step for both checks."""
-    finite = torch.stack([torch.isfinite(logits).all(), (torch.isfinite(scaled) | ~allowed).all()])  # (2,)
-    if bool(finite.all()):
+    raw_finite = torch.isfinite(logits).all()
+    if bool(raw_finite & (torch.isfinite(scaled) | ~allowed).all()):
         return
-    if not bool(finite[0]):
+    if not bool(raw_finite):
         raise GenerationError(f"the core produced non-finite logits at step {index}; check the weights "
                               "(e.g. fp16 overflow) before sampling from them")
     cause = "the temperature" if guidance is None else (f"guidance_scale={guidance.scale}, image_guidance_scale="

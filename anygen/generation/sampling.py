@@ -120,19 +120,16 @@ def pick_tokens(scaled: torch.Tensor, allowed: torch.Tensor, top_k: torch.Tensor
     ``filtered=False`` skips the sort that top-k / top-p need. The grammar mask is applied once more to the final
     scores, so a forbidden id is never returned whatever the numbers (NaN, overflow, underflow to all zeros).
     """
-    choice = _allowed_argmax(scaled, allowed)
+    # Greedy: lift -inf to the lowest finite value so an allowed id beats the forbidden ones even when all the
+    # allowed logits are -inf; a NaN wins argmax, and after the re-mask only allowed ids can hold one.
+    forbidden = ~allowed
+    lifted = scaled.clamp(min=torch.finfo(scaled.dtype).min)
+    choice = lifted.masked_fill(forbidden, -math.inf).argmax(-1)
     if filtered:
         scaled = _top_k_top_p(scaled, top_k, top_p)
-    probs = torch.softmax(scaled, -1)
-    sampled = _allowed_argmax(probs / noise, allowed)
-    return torch.where(greedy, choice, sampled)
-
-
-def _allowed_argmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Row-wise argmax over the allowed ids only, even where every allowed score is ``-inf`` (lifted to the lowest
-    finite value, above the forbidden ids' ``-inf``) or NaN (which wins argmax, and only allowed ids keep one)."""
-    lifted = scores.clamp(min=torch.finfo(scores.dtype).min)
-    return lifted.masked_fill(~allowed, -math.inf).argmax(-1)
+    # Sampling: p / noise is >= 0 or NaN, so -1 on the forbidden ids keeps them from winning whatever p and noise are.
+    scores = (torch.softmax(scaled, -1) / noise).masked_fill(forbidden, -1.0)
+    return torch.where(greedy, choice, scores.argmax(-1))
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
