@@ -447,6 +447,16 @@ def test_the_serving_docs_curl_examples_run(server: BackgroundServer, tmp_path: 
 def test_the_command_refuses_a_missing_model_before_loading(capsys, tmp_path: Path) -> None:
     assert cli_main(["serve", "--model", str(tmp_path / "missing")]) == 2
     assert "--model" in capsys.readouterr().err
+    assert cli_main(["serve", "--port", "70000"]) == 2
+    assert "--port=70000" in capsys.readouterr().err
+
+
+def test_the_command_binds_loopback_by_default() -> None:
+    import anygen.apps.serve as serve_module
+    from anygen.cli import command_parser
+
+    args = command_parser("serve", serve_module).parse_args([])
+    assert (args.host, args.model) == ("127.0.0.1", "anygen-tiny")
 
 
 def free_port() -> int:

@@ -1,0 +1,260 @@
+"""Does continuous batching pay? Writes the ``serve`` section of benchmarks/RESULTS.md.
+
+One pass = the same mixed requests (text to image with guidance, speech, a question about a picture) with fixed
+seeds. Contenders, alternated pass by pass (the order rotates every repeat):
+
+- **one at a time**: the pipeline API's eager loop, one call after another in this process (a server without
+  batching would do no better: its HTTP overhead is left out);
+- **server, c clients**: ``anygen serve`` in its own process, ``c`` client threads sending the pass's requests
+  over loopback HTTP (the openai client), so up to ``c`` requests share the running batch.
+
+Reported: images/s and generated tokens/s over the pass (guidance branches not counted), and the p50 / p99 of the
+requests' latencies (p99 of one pass is close to its slowest request); medians (min-max) over ``--repeats``.
+
+    python benchmarks/serve.py --repeats 5 --clients 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
+
+from anygen.assets import model_dir  # noqa: E402
+from anygen.generation.loop import decode_steps  # noqa: E402
+from anygen.model import AnyGen  # noqa: E402
+from anygen.pipelines import AnyGenPipeline  # noqa: E402
+from anygen.types import ImageSegment, TextSegment  # noqa: E402
+
+PROMPTS = ["a red circle", "a blue square on the left", "two green triangles", "a yellow star above a red circle",
+           "a purple square", "three blue circles", "a green star", "an orange triangle below a blue square"]
+WORDS = ["hello", "red circle", "play the notes C5 E5", "good morning"]
+
+
+@dataclass
+class Request:
+    """One request of a pass: how the eager pipeline answers it and how the openai client asks for it."""
+
+    kind: str
+    images: int
+    eager: Callable[[AnyGenPipeline], object]
+    http: Callable[[object], object]
+
+
+def workload(picture: bytes) -> list[Request]:
+    url = "data:image/png;base64," + base64.b64encode(picture).decode()
+    segments = [TextSegment("What colour is the shape?"), ImageSegment(Image.open(io.BytesIO(picture)))]
+    requests = []
+    for i, prompt in enumerate(PROMPTS):
+        requests.append(Request(
+            "image", 1,
+            lambda pipe, p=prompt, s=i: pipe.text_to_image(p, generator=torch.Generator().manual_seed(s)),
+            lambda client, p=prompt, s=i: client.images.generate(model="m", prompt=p, extra_body={"seed": s})))
+    for i, words in enumerate(WORDS):
+        requests.append(Request(
+            "speech", 0,
+            lambda pipe, w=words, s=i: pipe.speak(w, generator=torch.Generator().manual_seed(s)),
+            lambda client, w=words, s=i: client.audio.speech.create(model="m", voice="default", input=w,
+                                                                    extra_body={"seed": s})))
+    question = [{"role": "user", "content": [{"type": "text", "text": "What colour is the shape?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    for i in range(4):
+        requests.append(Request(
+            "question", 0,
+            lambda pipe, s=i: pipe.stream(segments, max_new_tokens=32, generator=torch.Generator().manual_seed(s),
+                                          output_modalities=[]),
+            lambda client, s=i: client.chat.completions.create(model="m", messages=question, max_tokens=32,
+                                                               modalities=["text"], temperature=1.0, seed=s)))
+    kinds = [[r for r in requests if r.kind == k] for k in ("image", "speech", "question")]
+    mixed = [r for group in zip(kinds[0][::2], kinds[0][1::2], kinds[1], kinds[2]) for r in group]
+    return mixed  # image, image, speech, question, image, ...: any prefix is a mix
+
+
+# ---- contenders ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pass:
+    seconds: float
+    latencies: list[float]
+    images: int
+    tokens: int
+
+
+class CountingSampler:
+    """The eager loop, counting the tokens it generates for rows that are not done (as the scheduler does)."""
+
+    def __init__(self, done_mode: int) -> None:
+        self.done_mode, self.tokens = done_mode, 0
+
+    def __call__(self, *args: object, **kwargs: object) -> Iterator:
+        for step in decode_steps(*args, **kwargs):
+            self.tokens += int((step.before.mode != self.done_mode).sum())
+            yield step
+
+
+def one_at_a_time(pipe: AnyGenPipeline, sampler: CountingSampler, requests: list[Request]) -> Pass:
+    before = sampler.tokens
+    latencies = []
+    began = time.perf_counter()
+    for request in requests:
+        start = time.perf_counter()
+        out = request.eager(pipe)
+        if isinstance(out, Iterator):
+            list(out)
+        latencies.append(time.perf_counter() - start)
+    return Pass(time.perf_counter() - began, latencies, sum(r.images for r in requests), sampler.tokens - before)
+
+
+def served(url: str, clients: int, requests: list[Request]) -> Pass:
+    import openai
+
+    client = openai.OpenAI(api_key="unused", base_url=url + "/v1", max_retries=0, timeout=3600)
+    before = httpx.get(url + "/health").json()["tokens"]
+
+    def timed(request: Request) -> float:
+        start = time.perf_counter()
+        request.http(client)
+        return time.perf_counter() - start
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = list(pool.map(timed, requests))
+    seconds = time.perf_counter() - began
+    tokens = httpx.get(url + "/health").json()["tokens"] - before
+    return Pass(seconds, latencies, sum(r.images for r in requests), tokens)
+
+
+@dataclass
+class Tally:
+    passes: list[Pass] = field(default_factory=list)
+
+    def rates(self, what: str) -> list[float]:
+        return [getattr(p, what) / p.seconds for p in self.passes]
+
+    def latency(self, q: float) -> list[float]:
+        return [statistics.quantiles(p.latencies, n=100, method="inclusive")[int(q) - 1] for p in self.passes]
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+# ---- the server process --------------------------------------------------------------------------------------
+
+
+def start_server(model: str, block_rows: int, blocks: int, threads: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "anygen", "serve", "--model", model, "--port", str(port), "--log-level",
+               "warning", "--served-model-name", "m", "--block-rows", str(block_rows), "--blocks", str(blocks),
+               "--max-queue", "64"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="anygen-tiny")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=16, help="requests per pass (a prefix of the mix)")
+    parser.add_argument("--block-rows", type=int, default=8)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each process (client, server)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    directory = model_dir(args.model)
+    began = time.perf_counter()
+    say = lambda what: print(f"[{time.perf_counter() - began:6.0f} s] {what}", flush=True)  # noqa: E731
+    model = AnyGen.from_pretrained(directory)
+    sampler = CountingSampler(done_mode=len(model.vocab.modality_names))  # the grammar's mode after <|eos|>
+    pipe = AnyGenPipeline(model, sampler=sampler)
+    pipe.set_progress_bar_config(disable=True)
+    picture = io.BytesIO()
+    pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0)).images[0].save(picture, "PNG")
+    requests = workload(picture.getvalue())[: args.requests]
+    say("model loaded")
+    process, url = start_server(args.model, args.block_rows, args.blocks, args.threads)
+    say("server up")
+    try:
+        names = ["one at a time", *[f"server, {c} clients" for c in args.clients]]
+        run = {"one at a time": lambda: one_at_a_time(pipe, sampler, requests),
+               **{f"server, {c} clients": (lambda c=c: served(url, c, requests)) for c in args.clients}}
+        warm = requests[:3]
+        for name in names:  # a short warm-up of each, not counted
+            (one_at_a_time(pipe, sampler, warm) if name == "one at a time" else served(url, 4, warm))
+            say(f"warmed up: {name}")
+        tallies = {name: Tally() for name in names}
+        for repeat in range(args.repeats):
+            order = names[repeat % len(names):] + names[: repeat % len(names)]
+            for name in order:
+                tallies[name].passes.append(run[name]())
+                say(f"repeat {repeat}: {name}: {tallies[name].passes[-1].seconds:.1f} s")
+    finally:
+        process.terminate()
+        process.wait(30)
+    body = table(args, argv, requests, tallies)
+    print(body)
+    if not args.no_write:
+        write_section("serve", body)
+    return 0
+
+
+def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Request],
+          tallies: dict[str, Tally]) -> str:
+    base = tallies["one at a time"].rates("tokens")
+    kinds = {k: sum(r.kind == k for r in requests) for k in ("image", "speech", "question")}
+    lines = [
+        "## Serving: continuous batching vs one request at a time",
+        "",
+        f"`python benchmarks/serve.py {shlex.join(argv or sys.argv[1:])}` on {platform.processor() or 'CPU'} "
+        f"({os.cpu_count()} cores, {args.threads} torch thread(s) per process), torch {torch.__version__}, model "
+        f"`{args.model}`; the server batches "
+        f"{args.blocks} blocks of {args.block_rows} rows. A pass is {len(requests)} requests: "
+        f"{kinds['image']} text-to-image (guidance 2: two rows each), {kinds['speech']} speech (guidance 2), "
+        f"{kinds['question']} questions about a picture (32 tokens). Median (min-max) of {args.repeats} passes per "
+        f"contender, contenders alternated; p99 of a pass of {len(requests)} requests is about its slowest one.",
+        "",
+        "| contender | images/s | tokens/s | p50 latency (s) | p99 latency (s) | tokens/s vs one at a time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, tally in tallies.items():
+        ratio = [t / b for t, b in zip(tally.rates("tokens"), base)]
+        lines.append(f"| {name} | {spread(tally.rates('images'), 2)} | {spread(tally.rates('tokens'), 0)} | "
+                     f"{spread(tally.latency(50), 2)} | {spread(tally.latency(99), 2)} | {spread(ratio, 2)}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
