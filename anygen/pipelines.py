@@ -14,36 +14,30 @@ Empty prompts: ``text_to_image("")`` samples unconditionally; ``speak("")`` is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
 from anygen.audio import AudioInput, read_audio, resample
 from anygen.chat_template import ChatTemplate, Message
-from anygen.decoders.base import VQDecoder
-from anygen.decoders.checks import check_mask, check_settings
+from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation.loop import decode_steps
 from anygen.generation.sampling import Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
-from anygen.image import ImageInput, to_pil
+from anygen.image import ImageInput
 from anygen.model import AnyGen
 from anygen.outputs import (AudioPipelineOutput, GenerationPipelineOutput, ImagePipelineOutput, PipelineOutput,
                             TextPipelineOutput)
+from anygen.pipeline_base import PipelineBase
 from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_count, check_image_size,
                                     image_tensors, mask_tensor)
 from anygen.processor import drop_condition
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
-OutputType = Literal["pil", "pt", "np"]
-DECODERS = ("vq", "diffusion")
-DEFAULT_DECODER_STEPS = 20
 StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
 """``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
 diffusers; ``timestep`` is ``None`` for token steps, ``callback_kwargs`` holds ``"tokens"`` ``(B,)`` and the
@@ -62,21 +56,7 @@ class Sampled:
     finished: list[bool]
 
 
-@dataclass
-class Rendering:
-    """How generated image codes become pixels: ``decoder`` and, for ``"diffusion"``, its sampling settings;
-    ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and the kept pixels (``mask`` ``(1, H, W)``)."""
-
-    decoder: str = "vq"
-    steps: int | None = None
-    guidance_scale: float = 1.0
-    strength: float = 1.0
-    image: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    output_type: str = "pil"
-
-
-class AnyGenPipeline:
+class AnyGenPipeline(PipelineBase):
     """Inference for every task of an :class:`~anygen.model.AnyGen` model.
 
     Args:
@@ -117,56 +97,6 @@ class AnyGenPipeline:
                                   local_files_only=local_files_only, token=token)
         pipe = cls(AnyGen.from_pretrained(directory), **kwargs)
         return pipe.to(device, torch_dtype)
-
-    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
-        """Save the model (``AnyGen.save_pretrained``), e.g. to share it or to :meth:`push_to_hub` it."""
-        self.model.save_pretrained(directory, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload the model to a Hub repository; see :func:`anygen.hub.push_to_hub`. Returns the commit URL."""
-        from anygen.hub import push_to_hub
-
-        return push_to_hub(self.model, repo_id, **kwargs)
-
-    # ---- device, dtype, progress ---------------------------------------------------------------------------
-    def to(self, *args: str | torch.device | torch.dtype | None) -> AnyGenPipeline:
-        """Move to a device and/or cast, as ``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)`` or both.
-
-        The dtype applies to the core (the transformer); the media tokenizers and decoders stay in float32, the
-        dtype their inputs arrive in, and move with the device. Returns the pipeline.
-        """
-        dtypes = [a for a in args if isinstance(a, torch.dtype)]
-        devices = [a for a in args if a is not None and not isinstance(a, torch.dtype)]
-        if len(dtypes) > 1 or len(devices) > 1 or any(not isinstance(d, (str, torch.device)) for d in devices):
-            raise InvalidArgumentError(f"to() takes one device and/or one torch.dtype, got {args!r}")
-        if dtypes and not dtypes[0].is_floating_point:
-            raise InvalidArgumentError(f"torch_dtype={dtypes[0]} must be a floating-point dtype")
-        if devices:
-            device = torch.device(devices[0])
-            self.model.to(device)
-            for part in [*self.model.tokenizers.values(), *self.model.decoders.values()]:
-                if isinstance(part, torch.nn.Module):
-                    part.to(device)
-        if dtypes:
-            self.model.core.to(dtypes[0])
-            self.model.adapters.to(dtypes[0])
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.core.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.core.parameters()).dtype
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        """Settings of the tqdm bars (e.g. ``disable=True``); bars appear only for calls longer than a second."""
-        self._progress_bar_config = dict(kwargs)
-
-    def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, desc: str | None = None):
-        return tqdm(iterable, total=total, **{"desc": desc, "delay": 1.0, "leave": False,
-                                              **self._progress_bar_config})
 
     # ---- tasks ---------------------------------------------------------------------------------------------
     def text_to_image(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
@@ -449,56 +379,17 @@ class AnyGenPipeline:
                             image_guidance=(uncond_all, image_guidance_scale), generator=generator,
                             image_size=self.image_size, desc="edit_image", callback=callback)
 
-    def _rendering(self, render: Rendering, size: tuple[int, int]) -> Rendering:
+    def _rendering(self, rendering: Rendering, size: tuple[int, int]) -> Rendering:
         """Check the decoder choice, its settings and the output type before anything is sampled."""
-        if render.output_type not in ("pil", "pt", "np"):
-            raise InvalidArgumentError(f"output_type={render.output_type!r} must be 'pil', 'pt' or 'np'")
-        if render.decoder not in DECODERS:
-            raise InvalidArgumentError(f"decoder={render.decoder!r} is not available; choose one of {list(DECODERS)}")
-        if render.decoder == "vq":
-            for name, value, default in (("strength", render.strength, 1.0), ("num_inference_steps", render.steps,
-                                                                              None)):
-                if value != default:
-                    raise InvalidArgumentError(f"{name}={value!r} needs decoder='diffusion' (the VQ decoder renders "
-                                               "codes in one pass)")
-            return render
-        render.steps = DEFAULT_DECODER_STEPS if render.steps is None else render.steps
-        check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
-        diffusion = self._diffusion_decoder()
-        if tuple(diffusion.image_size) != tuple(size):
-            raise InvalidArgumentError(f"the diffusion decoder renders {tuple(diffusion.image_size)} images but this "
-                                       f"pipeline makes {tuple(size)} ones; use decoder='vq'")
-        check_mask(render.mask, 1, size)
-        return render
+        return check_rendering(rendering, size, self._tokenizer("image"), self.model.decoders)
 
-    def _diffusion_decoder(self):
-        decoder = self.model.decoders.get("image")
-        if decoder is None:
-            raise InvalidArgumentError("decoder='diffusion' needs a model with a diffusion decoder in "
-                                       "model.decoders['image'] (saved under decoders/image/); this model has none. "
-                                       "Train one with `anygen train-decoder` (docs/decoders.md) or use decoder='vq'")
-        tok = self._tokenizer("image")
-        if decoder.codebook_size != tok.codebook_size:
-            raise InvalidArgumentError(f"the diffusion decoder renders codes of a {decoder.codebook_size}-entry "
-                                       f"codebook but the image tokenizer has {tok.codebook_size}")
-        return decoder
-
-    def _images(self, sampled: Sampled, size: tuple[int, int], render: Rendering, generator: Generators):
+    def _images(self, sampled: Sampled, size: tuple[int, int], rendering: Rendering, generator: Generators):
         codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
-        return self._render(codes, size, render, generator)
+        return self._render(codes, size, rendering, generator)
 
-    def _render(self, codes: torch.Tensor, size: tuple[int, int], render: Rendering, generator: Generators):
-        if render.decoder == "vq":
-            images = VQDecoder(self._tokenizer("image")).decode(codes, size)  # (B, 3, H, W)
-        else:
-            images = self._diffusion_decoder().decode(
-                codes, size, num_inference_steps=render.steps, guidance_scale=render.guidance_scale,
-                generator=generator, image=render.image, strength=render.strength, mask=render.mask)
-        if render.output_type == "pt":
-            return images
-        if render.output_type == "np":
-            return images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-        return to_pil(images)
+    def _render(self, codes: torch.Tensor, size: tuple[int, int], rendering: Rendering, generator: Generators):
+        return render(codes, size, rendering, self._tokenizer("image"), self.model.decoders, generator,
+                      progress=lambda steps: self.progress_bar(steps, desc="diffusion decoder"))
 
     # ---- inputs --------------------------------------------------------------------------------------------
     def _rules(self, image_size: tuple[int, int] | None = None, audio_samples: int | None = None):

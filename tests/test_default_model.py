@@ -86,3 +86,13 @@ def test_a_text_image_audio_prompt_answers_or_says_why_not(pipe: anygen.AnyGenPi
         except EmptyAnswerError:
             outcomes.append("empty")
     assert all(o == "empty" or len(o) > 0 for o in outcomes)
+
+
+def test_the_diffusion_decoder_steps_have_a_progress_bar(pipe: anygen.AnyGenPipeline, capsys) -> None:
+    pipe.set_progress_bar_config(delay=0)  # as if every call took longer than a second
+    try:
+        pipe.text_to_image("a red circle", decoder="diffusion", num_inference_steps=2)
+    finally:
+        pipe.set_progress_bar_config()
+    err = capsys.readouterr().err
+    assert "text_to_image" in err and "diffusion decoder" in err and "2/2" in err

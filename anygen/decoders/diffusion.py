@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -215,7 +215,8 @@ class DiffusionDecoder(nn.Module):
                hidden_states: torch.Tensor | None = None, num_inference_steps: int = 20, guidance_scale: float = 1.0,
                scheduler: str = "ddim", generator: GeneratorArg = None,
                image: torch.Tensor | Image.Image | None = None, strength: float = 1.0,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+               mask: torch.Tensor | None = None,
+               progress: Callable[[Iterable], Iterable] | None = None) -> torch.Tensor:
         """Render ``(B, N)`` codes as ``(B, 3, H, W)`` images in ``[0, 1]``.
 
         Args:
@@ -231,6 +232,7 @@ class DiffusionDecoder(nn.Module):
             strength: in ``[0, 1]``: how much of the noise schedule to run from ``image`` re-noised to the matching
                 timestep (1: start from pure noise; 0: return ``image`` unchanged).
             mask: ``(H, W)``, ``(1, H, W)`` or ``(B, 1, H, W)`` in ``[0, 1]``; 1 = regenerate, 0 = keep ``image``.
+            progress: wraps the timesteps the loop walks, e.g. a tqdm bar (the pipelines pass theirs).
         """
         # 1. Check every argument before any heavy compute.
         check_settings(num_inference_steps, guidance_scale, strength, scheduler, self.config.num_train_timesteps)
@@ -257,7 +259,7 @@ class DiffusionDecoder(nn.Module):
         sample = noise * sampler.init_noise_sigma if known is None else sampler.add_noise(known, noise, timesteps[:1])
         mask = None if mask is None else mask.to(device)
         # 5. Denoise: predict (with guidance), step; with a mask, put the known pixels back at the next noise level.
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(timesteps if progress is None else progress(timesteps)):
             prediction = self._guided_prediction(sampler.scale_model_input(sample, t), t, condition, null,
                                                  guidance_scale)
             sample = sampler.step(prediction, t, sample).prev_sample

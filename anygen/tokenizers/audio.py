@@ -283,7 +283,8 @@ def griffin_lim(magnitude: torch.Tensor, iters: int, length: int, momentum: floa
     """Fast Griffin-Lim: magnitude ``(B, n_fft/2 + 1, F)`` -> waveform ``(B, length)`` (seeded random phases)."""
     window = torch.hann_window(N_FFT, device=magnitude.device)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * torch.rand(magnitude.shape, generator=generator))
+    phases = torch.rand(magnitude.shape, generator=generator).to(magnitude.device)  # CPU draws: the same on any device
+    angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * phases)
     previous = torch.zeros_like(angles)
     wave = torch.zeros(magnitude.shape[0], length)
     for _ in range(iters):
