@@ -38,7 +38,13 @@ $(SMOLLM2): | $(VENV)/.installed
 
 test-assets: $(SMOLLM2)
 
-test: install system-deps test-assets
+# DeepSpeed, the optional `deepspeed` extra, for the sharded-training tests: its source package builds against the
+# installed torch, so it goes in after torch and without build isolation.
+$(VENV)/.deepspeed: | $(VENV)/.installed
+	$(PIP) install --no-build-isolation "deepspeed>=0.16"
+	touch $@
+
+test: install system-deps test-assets $(VENV)/.deepspeed
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install system-deps
