@@ -208,9 +208,7 @@ class AnyGen(nn.Module):
         skeleton = core_skeleton(config["core"], weights, weights_path, attn_implementation)
         vocab = read_vocab(config["vocab"], skeleton.get_input_embeddings().weight.shape[0], source)
         text = TextTokenizer.from_pretrained(inside(directory, config["text_tokenizer"], "text_tokenizer", source))
-        tokenizers = {name: tokenizer_class(entry["class"]).from_pretrained(
-                          inside(directory, entry["path"], f"tokenizers.{name}.path", source))
-                      for name, entry in config["tokenizers"].items()}
+        tokenizers = {name: _load_tokenizer(directory, name, entry) for name, entry in config["tokenizers"].items()}
         _check_tokenizers(vocab, text, tokenizers, f"{directory}: ")
         core = load_core(config["core"], weights, weights_path, attn_implementation)
         del weights
@@ -240,6 +238,20 @@ def _check_tokenizers(vocab: Vocab, text: TextTokenizer, tokenizers: Mapping[str
     extra = set(tokenizers) - set(vocab.modality_names)
     if extra:
         raise CheckpointError(f"{where}tokenizers for modalities the vocab lacks: {sorted(extra)}")
+
+
+def _load_tokenizer(directory: Path, name: str, entry: Mapping[str, str]) -> ModalityTokenizer:
+    """The tokenizer a checked ``config.json`` entry names; whatever its class raises becomes a CheckpointError."""
+    source = directory / CONFIG
+    path = inside(directory, entry["path"], f"tokenizers.{name}.path", source)
+    cls = tokenizer_class(entry["class"])
+    try:
+        return cls.from_pretrained(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # tokenizer classes are pluggable: a wrong folder may fail in any way
+        raise CheckpointError(f"{source}: tokenizers.{name} ({entry['class']} at {entry['path']!r}) cannot be "
+                              f"loaded: {type(err).__name__}: {err}") from err
 
 
 def _load_decoders(directory: Path) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def replace_dir(target: Path, write: Callable[[Path], None], *, may_replace: Cal
     Raises:
         CheckpointError: ``target`` is a file or a foreign non-empty directory and ``overwrite`` is False.
     """
+    target = Path(os.path.abspath(target))  # "." and "models/.." name a folder too; symlinks are kept
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target.parent, target.name)
     _check_target(target, may_replace, overwrite)
@@ -76,15 +77,14 @@ def replace_dir(target: Path, write: Callable[[Path], None], *, may_replace: Cal
     try:
         _swap(new, target, token)
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the original failure is the one to report; the next load recovers
             recover(target)
-        except Exception:  # the original failure is the one to report; the next load or save recovers
-            pass
         raise
 
 
 def recover(target: Path) -> None:
     """If ``target`` is missing but a crashed save left a whole copy of it, move that copy into place."""
+    target = Path(os.path.abspath(target))
     if _exists(target):
         return
     found = _leftovers(target.parent, target.name)
@@ -155,7 +155,8 @@ def _leftovers(parent: Path, target: str | None) -> list[_Leftover]:
             continue  # a save in progress elsewhere
         name = _marked_target(path)
         if name is None and not any(path.iterdir()):
-            path.rmdir()  # killed between creating the container and writing its marker
+            with contextlib.suppress(OSError):
+                path.rmdir()  # killed between creating the container and writing its marker
         elif name is not None and name[:_STEM] == match["stem"] and target in (None, name):
             found.append(_Leftover(path, match["kind"], name))
     return sorted(found, key=lambda x: x.path.stat().st_mtime)

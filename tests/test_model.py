@@ -371,3 +371,15 @@ def test_stale_temporaries_of_dead_saves_are_removed_and_nothing_else(tiny_model
     (running / "marker.json").write_text(json.dumps({"target": "m", "pid": 1}))
     tiny_model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", unmarked.name, running.name])
+
+
+@pytest.mark.parametrize("path", ["missing/dir", "text_tokenizer", "tokenizers/audio"])
+def test_a_tokenizer_entry_pointing_at_the_wrong_folder_is_a_checkpoint_error(tiny_model: AnyGen, tmp_path: Path,
+                                                                             path: str) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizers"]["image"]["path"] = path
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"tokenizers.image \\(GridImageTokenizer at '{path}'\\)"):
+        AnyGen.from_pretrained(tmp_path / "m")
