@@ -28,7 +28,7 @@ from anygen.training import core_recipe as recipe
 from anygen.training.checkpoint import latest_checkpoint, load_checkpoint
 from anygen.training.core_data import RowKey, collate, split_by_length, target_tokens
 from anygen.training.core_recipe import CoreTrainConfig
-from anygen.training.distributed import by_name, fill_blueprint, parameter_free_copy
+from anygen.training.distributed import _layer_classes, by_name, fill_blueprint, parameter_free_copy
 from anygen.training.memory import STRATEGIES, memory_table, state_memory
 from anygen.training.stream import StreamRows
 
@@ -63,6 +63,12 @@ def test_every_shipped_launch_config_parses_and_names_what_exists(name):
         assert raw["deepspeed_config"]["zero3_init_flag"] is False
 
 
+def test_a_wrap_class_the_model_lacks_is_named_with_the_ones_it_has(tiny_model):
+    with pytest.raises(InvalidArgumentError, match=r"cls_to_wrap='GPT2Block'.*\['LlamaDecoderLayer'\]"):
+        _layer_classes(tiny_model, "GPT2Block")
+    assert [c.__name__ for c in _layer_classes(tiny_model, "LlamaDecoderLayer")] == ["LlamaDecoderLayer"]
+
+
 # ---- every process draws its own rows ---------------------------------------------------------------------------
 def test_two_processes_draw_different_rows_and_never_each_others(tiny_model):
     source = StreamRows(DataConfig(image_size=32), tiny_model.processor, {"text_to_image": 1.0, "text": 1.0}, 0.0,
@@ -85,7 +91,8 @@ def _stepped(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def test_positional_optimizer_state_of_earlier_checkpoints_converts_to_the_named_one(tiny_model):
     optimizer = _stepped(tiny_model.train())
-    names = [[n for p in g["params"] for n, q in tiny_model.named_parameters() if q is p] for g in optimizer.param_groups]
+    name_of = {id(p): n for n, p in tiny_model.named_parameters()}
+    names = [[name_of[id(p)] for p in group["params"]] for group in optimizer.param_groups]
     named = get_optimizer_state_dict(tiny_model, optimizer, options=StateDictOptions(full_state_dict=True))
     converted = by_name(optimizer.state_dict(), names)
     assert converted["state"].keys() == named["state"].keys()

@@ -71,7 +71,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
         PartialState(backend="gloo")
     accelerator = Accelerator(cpu=not (cuda or deepspeed), mixed_precision=mixed_precision,
                               gradient_accumulation_steps=grad_accum)
-    if deepspeed:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # Every process builds the whole model and DeepSpeed partitions it in `prepare`. Left in place, this
         # setting makes transformers build ZeRO-3 models under zero.Init, a collective, while the main process
         # builds alone (it trains the text BPE first) -- a deadlock.
@@ -135,7 +135,7 @@ def _fully_shard(model: nn.Module, optimizer: torch.optim.Optimizer, mixed_preci
 
     classes = _layer_classes(model, os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", ""))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    options: dict[str, Any] = {"reshard_after_forward": os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true") != "false"}
+    options: dict[str, Any] = {"reshard_after_forward": os.environ.get("FSDP_RESHARD_AFTER_FORWARD") != "false"}
     if dtype is not None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     before = {id(p): name for name, p in model.named_parameters()}
@@ -187,8 +187,8 @@ def fill_blueprint(blueprint: nn.Module, state: State) -> nn.Module:
             if id(param) not in made:
                 made[id(param)] = nn.Parameter(state[key].to(param.dtype), requires_grad=param.requires_grad)
             module.register_parameter(name, made[id(param)])
-    buffers = {k: v for k, v in state.items() if k in dict(blueprint.named_buffers())}
-    blueprint.load_state_dict(buffers, strict=False)
+    buffers = dict(blueprint.named_buffers())
+    blueprint.load_state_dict({k: v for k, v in state.items() if k in buffers}, strict=False)
     return blueprint
 
 
@@ -199,10 +199,10 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 def gather_state(accelerator: Accelerator, run: Prepared) -> tuple[State | None, State | None]:
     """The full model and optimizer state dicts on the main process (``None`` on the others). Every process must
     call it: it gathers the shards."""
+    model_state = _gather_model(run)
     if run.strategy == "deepspeed":
-        model_state, optimizer_state = _deepspeed_gather(run)
+        optimizer_state = _deepspeed_optimizer_state(run)
     else:
-        model_state = get_model_state_dict(run.model, options=_FULL)
         optimizer_state = get_optimizer_state_dict(run.model, _torch_optimizer(run.optimizer), options=_FULL)
     if not accelerator.is_main_process:
         return None, None
@@ -224,11 +224,14 @@ def full_model(accelerator: Accelerator, run: Prepared) -> nn.Module | None:
     """The trained model, whole and unwrapped, on the main process (``None`` on the others); collective."""
     if run.strategy not in SHARDED:
         return accelerator.unwrap_model(run.model) if accelerator.is_main_process else None
-    model_state, _ = _deepspeed_gather(run, optimizer=False) if run.strategy == "deepspeed" else (
-        get_model_state_dict(run.model, options=_FULL), None)
-    if not accelerator.is_main_process:
-        return None
-    return fill_blueprint(run.blueprint, model_state)
+    model_state = _gather_model(run)
+    return fill_blueprint(run.blueprint, model_state) if accelerator.is_main_process else None
+
+
+def _gather_model(run: Prepared) -> State:
+    if run.strategy == "deepspeed":
+        return _deepspeed_model_state(run)
+    return get_model_state_dict(run.model, options=_FULL)  # full tensors on the main process only
 
 
 def by_name(optimizer_state: State, names: list[list[str]]) -> State:
@@ -241,7 +244,8 @@ def by_name(optimizer_state: State, names: list[list[str]]) -> State:
         raise CheckpointError(f"the checkpoint's optimizer has {len(optimizer_state['param_groups'])} parameter "
                               f"groups, this run's has {len(names)}")
     state = {order[int(i)]: value for i, value in optimizer_state["state"].items()}
-    groups = [{**group, "params": [order[int(i)] for i in group["params"]]} for group in optimizer_state["param_groups"]]
+    groups = [{**group, "params": [order[int(i)] for i in group["params"]]}
+              for group in optimizer_state["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
@@ -255,9 +259,9 @@ def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
-def _deepspeed_gather(run: Prepared, optimizer: bool = True) -> tuple[State, State | None]:
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+def _deepspeed_model_state(run: Prepared) -> State:
     from deepspeed.runtime.zero import GatheredParameters
+    from deepspeed.utils import safe_get_full_fp32_param
 
     module = run.model.module
     params = dict(module.named_parameters(remove_duplicate=False))
@@ -271,15 +275,20 @@ def _deepspeed_gather(run: Prepared, optimizer: bool = True) -> tuple[State, Sta
         else:
             with GatheredParameters([param]):
                 model_state[key] = param.detach().cpu().clone()
-    if not optimizer:
-        return model_state, None
+    return model_state
+
+
+def _deepspeed_optimizer_state(run: Prepared) -> State:
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    module = run.model.module
     _link_fragments(_zero_optimizer(run))
     step = _deepspeed_step(run)
     state = {name: {"step": step.clone(), **{k: safe_get_full_optimizer_state(p, k).cpu() for k in ADAM_KEYS}}
              for name, p in module.named_parameters() if p.requires_grad}
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in run.optimizer.param_groups]
     groups = [{**h, "params": names} for h, names in zip(hyper, run.names)]
-    return model_state, {"state": state, "param_groups": groups}
+    return {"state": state, "param_groups": groups}
 
 
 def _deepspeed_restore(run: Prepared, model_state: State, optimizer_state: State) -> None:
