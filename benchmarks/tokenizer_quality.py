@@ -12,7 +12,7 @@ usage, tokens per second. All: encode / decode throughput on the CPU threads giv
 and / or audio sections (each is written on its own).
 
     python benchmarks/tokenizer_quality.py --parts audio --front-ends --threads 2 \
-        --audio anygen/assets/anygen-tiny/tokenizers/audio /work/anygen-runs/audio-v5/final \
+        --audio anygen/assets/anygen-tiny/tokenizers/audio runs/tokenizers/audio-v5/final \
         [--waveform runs/tokenizers/audio-waveform-final]
 """
 
