@@ -126,7 +126,7 @@ class AnyGenPipeline(PipelineBase):
         rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(n)]
         uncond = [[TextSegment(q)] if q else [] for q in negatives for _ in range(n)]
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
-                               guidance=(uncond, guidance_scale), generator=generator, image_size=size,
+                               guidance=(uncond, guidance_scale), generator=generator,
                                desc="text_to_image", callback=callback_on_step_end)
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
@@ -315,11 +315,11 @@ class AnyGenPipeline(PipelineBase):
                 guidance: tuple[list[Interleaved], float] | None = None,
                 image_guidance: tuple[list[Interleaved], float] | None = None, generator: Generators = None,
                 max_new_tokens: int | None = None, open_modalities: Sequence[str] | None = (),
-                image_size: tuple[int, int] | None = None, audio_samples: int | None = None, desc: str = "",
+                audio_samples: int | None = None, desc: str = "",
                 callback: StepCallback | None = None) -> Sampled:
         """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row."""
         check_callback(callback)
-        rules = self._rules(image_size, audio_samples)
+        rules = self._rules(audio_samples)
         if max_new_tokens is None:  # exactly one span: its codes and the end token
             max_new_tokens = next(r.max_len for r in rules if r.modality == begin) + 1
         prompts, plan = self._prompt_ids(rows, begin, guidance, image_guidance)
@@ -377,7 +377,7 @@ class AnyGenPipeline(PipelineBase):
         uncond_all = [drop_condition(r, ("text", "image")) for r in rows]
         return self._sample(rows, "image", {"image": params}, guidance=(uncond, guidance_scale),
                             image_guidance=(uncond_all, image_guidance_scale), generator=generator,
-                            image_size=self.image_size, desc="edit_image", callback=callback)
+                            desc="edit_image", callback=callback)
 
     def _rendering(self, rendering: Rendering, size: tuple[int, int]) -> Rendering:
         """Check the decoder choice, its settings and the output type before anything is sampled."""
@@ -392,11 +392,11 @@ class AnyGenPipeline(PipelineBase):
                       progress=lambda steps: self.progress_bar(steps, desc="diffusion decoder"))
 
     # ---- inputs --------------------------------------------------------------------------------------------
-    def _rules(self, image_size: tuple[int, int] | None = None, audio_samples: int | None = None):
+    def _rules(self, audio_samples: int | None = None):
         shapes = {}
         for name, tok in self.model.tokenizers.items():
             if name == "image":
-                shapes[name] = image_size or self.image_size
+                shapes[name] = self.image_size
             elif name == "audio":
                 shapes[name] = audio_samples or int(self.max_audio_seconds * tok.sample_rate)
             else:
