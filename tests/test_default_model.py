@@ -89,7 +89,7 @@ def test_a_text_image_audio_prompt_answers_or_says_why_not(pipe: anygen.AnyGenPi
 
 
 def test_the_diffusion_decoder_steps_have_a_progress_bar(pipe: anygen.AnyGenPipeline, capsys) -> None:
-    pipe.set_progress_bar_config(delay=0)  # as if every call took longer than a second
+    pipe.set_progress_bar_config(delay=0, mininterval=0)  # as if every call took longer than a second; every step drawn
     try:
         pipe.text_to_image("a red circle", decoder="diffusion", num_inference_steps=2)
     finally:
