@@ -9,7 +9,9 @@ seeds. Contenders, alternated pass by pass (the order rotates every repeat):
   over loopback HTTP (the openai client), so up to ``c`` requests share the running batch.
 
 Reported: images/s and generated tokens/s over the pass (guidance branches not counted), and the p50 / p99 of the
-requests' latencies (p99 of one pass is close to its slowest request); medians (min-max) over ``--repeats``.
+requests' latencies (p99 of one pass is close to its slowest request); medians (min-max) over ``--repeats``. A
+second table times one core call over a block of R rows (the scheduler's unit of work; the eager loop runs 2 rows
+for an image with guidance), R alternated, which bounds what batching can gain on this machine.
 
     python benchmarks/serve.py --repeats 5 --clients 1 4 16
 """
@@ -155,6 +157,27 @@ class Tally:
         return [statistics.quantiles(p.latencies, n=100, method="inclusive")[int(q) - 1] for p in self.passes]
 
 
+def block_costs(model: AnyGen, sizes: list[int], repeats: int, calls: int = 20) -> dict[int, list[float]]:
+    """Milliseconds per core call on ``R`` rows of a slot cache (one decode step of a block), sizes alternated."""
+    from anygen.generation.slot_cache import slot_cache
+
+    core, length = model.core, 512
+    caches = {r: slot_cache(core, r, length, torch.zeros(r, dtype=torch.long)) for r in sizes}
+    costs: dict[int, list[float]] = {r: [] for r in sizes}
+    with torch.inference_mode():
+        for repeat in range(repeats + 1):  # the first round warms up
+            for r in sizes:
+                mask = (torch.arange(length)[None] <= 20)[:, None, None, :].expand(r, 1, 1, length)
+                inputs = {"input_ids": torch.zeros(r, 1, dtype=torch.long), "position_ids": torch.full((r, 1), 20),
+                          "attention_mask": mask, "cache": caches[r], "use_cache": True}
+                began = time.perf_counter()
+                for _ in range(calls):
+                    core(**inputs)
+                if repeat:
+                    costs[r].append(1000 * (time.perf_counter() - began) / calls)
+    return costs
+
+
 def spread(values: list[float], digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -205,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0)).images[0].save(picture, "PNG")
     requests = workload(picture.getvalue())[: args.requests]
     say("model loaded")
+    costs = block_costs(model, [2, 8, 16, 32], args.repeats)
+    say("timed the core calls")
     process, url = start_server(args.model, args.block_rows, args.blocks, args.threads)
     say("server up")
     try:
@@ -216,23 +241,25 @@ def main(argv: list[str] | None = None) -> int:
             (one_at_a_time(pipe, sampler, warm) if name == "one at a time" else served(url, 4, warm))
             say(f"warmed up: {name}")
         tallies = {name: Tally() for name in names}
+        load = [os.getloadavg()[0]]
         for repeat in range(args.repeats):
             order = names[repeat % len(names):] + names[: repeat % len(names)]
             for name in order:
                 tallies[name].passes.append(run[name]())
                 say(f"repeat {repeat}: {name}: {tallies[name].passes[-1].seconds:.1f} s")
+                load.append(os.getloadavg()[0])
     finally:
         process.terminate()
         process.wait(30)
-    body = table(args, argv, requests, tallies)
+    body = table(args, argv, requests, tallies, load) + "\n\n" + cost_table(costs)
     print(body)
     if not args.no_write:
         write_section("serve", body)
     return 0
 
 
-def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Request],
-          tallies: dict[str, Tally]) -> str:
+def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Request], tallies: dict[str, Tally],
+          load: list[float]) -> str:
     base = tallies["one at a time"].rates("tokens")
     kinds = {k: sum(r.kind == k for r in requests) for k in ("image", "speech", "question")}
     lines = [
@@ -244,7 +271,9 @@ def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Reque
         f"{args.blocks} blocks of {args.block_rows} rows. A pass is {len(requests)} requests: "
         f"{kinds['image']} text-to-image (guidance 2: two rows each), {kinds['speech']} speech (guidance 2), "
         f"{kinds['question']} questions about a picture (32 tokens). Median (min-max) of {args.repeats} passes per "
-        f"contender, contenders alternated; p99 of a pass of {len(requests)} requests is about its slowest one.",
+        f"contender, contenders alternated; p99 of a pass of {len(requests)} requests is about its slowest one. "
+        f"The machine's 1-minute load average during the run: {min(load):.1f}-{max(load):.1f} (other work shared "
+        "its cores whenever this is above ~2).",
         "",
         "| contender | images/s | tokens/s | p50 latency (s) | p99 latency (s) | tokens/s vs one at a time |",
         "|---|---|---|---|---|---|",
@@ -253,6 +282,13 @@ def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Reque
         ratio = [t / b for t, b in zip(tally.rates("tokens"), base)]
         lines.append(f"| {name} | {spread(tally.rates('images'), 2)} | {spread(tally.rates('tokens'), 0)} | "
                      f"{spread(tally.latency(50), 2)} | {spread(tally.latency(99), 2)} | {spread(ratio, 2)}x |")
+    return "\n".join(lines)
+
+
+def cost_table(costs: dict[int, list[float]]) -> str:
+    lines = ["| rows per core call | ms per call | ms per row |", "|---|---|---|"]
+    for rows, values in costs.items():
+        lines.append(f"| {rows} | {spread(values, 1)} | {spread([v / rows for v in values], 2)} |")
     return "\n".join(lines)
 
 
