@@ -311,6 +311,9 @@ def test_malformed_bodies_and_uploads_are_refused_and_the_server_keeps_serving(h
     error = assert_error(http.post("/chat/completions", content=b"x" * (LIMITS.max_body_bytes + 1),
                                    headers={"content-type": "application/json"}), 413, None)
     assert error["code"] == "request_too_large"
+    halves = iter([b"x" * (LIMITS.max_body_bytes // 2 + 1)] * 2)  # chunked: no Content-Length to go by
+    assert_error(http.post("/chat/completions", content=halves, headers={"content-type": "application/json"}), 413,
+                 None)
     form = {"prompt": "blue", "model": MODEL}
     assert_error(http.post("/images/edits", data=form, files={"image": ("a.txt", b"hello", "text/plain")}), 400,
                  "image")

@@ -100,9 +100,13 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(HTTPException, on_http)
 
 
+DRAIN_BYTES = 256 * 2**20  # read (and drop) at most this much of a refused body, so that the client sees the 413
+
+
 class BodyLimit:
     """ASGI middleware: reads a request's body up to ``max_bytes`` before the app sees it; beyond that the answer
-    is 413 and the app never runs."""
+    is 413 and the app never runs. The rest of a refused body is read and dropped first (up to ``DRAIN_BYTES``):
+    a server that answers while the client is still sending resets the connection, and the client sees no answer."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -113,6 +117,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive, more=True)
             await self._too_large(send)
             return
         body, more = bytearray(), True
@@ -123,6 +128,7 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
+                await self._drain(receive, more)
                 await self._too_large(send)
                 return
         replayed = False
@@ -135,6 +141,16 @@ class BodyLimit:
             return await receive()  # after the body: the disconnect, whenever it comes
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _drain(receive: Any, more: bool) -> None:
+        dropped = 0
+        while more and dropped < DRAIN_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            dropped += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     async def _too_large(self, send: Any) -> None:
         payload = json.dumps(_body(f"the request body is larger than this server accepts ({self.max_bytes} bytes)",
