@@ -19,6 +19,7 @@ import torch
 from transformers import StaticCache
 
 from anygen.errors import GenerationError, InvalidArgumentError
+from anygen.generation import fast_decode
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule, span_rules
 from anygen.processor import pad_rows
 from anygen.generation.sampling import (Generators, Guidance, NoiseSource, SamplingParams, classifier_free_guidance,
@@ -57,9 +58,18 @@ class KVRunner:
         self.cache = StaticCache(config=core.config, max_cache_len=total)
         self.cache_key = cache_argument(core)
         self.step_index = 0
-        # Every decode call has the same shapes (the mask always spans the whole cache; causality hides the
-        # future slots), so a compiled step is traced once per batch size and cache length.
-        self.forward = torch.compile(_decode_forward, dynamic=False) if compile else _decode_forward
+        # Llama cores decode through the lean step of fast_decode (the same function, a fraction of the Python
+        # overhead); others through their forward. Every decode call has the same shapes (the mask always spans
+        # the whole cache; causality hides the future slots), so a compiled step is traced once per batch size
+        # and cache length.
+        self.fast = fast_decode.supports(core)
+        if self.fast:
+            self.columns = torch.arange(total, device=device)
+            self.key_mask = self.mask.bool()
+            self.step = fast_decode.compiled_step(core, self.cache) if compile else \
+                fast_decode.LlamaDecodeStep(core, self.cache)
+        else:
+            self.forward = torch.compile(_decode_forward, dynamic=False) if compile else _decode_forward
 
     def prefill(self) -> torch.Tensor:
         mask = self.mask[:, : self.prompt_len]
@@ -74,6 +84,9 @@ class KVRunner:
         slot = torch.tensor([self.prompt_len + self.step_index], device=self.device)
         self.step_index += 1
         self.positions = self.positions + 1
+        if self.fast:
+            mask = (self.key_mask & (self.columns <= slot))[:, None, None, :]  # (R, 1, 1, total)
+            return self.step(tokens[:, None].to(self.device), self.positions[:, None], slot.expand(len(mask)), mask)
         return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
                             self.cache, slot, self.cache_key)
 
@@ -197,15 +210,17 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             mode = state.mode
             scaled = scale_logits(step_logits, allowed, tables["temperature"][mode])
             _check_finite(logits, scaled, allowed, index, guidance)
-            tokens = pick_tokens(scaled, allowed, tables["top_k"][mode], tables["top_p"][mode], tables["greedy"][mode],
-                                 noise(index, scaled.shape[-1]), tables["filtered"])
+            greedy = tables["greedy"][mode]
+            draws = None if bool(greedy.all()) else noise(index, scaled.shape[-1])  # greedy steps draw nothing
+            tokens = pick_tokens(scaled, allowed, tables["top_k"][mode], tables["top_p"][mode], greedy, draws,
+                                 tables["filtered"])
             after = grammar.advance(state, tokens, remaining)
         yield Step(index, tokens, state, after)
         state = after
         if index + 1 == max_new_tokens or bool((state.mode == grammar.done_mode).all()):
             return
         with torch.inference_mode():
-            logits = runner.decode(tokens.repeat(branches))
+            logits = runner.decode(tokens if branches == 1 else tokens.repeat(branches))
 
 
 def _check_finite(logits: torch.Tensor, scaled: torch.Tensor, allowed: torch.Tensor, index: int,

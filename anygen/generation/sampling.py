@@ -95,7 +95,7 @@ class Guidance:
 
 
 def sample_tokens(logits: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor, filtered: bool) -> torch.Tensor:
+                  top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor | None, filtered: bool) -> torch.Tensor:
     """Sample one token per row; every setting is a ``(B,)`` tensor so rows may use different ones.
 
     The same as ``pick_tokens(scale_logits(logits, allowed, temperature), allowed, ...)``; the decoding loop calls
@@ -113,10 +113,11 @@ def scale_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: torch
 
 
 def pick_tokens(scaled: torch.Tensor, allowed: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                greedy: torch.Tensor, noise: torch.Tensor, filtered: bool) -> torch.Tensor:
+                greedy: torch.Tensor, noise: torch.Tensor | None, filtered: bool) -> torch.Tensor:
     """One token per row from :func:`scale_logits`' output: the argmax for ``greedy`` rows, else a sample.
 
-    ``noise`` is ``(B, V)`` Exponential(1) draws: ``argmax(p / noise)`` is a sample from ``p`` with no host sync.
+    ``noise`` is ``(B, V)`` Exponential(1) draws: ``argmax(p / noise)`` is a sample from ``p`` with no host sync;
+    ``None`` when every row is greedy (nothing is sampled, so no noise need be drawn).
     ``filtered=False`` skips the sort that top-k / top-p need. The grammar mask is applied once more to the final
     scores, so a forbidden id is never returned whatever the numbers (NaN, overflow, underflow to all zeros).
     """
@@ -125,6 +126,10 @@ def pick_tokens(scaled: torch.Tensor, allowed: torch.Tensor, top_k: torch.Tensor
     forbidden = ~allowed
     lifted = scaled.clamp(min=torch.finfo(scaled.dtype).min)
     choice = lifted.masked_fill(forbidden, -math.inf).argmax(-1)
+    if noise is None:
+        if not bool(greedy.all()):
+            raise InvalidArgumentError("pick_tokens needs sampling noise when a row is not greedy")
+        return choice
     if filtered:
         scaled = _top_k_top_p(scaled, top_k, top_p)
     # Sampling: p / noise is >= 0 or NaN, so -1 on the forbidden ids keeps them from winning whatever p and noise are.

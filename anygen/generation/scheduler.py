@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
+from anygen.generation import fast_decode
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule
 from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
                                     cache_argument)
@@ -135,7 +136,7 @@ class Scheduler:
     """
 
     def __init__(self, core: torch.nn.Module, vocab: Vocab, *, block_rows: int = 8, blocks: int = 4,
-                 max_queue: int = 64, cache_len: int | None = None) -> None:
+                 max_queue: int = 64, cache_len: int | None = None, compile: bool = False) -> None:
         check_range("block_rows", block_rows, 1, 1024)
         check_range("blocks", blocks, 1, 1024)
         check_range("max_queue", max_queue, 0, None)
@@ -152,6 +153,13 @@ class Scheduler:
         self._cache_key = cache_argument(core)
         self._write_at = [torch.zeros(block_rows, dtype=torch.long, device=self.device) for _ in range(blocks)]
         self._caches = [slot_cache(core, block_rows, self.cache_len, w) for w in self._write_at]
+        # Llama cores decode through the lean step of fast_decode (the same function, less Python per step); with
+        # ``compile`` a compiled step takes over once a background trace on a scratch cache has finished.
+        self._fast = [fast_decode.LlamaDecodeStep(core, c) for c in self._caches] if fast_decode.supports(core) \
+            else None
+        self.compiled = False  # True once decoding runs through the compiled step
+        if compile and self._fast is not None:
+            threading.Thread(target=self._compile, daemon=True, name="anygen-compile").start()
         self._length = torch.zeros(self.rows, dtype=torch.long)  # tokens in each slot's cache
         self._tokens = torch.full((self.rows,), vocab.pad_id, dtype=torch.long)  # next input of each slot
         self._owner: list[Job | None] = [None] * self.rows
@@ -338,8 +346,10 @@ class Scheduler:
         mode = job.state.mode
         scaled = scale_logits(step_logits, allowed, job.tables["temperature"][mode])
         _check_finite(logits, scaled, allowed, index, job.guidance)
-        tokens = pick_tokens(scaled, allowed, job.tables["top_k"][mode], job.tables["top_p"][mode],
-                             job.tables["greedy"][mode], job.noise(index, scaled.shape[-1]), job.tables["filtered"])
+        greedy = job.tables["greedy"][mode]
+        draws = None if bool(greedy.all()) else job.noise(index, scaled.shape[-1])
+        tokens = pick_tokens(scaled, allowed, job.tables["top_k"][mode], job.tables["top_p"][mode], greedy, draws,
+                             job.tables["filtered"])
         after = job.grammar.advance(job.state, tokens, remaining)
         step = Step(index, tokens, job.state, after)
         for row, was in enumerate(job.state.mode.tolist()):
@@ -375,17 +385,38 @@ class Scheduler:
             length = torch.where(rows, self._length[first: first + self.block_rows], 0)
             self._write_at[block].copy_(length)
             mask = (columns[None, :] <= length[:, None].to(self.device))[:, None, None, :]  # (R, 1, 1, C)
-            out = self.core(input_ids=self._tokens[first: first + self.block_rows, None].to(self.device),
-                            position_ids=length[:, None].to(self.device), attention_mask=mask,
-                            **{self._cache_key: self._caches[block]}, use_cache=True)
+            tokens = self._tokens[first: first + self.block_rows, None].to(self.device)
+            positions = length[:, None].to(self.device)
+            if self._fast is not None:
+                step = self._compiled[block] if self.compiled else self._fast[block]
+                out = step(tokens, positions, self._write_at[block], mask)  # (R, V)
+            else:
+                out = self.core(input_ids=tokens, position_ids=positions, attention_mask=mask,
+                                **{self._cache_key: self._caches[block]}, use_cache=True).logits[:, -1]
             for row, slot in enumerate(slots):
                 if held[slot]:
-                    logits[slot] = out.logits[row, -1]
+                    logits[slot] = out[row]
                     self._length[slot] += 1
         for job in list(self._active):
             for i, slot in enumerate(job.slots):
                 if slot is not None and slot in logits:
                     job.logits[i] = logits[slot]
+
+    def _compile(self) -> None:
+        """Trace the compiled step on a scratch cache of the blocks' shape, then switch decoding to it. Decoding
+        goes on eagerly meanwhile; if compiling fails (no compiler on this machine), it stays eager."""
+        scratch = slot_cache(self.core, self.block_rows, self.cache_len, torch.zeros_like(self._write_at[0]))
+        warm = fast_decode.compiled_step(self.core, scratch)
+        rows = self.block_rows
+        try:
+            with torch.inference_mode():
+                warm(torch.full((rows, 1), self.vocab.pad_id, device=self.device),
+                     torch.zeros(rows, 1, dtype=torch.long, device=self.device), torch.zeros_like(self._write_at[0]),
+                     torch.ones(rows, 1, 1, self.cache_len, dtype=torch.bool, device=self.device))
+        except Exception:  # noqa: BLE001 -- the eager step keeps serving
+            return
+        self._compiled = [fast_decode.compiled_step(self.core, c) for c in self._caches]
+        self.compiled = True
 
     # ---- leaving --------------------------------------------------------------------------------------------
     def _release(self, job: Job, row: int) -> None:

@@ -1,0 +1,165 @@
+"""The lean Llama decode step computes what the transformers forward computes, the loops use it where it applies,
+and cores it does not cover (hooks, other architectures) keep their own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, StaticCache
+
+from anygen.core import CoreConfig, build_core
+from anygen.generation import fast_decode
+from anygen.generation.loop import KVRunner, generate
+from anygen.generation.sampling import Guidance, SamplingParams
+from anygen.generation.scheduler import Scheduler
+from anygen.model import AnyGen
+from anygen.pipelines import AnyGenPipeline
+from anygen.types import TextSegment
+
+
+def llama(vocab: int = 300, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    core = build_core(CoreConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96),
+                      vocab).eval()
+    with torch.no_grad():
+        for p in core.parameters():  # larger weights than the default init, so the logits are far from uniform
+            p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    return core.to(dtype)
+
+
+def decode_both(core: torch.nn.Module, prompts: list[list[int]], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decode of ``prompts`` through the transformers forward and through the fast step, from one prefill
+    each; returns the per-step logits of both, ``(steps, R, V)``."""
+    results = []
+    for fast in (False, True):
+        runner = KVRunner(core, prompts, 0, steps)
+        runner.fast = fast
+        if not fast:
+            runner.forward = _forward
+        logits, out = runner.prefill(), []
+        with torch.inference_mode():
+            for _ in range(steps):
+                logits = runner.decode(logits.argmax(-1))
+                out.append(logits.float())
+        results.append(torch.stack(out))
+    return results[0], results[1]
+
+
+def _forward(core, tokens, mask, positions, cache, slot, cache_key):
+    return core(input_ids=tokens, attention_mask=mask, position_ids=positions, **{cache_key: cache},
+                use_cache=True, cache_position=slot).logits[:, -1]
+
+
+def test_the_fast_step_gives_the_transformers_logits_over_padded_rows() -> None:
+    core = llama()
+    assert fast_decode.supports(core)
+    prompts = [[1, 5, 9, 200, 17, 3], [1, 250], [1, 7, 7, 7]]  # left padding differs per row
+    reference, fast = decode_both(core, prompts, 12)
+    assert reference.argmax(-1).unique().numel() > 3  # the greedy tokens are not one repeated id
+    torch.testing.assert_close(fast, reference, atol=2e-5, rtol=2e-5)
+    assert torch.equal(fast.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_fast_step_follows_half_precision_cores(dtype: torch.dtype) -> None:
+    reference, fast = decode_both(llama(dtype=dtype), [[1, 5, 9, 200], [1, 42]], 6)
+    torch.testing.assert_close(fast, reference, atol=0.05, rtol=0.02)
+
+
+def test_cores_the_step_does_not_cover_are_recognised() -> None:
+    core = llama()
+    handle = core.model.layers[0].mlp.up_proj.register_forward_hook(lambda *args: None)
+    assert not fast_decode.supports(core)  # a hook (e.g. gated adapters) must run, so the forward decodes
+    handle.remove()
+    assert fast_decode.supports(core)
+    core.config._attn_implementation = "flex_attention"
+    assert not fast_decode.supports(core)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2))
+    assert not fast_decode.supports(gpt2)
+    runner = KVRunner(gpt2, [[1, 2, 3]], 0, 4)  # another architecture still generates, through its forward
+    assert not runner.fast and runner.prefill().shape == (1, 100)
+
+
+def test_the_fast_step_writes_the_same_cache_as_the_forward() -> None:
+    core = llama()
+    caches = []
+    for fast in (False, True):
+        runner = KVRunner(core, [[1, 4, 8], [1, 9]], 0, 3)
+        runner.fast = fast
+        if not fast:
+            runner.forward = _forward
+        runner.prefill()
+        with torch.inference_mode():
+            runner.decode(torch.tensor([11, 12]))
+            runner.decode(torch.tensor([13, 14]))
+        caches.append(runner.cache)
+    assert isinstance(caches[0], StaticCache)
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=1e-5)
+
+
+def test_the_shipped_model_decodes_through_the_fast_step(tiny_model: AnyGen) -> None:
+    assert fast_decode.supports(tiny_model.core)
+    prompt = [tiny_model.vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle")])]
+    assert KVRunner(tiny_model.core, [prompt], tiny_model.vocab.pad_id, 4).fast
+    scheduler = Scheduler(tiny_model.core, tiny_model.vocab, block_rows=2, blocks=1)
+    try:
+        assert scheduler._fast is not None
+    finally:
+        scheduler.close()
+
+
+@pytest.mark.slow
+def test_a_compiled_step_samples_what_the_eager_step_samples(tiny_model: AnyGen) -> None:
+    """torch.compile of the fast step (tens of seconds to trace on a CPU): same image codes, with guidance."""
+    pipe = AnyGenPipeline(tiny_model)
+    vocab, rules = tiny_model.vocab, pipe._rules()
+    begin = vocab.begin_id("image")
+    prompt = [vocab.bos_id, *tiny_model.processor.encode([TextSegment("two blue squares")]), begin]
+    kwargs = dict(max_new_tokens=70, guidance=Guidance([[vocab.bos_id, begin]], 3.0),
+                  sampling={"image": SamplingParams(temperature=0.9, top_k=50)})
+    eager = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(3), **kwargs)
+    compiled = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(3),
+                        compile=True, **kwargs)
+    assert compiled.sequences == eager.sequences
+
+
+@pytest.mark.slow
+def test_the_scheduler_switches_to_the_compiled_step_and_keeps_its_results(tiny_model: AnyGen) -> None:
+    import time
+
+    pipe = AnyGenPipeline(tiny_model)
+    vocab, rules = tiny_model.vocab, pipe._rules()
+    prompt = [vocab.bos_id, *tiny_model.processor.encode([TextSegment("say hello")])]
+    kwargs = dict(max_new_tokens=30, sampling={"text": SamplingParams(do_sample=False)})
+
+    def run(scheduler: Scheduler) -> list[int]:
+        return [int(s.tokens[0]) for s in scheduler.decode_steps(tiny_model.core, vocab, rules, [prompt], **kwargs)]
+
+    eager_scheduler = Scheduler(tiny_model.core, vocab, block_rows=2, blocks=1, cache_len=128)
+    compiled_scheduler = Scheduler(tiny_model.core, vocab, block_rows=2, blocks=1, cache_len=128, compile=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not compiled_scheduler.compiled and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert compiled_scheduler.compiled
+        assert run(compiled_scheduler) == run(eager_scheduler)
+    finally:
+        eager_scheduler.close()
+        compiled_scheduler.close()
+
+
+def test_greedy_steps_draw_no_noise_and_pick_the_same_tokens() -> None:
+    from anygen.errors import InvalidArgumentError
+    from anygen.generation.sampling import NoiseSource, pick_tokens
+
+    torch.manual_seed(0)
+    scaled, allowed = torch.randn(3, 50), torch.rand(3, 50) > 0.3
+    scaled = scaled.masked_fill(~allowed, float("-inf"))
+    k, p = torch.zeros(3, dtype=torch.long), torch.ones(3)
+    greedy = torch.ones(3, dtype=torch.bool)
+    with_noise = pick_tokens(scaled, allowed, k, p, greedy, NoiseSource(3, torch.Generator())(0, 50), False)
+    assert torch.equal(pick_tokens(scaled, allowed, k, p, greedy, None, False), with_noise)
+    with pytest.raises(InvalidArgumentError, match="noise"):
+        pick_tokens(scaled, allowed, k, p, torch.tensor([True, False, True]), None, False)
