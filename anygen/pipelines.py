@@ -67,11 +67,14 @@ class AnyGenPipeline(PipelineBase):
         sampler: what turns prompt ids into decoding steps: the eager loop's
             :func:`~anygen.generation.loop.decode_steps` (default), or a
             :class:`~anygen.generation.scheduler.Scheduler`'s ``decode_steps`` to share one running batch.
+        compile: ``torch.compile`` the decode step. ``None`` (default) compiles where it pays: on a GPU. On a CPU
+            the first call of each shape would spend seconds to a minute tracing to save a fraction of a second per
+            call, so calls there run the eager fast path unless you ask (benchmarks/RESULTS.md, decode speed).
     """
 
     def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0,
                  chat_template: ChatTemplate | None = None,
-                 sampler: Callable[..., Iterator[Any]] | None = None) -> None:
+                 sampler: Callable[..., Iterator[Any]] | None = None, compile: bool | None = None) -> None:
         self.model = model.eval()
         self.image_size = tuple(image_size or _default_image_size(model.tokenizers.get("image")))
         if "image" in model.tokenizers:
@@ -80,6 +83,12 @@ class AnyGenPipeline(PipelineBase):
         self.chat_template = chat_template or ChatTemplate()
         self._progress_bar_config: dict[str, Any] = {}
         self.sampler = sampler or decode_steps
+        self.compile = compile
+
+    def _compiled(self) -> bool:
+        if self.compile is not None:
+            return self.compile
+        return next(self.model.core.parameters()).device.type == "cuda"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, torch_dtype: torch.dtype | None = None,
@@ -287,7 +296,7 @@ class AnyGenPipeline(PipelineBase):
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=output_modalities,
-                             generator=generator)
+                             generator=generator, compile=self._compiled())
         return stream_events(self.model.processor, steps, rows)
 
     def render_codes(self, codes: torch.Tensor, decoder: str = "vq", num_inference_steps: int | None = None,
@@ -325,7 +334,8 @@ class AnyGenPipeline(PipelineBase):
         prompts, plan = self._prompt_ids(rows, begin, guidance, image_guidance)
         vocab = self.model.vocab
         steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
-                             sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator)
+                             sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator,
+                             compile=self._compiled())
         tokens = []
         with self.progress_bar(total=max_new_tokens, desc=desc) as bar:
             for step in steps:

@@ -163,3 +163,18 @@ def test_greedy_steps_draw_no_noise_and_pick_the_same_tokens() -> None:
     assert torch.equal(pick_tokens(scaled, allowed, k, p, greedy, None, False), with_noise)
     with pytest.raises(InvalidArgumentError, match="noise"):
         pick_tokens(scaled, allowed, k, p, torch.tensor([True, False, True]), None, False)
+
+
+def test_pipelines_compile_where_asked_and_on_gpus_by_default(tiny_model: AnyGen) -> None:
+    from anygen.generation.loop import decode_steps
+
+    seen = []
+
+    def sampler(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return decode_steps(*args, **{**kwargs, "compile": False})
+
+    for compile, expected in ((None, False), (True, True), (False, False)):  # None: eager on this CPU
+        pipe = AnyGenPipeline(tiny_model, sampler=sampler, compile=compile)
+        pipe.text_to_image("a red circle", num_inference_steps=None, guidance_scale=1.0)
+        assert seen[-1] is expected

@@ -309,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=int, default=4, help="largest n of the image endpoints")
     parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens of a chat completion")
     parser.add_argument("--max-audio-seconds", type=float, default=4.0, help="longest speech generated")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode through a torch.compile-d step once it is traced (in the background; the server "
+                             "answers eagerly meanwhile)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -322,7 +325,7 @@ def build_server(args: argparse.Namespace) -> Server:
     directory = model_dir(args.model)
     model = AnyGen.from_pretrained(directory)
     scheduler = Scheduler(model.core, model.vocab, block_rows=args.block_rows, blocks=args.blocks,
-                          max_queue=args.max_queue)
+                          max_queue=args.max_queue, compile=args.compile)
     pipe = AnyGenPipeline(model, max_audio_seconds=args.max_audio_seconds, sampler=scheduler.decode_steps)
     pipe.set_progress_bar_config(disable=True)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,

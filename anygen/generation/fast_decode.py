@@ -78,13 +78,15 @@ class LlamaDecodeStep:
         Args:
             tokens: ``(R, 1)`` ids; positions: ``(R, 1)`` their rotary positions.
             columns: ``(R,)`` the cache column each row's key and value go to.
-            mask: ``(R, 1, 1, C)`` bool, True where a row may attend (its new column included).
+            mask: ``(R, 1, 1, C)`` bool, True where a row may attend (its new column included). Only the cache's
+                first ``C`` columns are read, so a caller whose rows use few columns of a long cache passes a
+                short mask.
         """
         model = self.core.model
         x = model.embed_tokens(tokens)  # (R, 1, H)
         cos, sin = model.rotary_emb(x, position_ids=positions)
         cos, sin = cos[:, None], sin[:, None]  # (R, 1, 1, D)
-        rows = x.shape[0]
+        rows, length = x.shape[0], mask.shape[-1]
         index = columns.view(rows, 1, 1, 1).expand(rows, self.kv_heads, 1, self.head_dim)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -96,7 +98,8 @@ class LlamaDecodeStep:
             store = self.cache.layers[i]
             store.keys.scatter_(2, index, k)
             store.values.scatter_(2, index, v)
-            o = F.scaled_dot_product_attention(q, store.keys, store.values, attn_mask=mask, scale=self.scaling,
+            o = F.scaled_dot_product_attention(q, store.keys[:, :, :length], store.values[:, :, :length],
+                                               attn_mask=mask, scale=self.scaling,
                                                enable_gqa=self.heads != self.kv_heads)
             x = x + F.linear(o.transpose(1, 2).reshape(rows, 1, -1), attn.o_proj.weight)
             h = _rms_norm(x, layer.post_attention_layernorm)
@@ -111,9 +114,10 @@ _compiled_call = None
 
 def compiled_step(core: nn.Module, cache: object) -> Callable[..., torch.Tensor]:
     """A :class:`LlamaDecodeStep` whose call is ``torch.compile``-d. Every step shares one compiled function, so a
-    trace is reused by every later step and call with the same core, batch size and cache length."""
+    trace is reused by every later step and call with the same core (after a second batch size or cache length,
+    torch traces once more with symbolic sizes, which then serves them all)."""
     global _compiled_call
     if _compiled_call is None:
-        _compiled_call = torch.compile(LlamaDecodeStep.__call__, dynamic=False)
+        _compiled_call = torch.compile(LlamaDecodeStep.__call__)  # a second shape makes the trace shape-generic
     step = LlamaDecodeStep(core, cache)
     return lambda *args: _compiled_call(step, *args)

@@ -32,6 +32,8 @@ __all__ = ["Grammar", "GrammarState", "SpanRule", "span_rules", "Guidance", "Sam
 
 # ---- the core over a static KV cache ----------------------------------------------------------------------
 
+CACHE_BUCKET = 64  # compiled decoding rounds the cache length up to a multiple of this
+
 
 class KVRunner:
     """Prefill and single-token decode of a transformers causal LM over a preallocated static cache.
@@ -52,7 +54,9 @@ class KVRunner:
                 f"model's context of {limit} tokens; shorten the prompt or lower max_new_tokens")
         device = next(core.parameters()).device
         self.device = device
-        self.mask = torch.ones(len(ids), total, dtype=torch.long, device=device)  # (R, T + new)
+        if compile:  # a few cache lengths for all prompt lengths, so a compiled step is seldom traced again
+            total = min(-(-total // CACHE_BUCKET) * CACHE_BUCKET, limit or total)
+        self.mask = torch.ones(len(ids), total, dtype=torch.long, device=device)  # (R, cache length)
         self.mask[:, : self.prompt_len] = mask
         self.positions = (mask.sum(-1) - 1).to(device)  # (R,) position of each row's last token
         self.cache = StaticCache(config=core.config, max_cache_len=total)

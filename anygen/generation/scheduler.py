@@ -43,6 +43,9 @@ __all__ = ["Scheduler", "Job", "RequestScope", "request_scope", "SchedulerBusy",
            "RequestCancelled"]
 
 
+COLUMN_BUCKET = 64  # the fast step attends over the used cache columns, rounded up to a multiple of this
+
+
 class SchedulerBusy(GenerationError):
     """The waiting queue is full: try again later (HTTP 503)."""
 
@@ -384,13 +387,16 @@ class Scheduler:
             rows = torch.tensor([held[s] for s in slots])
             length = torch.where(rows, self._length[first: first + self.block_rows], 0)
             self._write_at[block].copy_(length)
-            mask = (columns[None, :] <= length[:, None].to(self.device))[:, None, None, :]  # (R, 1, 1, C)
             tokens = self._tokens[first: first + self.block_rows, None].to(self.device)
             positions = length[:, None].to(self.device)
             if self._fast is not None:
+                # The fast step reads only the columns the block's rows use (rounded up, for few compiled shapes).
+                used = min(self.cache_len, -(-(int(length.max()) + 1) // COLUMN_BUCKET) * COLUMN_BUCKET)
+                mask = (columns[None, :used] <= positions)[:, None, None, :]  # (R, 1, 1, used)
                 step = self._compiled[block] if self.compiled else self._fast[block]
                 out = step(tokens, positions, self._write_at[block], mask)  # (R, V)
             else:
+                mask = (columns[None, :] <= positions)[:, None, None, :]  # (R, 1, 1, C)
                 out = self.core(input_ids=tokens, position_ids=positions, attention_mask=mask,
                                 **{self._cache_key: self._caches[block]}, use_cache=True).logits[:, -1]
             for row, slot in enumerate(slots):
