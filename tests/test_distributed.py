@@ -169,8 +169,8 @@ def _one_process_reference(out_dir: Path, processes: int = 2) -> dict[str, torch
     optim = config.optim
     optimizer = torch.optim.AdamW(recipe.param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas)
     params = [p for p in model.parameters() if p.requires_grad]
+    scheduler = recipe.lr_schedule(optimizer, optim)
     for step in range(optim.steps):
-        recipe._set_lr(optimizer, optim, step)
         grads = []
         for process in range(processes):
             batches = [collate(part, model.vocab)
@@ -185,6 +185,7 @@ def _one_process_reference(out_dir: Path, processes: int = 2) -> dict[str, torch
             p.grad = torch.stack(per_process).mean(0)
         torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
         optimizer.step()
+        scheduler.step()
     return model.state_dict()
 
 

@@ -10,8 +10,9 @@ fixed draw is built and tokenized once. Either way the main process trains the t
 corpus' texts and commits it (and the tokenized corpus) under ``<out_dir>/data``; every later start reads it
 back. Each step's rows are a pure function of ``(seed, step, process)``, and checkpoints under ``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG,
 so a run that is stopped (``train.max_minutes``, a crash, SIGKILL) and started again with the same command ends
-with the weights an uninterrupted run would have. Metrics go to ``<out_dir>/metrics.jsonl`` (and TensorBoard when
-``train.log_with`` asks for it); the trained model to ``<out_dir>/final``.
+with the weights an uninterrupted run would have. Metrics go to ``<out_dir>/metrics.jsonl`` and to the accelerate
+trackers ``train.log_with`` names (TensorBoard, W&B, MLflow ...; :mod:`anygen.training.core_metrics`); the trained
+model to ``<out_dir>/final``.
 
 Example:
     >>> from anygen.config import load_config
@@ -33,6 +34,7 @@ from typing import Any, Callable, Literal
 import torch
 from accelerate import Accelerator
 from tokenizers import Tokenizer
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from anygen.config import to_dict
@@ -59,7 +61,7 @@ from anygen.training.core_data import (
     target_tokens,
     tokenize_corpus,
 )
-from anygen.training.core_metrics import LossWindow, MetricsLogger
+from anygen.training.core_metrics import LossWindow, MetricsLogger, check_log_with, tracking
 from anygen.training.distributed import (
     SHARDED,
     Prepared,
@@ -70,8 +72,8 @@ from anygen.training.distributed import (
     restore_state,
     strategy_of,
 )
+from anygen.training.schedule import check_scheduler, lr_scheduler
 from anygen.training.stream import CorpusRows, Prefetcher, RowSource, StreamRows
-from anygen.training.tokenizer_tasks import cosine_lr
 
 # kind -> (modality, class in anygen.tokenizers, needs a trained ``path``)
 TOKENIZER_KINDS: dict[str, tuple[str, str, bool]] = {
@@ -171,7 +173,9 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """AdamW with linear warm-up then cosine decay from ``lr`` to ``min_lr`` over ``steps`` optimizer steps.
+    """AdamW over ``steps`` optimizer steps, its rate set by transformers' scheduler ``lr_scheduler`` (default: linear
+    warm-up over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr``; any step schedule of transformers'
+    ``SchedulerType``, with ``lr_scheduler_kwargs`` its extra arguments; :mod:`anygen.training.schedule`).
     Each step takes ``grad_accum`` micro-batches of ``batch_size`` rows per process; ``grad_clip=0`` is off."""
 
     lr: float = 3e-4
@@ -183,6 +187,8 @@ class OptimSection:
     batch_size: int = 16
     grad_accum: int = 1
     grad_clip: float = 1.0
+    lr_scheduler: str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("optim.lr", self.lr, 0.0, 1.0, low_inclusive=False)
@@ -196,6 +202,7 @@ class OptimSection:
         check_range("optim.warmup_steps", self.warmup_steps, 0, None)
         for key in ("steps", "batch_size", "grad_accum"):
             check_range(f"optim.{key}", getattr(self, key), 1, None)
+        check_scheduler("optim.lr_scheduler", self.lr_scheduler, self.lr_scheduler_kwargs)
 
 
 @dataclass
@@ -205,8 +212,9 @@ class TrainSection:
     ``eval_every`` (0: never) runs ``eval_suites`` (``anygen eval`` suites, ``eval_n`` items per category) on the
     validation split every that many steps and logs the scores, so the learning curve is on record.
     ``activation_checkpointing`` recomputes each decoder layer's activations in the backward pass (less memory, about
-    a third more compute); how the model is spread over processes comes from ``accelerate launch --config_file``
-    (docs/training_at_scale.md)."""
+    a third more compute). ``log_with``: ``jsonl`` and/or any tracker accelerate supports
+    (:mod:`anygen.training.core_metrics`). How the model is spread over processes comes from
+    ``accelerate launch --config_file`` (docs/training_at_scale.md)."""
 
     out_dir: str = "runs/core"
     seed: int = 0
@@ -217,7 +225,7 @@ class TrainSection:
     max_minutes: float = 0.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int = 0
-    log_with: list[Literal["jsonl", "tensorboard"]] = field(default_factory=lambda: ["jsonl"])
+    log_with: list[str] = field(default_factory=lambda: ["jsonl"])
     eval_every: int = 0
     eval_suites: list[str] = field(default_factory=lambda: ["shapes", "caption", "edit"])
     eval_n: int = 4
@@ -227,6 +235,7 @@ class TrainSection:
         for key in ("checkpoint_every", "keep_last", "log_every", "eval_n"):
             check_range(f"train.{key}", getattr(self, key), 1, None)
         check_range("train.eval_every", self.eval_every, 0, None)
+        check_log_with("train.log_with", self.log_with)
         unknown = sorted(set(self.eval_suites) - set(SUITES))
         if unknown:
             raise InvalidArgumentError(f"train.eval_suites has unknown suite(s) {unknown}; valid: {list(SUITES)}")
@@ -278,7 +287,7 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
     """Train (or resume) the core described by ``config``."""
     began = time.monotonic()
     # 1. Devices and processes (CPU when no GPU), threads, mixed precision, gradient accumulation.
-    accelerator, logger = start_run(config.optim, config.train)
+    accelerator, logger = start_run(config.optim, config.train, to_dict(config))
     # 2. The model and its rows (the stream, or a tokenized corpus): the text BPE (and the corpus) are built and
     #    committed by the main process and read back by the others.
     with accelerator.main_process_first():
@@ -290,17 +299,20 @@ def main(config: CoreTrainConfig) -> CoreTrainResult:
                       began=began, prefetch=config.data.prefetch)
 
 
-def start_run(optim: OptimSection, train: TrainSection) -> tuple[Accelerator, MetricsLogger]:
-    """Step 1 of a recipe: threads, the accelerator (CPU when no GPU; DDP, FSDP2 or DeepSpeed as launched) and the
-    metrics logger of ``train.out_dir``."""
+def start_run(optim: OptimSection, train: TrainSection,
+              config: dict[str, Any] | None = None) -> tuple[Accelerator, MetricsLogger]:
+    """Step 1 of a recipe: threads, the accelerator (CPU when no GPU; DDP, FSDP2 or DeepSpeed as launched; the
+    trackers of ``train.log_with``) and the metrics logger of ``train.out_dir``, which gives ``config`` (the whole
+    run's, as a dict) to the trackers."""
     if train.threads:
         torch.set_num_threads(train.threads)
-    accelerator = make_accelerator(train.mixed_precision, optim.grad_accum)
+    out = Path(train.out_dir)
+    accelerator = make_accelerator(train.mixed_precision, optim.grad_accum, **tracking(train.log_with, out))
     strategy = strategy_of(accelerator)
     if train.eval_every and strategy in SHARDED:
         raise InvalidArgumentError(f"train.eval_every={train.eval_every}: validation runs on one process and needs "
                                    f"the whole model, not a {strategy} shard; set it to 0")
-    return accelerator, MetricsLogger(Path(train.out_dir), train.log_with, accelerator.is_main_process)
+    return accelerator, MetricsLogger(accelerator, out, train.log_with, config)
 
 
 def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.Optimizer, source: RowSource,
@@ -322,7 +334,9 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
     state, start = _resume(out / "checkpoints", run)
     if state is not None and accelerator.scaler is not None and "scaler" in state:
         accelerator.scaler.load_state_dict(state["scaler"])
-    # 4. The loop: per step, grad_accum micro-batches -> one optimizer step; logs and checkpoints on schedule.
+    # 4. The loop: per step, grad_accum micro-batches -> one optimizer step at the scheduler's rate; logs and
+    #    checkpoints on schedule.
+    scheduler = lr_schedule(optimizer, optim, start)
     logger.drop_after(start)
     window = LossWindow()
     vocab, total = accelerator.unwrap_model(model).vocab, optim.steps
@@ -330,13 +344,14 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
     done, record = start, {}
     with Prefetcher(source.rows, start, total, accelerator.process_index, prefetch) as upcoming:
         for step in bar:
-            lr = _set_lr(optimizer, optim, step)
+            lr = scheduler.get_last_lr()[0]
             # The step's rows (a function of seed, step, process), sorted by length into grad_accum micro-batches.
             waited = time.monotonic()
             rows = upcoming.get(step)
             window.wait(time.monotonic() - waited)
             batches = [collate(part, vocab) for part in split_by_length(rows, optim.grad_accum)]
             _train_step(accelerator, model, optimizer, batches, optim, train, window)
+            scheduler.step()
             done = step + 1
             if done % train.log_every == 0 or done == total:
                 record = {"step": done, "lr": lr, **window.flush(accelerator), "cpu_s": time.process_time()}
@@ -519,11 +534,10 @@ def _train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: tor
         window.add(output.loss * share, output.losses, int(batch.attention_mask.sum()))
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, optim: OptimSection, step: int) -> float:
-    lr = optim.lr * cosine_lr(step, optim.steps, optim.warmup_steps, optim.min_lr / optim.lr)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimSection, start: int = 0) -> LRScheduler:
+    """``optim.lr_scheduler`` over ``optim.steps`` steps, at step ``start``; ``step()`` it after each optimizer step."""
+    return lr_scheduler(optimizer, optim.lr_scheduler, base_lr=optim.lr, warmup=optim.warmup_steps, total=optim.steps,
+                        min_lr_rate=optim.min_lr / optim.lr, start=start, kwargs=optim.lr_scheduler_kwargs)
 
 
 def _out_of_time(accelerator: Accelerator, began: float, max_minutes: float) -> bool:

@@ -62,15 +62,16 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() == "true"
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
-    """The accelerator of a run: CPU when no GPU; DeepSpeed (if launched with a DeepSpeed config) on gloo there."""
+def make_accelerator(mixed_precision: str, grad_accum: int, **tracking: Any) -> Accelerator:
+    """The accelerator of a run: CPU when no GPU; DeepSpeed (if launched with a DeepSpeed config) on gloo there.
+    ``tracking``: its trackers (``log_with``, ``project_config``; :func:`anygen.training.core_metrics.tracking`)."""
     cuda = torch.cuda.is_available()
     deepspeed = _flag("ACCELERATE_USE_DEEPSPEED") and int(os.environ.get("LOCAL_RANK", -1)) >= 0
     if deepspeed and not cuda:
         # accelerate has no CPU backend for DeepSpeed: name gloo before the Accelerator creates the process group.
         PartialState(backend="gloo")
     accelerator = Accelerator(cpu=not (cuda or deepspeed), mixed_precision=mixed_precision,
-                              gradient_accumulation_steps=grad_accum)
+                              gradient_accumulation_steps=grad_accum, **tracking)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # Every process builds the whole model and DeepSpeed partitions it in `prepare`. Left in place, this
         # setting makes transformers build ZeRO-3 models under zero.Init, a collective, while the main process

@@ -22,8 +22,8 @@ or call :func:`main`.
      The adapters are saved beside the core (``adapters.safetensors``), not merged.
    - ``full``: every parameter (full fine-tuning).
 
-Everything else -- accelerate, the progress bar, ``metrics.jsonl``, atomic checkpoints and resume, the cosine
-schedule -- is the core recipe's :func:`~anygen.training.core_recipe.train_loop`. The model lands in
+Everything else -- accelerate, the progress bar, ``metrics.jsonl`` and ``train.log_with``'s trackers, atomic
+checkpoints and resume, the learning-rate schedule -- is the core recipe's :func:`~anygen.training.core_recipe.train_loop`. The model lands in
 ``<train.out_dir>/final``.
 """
 
@@ -204,7 +204,7 @@ def main(config: ExtendConfig) -> CoreTrainResult:
     tokenizer = config.modality.build()
     builder = corpus_builder(config.modality.name)
     # 1. Devices and processes, metrics.
-    accelerator, logger = start_run(config.optim, config.train)
+    accelerator, logger = start_run(config.optim, config.train, to_dict(config))
     # 2. The extended model and the tokenized corpus (built and committed by the main process).
     with accelerator.main_process_first():
         model, corpus = _model_and_corpus(config, tokenizer, builder, Path(config.train.out_dir) / "data",
