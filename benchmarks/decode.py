@@ -123,7 +123,7 @@ def hf_image(s: Setup, scale: float = 2.0):
     return run
 
 
-def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
+def read_bandwidth(gigabytes: float = 0.5, repeats: int = 3) -> float:
     """Bytes/s of streaming a large fp32 tensor through a reduction (what decode does with the weights)."""
     x = torch.ones(int(gigabytes * 2**30 / 4))
     x.sum()
@@ -140,46 +140,63 @@ def weight_bytes(core: torch.nn.Module) -> int:
     return total
 
 
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def measure(s: Setup, task: str, new_tokens: int, repeats: int) -> dict[str, list[float]]:
+    """Tokens/s of each contender, alternated (hf, eager, compiled, hf, ...), plus the bandwidth floor measured
+    between rounds; every ratio is taken within one round, so slow phases of the machine hit all contenders."""
+    if task == "text":
+        runs = {"hf": hf_text(s, new_tokens), "eager": anygen_text(s, new_tokens, False),
+                "compiled": anygen_text(s, new_tokens, True)}
+    else:
+        runs = {"hf": hf_image(s), "eager": anygen_image(s, False), "compiled": anygen_image(s, True)}
+    for run in runs.values():
+        run()  # warm up (and trace, when compiling)
+    rates: dict[str, list[float]] = {name: [] for name in [*runs, "floor"]}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds, n = timed(run)
+            rates[name].append(n / seconds)
+        rates["floor"].append(read_bandwidth() / weight_bytes(s.core))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    bandwidth = read_bandwidth()
     for name in args.configs:
         s = build(name)
         params = sum(p.numel() for p in s.core.parameters()) / 1e6
-        for compile in (False, True):
-            anygen_text(s, 8, compile)()  # warm up (and trace, when compiling)
-            anygen_image(s, compile)()
-        hf_text(s, 8)()
-        text = {"hf": best_rate(hf_text(s, args.new_tokens), args.repeats),
-                "eager": best_rate(anygen_text(s, args.new_tokens, False), args.repeats),
-                "compiled": best_rate(anygen_text(s, args.new_tokens, True), args.repeats)}
-        image = {"hf": best_rate(hf_image(s), args.repeats),
-                 "eager": best_rate(anygen_image(s, False), args.repeats),
-                 "compiled": best_rate(anygen_image(s, True), args.repeats)}
-        floor = bandwidth / weight_bytes(s.core)
-        for task, r in (("text", text), ("image + CFG 2", image)):
-            rows.append(f"| {name} ({params:.1f}M) | {task} | {r['hf']:.1f} | {r['eager']:.1f} | {r['compiled']:.1f} "
-                        f"| {r['compiled'] / r['hf']:.2f}x | {floor:.1f} | {r['compiled'] / floor:.0%} |")
-        print("\n".join(rows[-2:]), flush=True)
+        for task in ("text", "image + CFG 2"):
+            r = measure(s, task, args.new_tokens, args.repeats)
+            ratio = lambda a, b: [x / y for x, y in zip(r[a], r[b])]  # noqa: E731 -- per round
+            rows.append(f"| {name} ({params:.1f}M) | {task} | {statistics.median(r['hf']):.1f} | "
+                        f"{statistics.median(r['eager']):.1f} | {statistics.median(r['compiled']):.1f} | "
+                        f"{spread(ratio('eager', 'hf'))}x | {spread(ratio('compiled', 'hf'))}x | "
+                        f"{statistics.median(r['floor']):.1f} | {spread([100 * x for x in ratio('compiled', 'floor')])}% |")
+            print(rows[-1], flush=True)
     command = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     body = "\n".join([
         "## Decode speed (batch 1, fp32, CPU)",
         "",
-        f"`{command.strip()}` — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads, {args.new_tokens} text tokens / one 64-code image, median of {args.repeats} runs. "
-        f"Measured read bandwidth: {bandwidth / 1e9:.1f} GB/s.",
+        f"`{command.strip()}` -- {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), {args.new_tokens} text tokens / one 64-code image. Contenders alternate within "
+        f"each of {args.repeats} rounds (transformers `generate`, anygen eager, anygen compiled, then a read-"
+        "bandwidth measurement); rates are medians, ratios are medians of the per-round ratios with their range. "
+        "The bandwidth floor is weight bytes per token over the measured read bandwidth.",
         "",
-        "| core | task | transformers `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | "
+        "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
         "compiled / generate | bandwidth floor tok/s | compiled / floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     print(body)

@@ -158,21 +158,22 @@ class Tally:
 
 
 def block_costs(model: AnyGen, sizes: list[int], repeats: int, calls: int = 20) -> dict[int, list[float]]:
-    """Milliseconds per core call on ``R`` rows of a slot cache (one decode step of a block), sizes alternated."""
+    """Milliseconds per eager fast-step call on ``R`` rows of a slot cache whose rows use 64 columns (one decode step
+    of a block, as the scheduler runs it), sizes alternated."""
+    from anygen.generation.fast_decode import LlamaDecodeStep
     from anygen.generation.slot_cache import slot_cache
 
-    core, length = model.core, 512
-    caches = {r: slot_cache(core, r, length, torch.zeros(r, dtype=torch.long)) for r in sizes}
+    core, length, used = model.core, 512, 64
+    steps = {r: LlamaDecodeStep(core, slot_cache(core, r, length, torch.zeros(r, dtype=torch.long))) for r in sizes}
     costs: dict[int, list[float]] = {r: [] for r in sizes}
     with torch.inference_mode():
         for repeat in range(repeats + 1):  # the first round warms up
             for r in sizes:
-                mask = (torch.arange(length)[None] <= 20)[:, None, None, :].expand(r, 1, 1, length)
-                inputs = {"input_ids": torch.zeros(r, 1, dtype=torch.long), "position_ids": torch.full((r, 1), 20),
-                          "attention_mask": mask, "cache": caches[r], "use_cache": True}
+                mask = (torch.arange(used)[None] <= 20)[:, None, None, :].expand(r, 1, 1, used)
+                args = (torch.zeros(r, 1, dtype=torch.long), torch.full((r, 1), 20), torch.full((r,), 20), mask)
                 began = time.perf_counter()
                 for _ in range(calls):
-                    core(**inputs)
+                    steps[r](*args)
                 if repeat:
                     costs[r].append(1000 * (time.perf_counter() - began) / calls)
     return costs
@@ -185,20 +186,23 @@ def spread(values: list[float], digits: int = 1) -> str:
 # ---- the server process --------------------------------------------------------------------------------------
 
 
-def start_server(model: str, block_rows: int, blocks: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, block_rows: int, blocks: int, threads: int,
+                 compile: bool) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "anygen", "serve", "--model", model, "--port", str(port), "--log-level",
                "warning", "--served-model-name", "m", "--block-rows", str(block_rows), "--blocks", str(blocks),
-               "--max-queue", "64"]
+               "--max-queue", "64", "--compile" if compile else "--no-compile"]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            health = httpx.get(url + "/health", timeout=2)
+            if health.status_code == 200 and (health.json()["compiled"] or not compile):  # timed once compiled
                 return process, url
+            time.sleep(0.5)
         except httpx.HTTPError:
             time.sleep(0.5)
     process.kill()
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-rows", type=int, default=8)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each process (client, server)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="the server's compiled decode step (timing starts once it is traced)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     say("model loaded")
     costs = block_costs(model, [2, 8, 16, 32], args.repeats)
     say("timed the core calls")
-    process, url = start_server(args.model, args.block_rows, args.blocks, args.threads)
+    process, url = start_server(args.model, args.block_rows, args.blocks, args.threads, args.compile)
     say("server up")
     try:
         names = ["one at a time", *[f"server, {c} clients" for c in args.clients]]

@@ -244,13 +244,14 @@ class Scheduler:
         return Job(rows, b, branches, grammar, tables, state, guidance, guided_modes, NoiseSource(b, generator),
                    max_new_tokens, scope=current_scope(), generated=[0] * b)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | bool]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
-        steps run since the start) and ``tokens`` (tokens generated since the start, guidance branches not
-        counted)."""
+        steps run since the start), ``tokens`` (tokens generated since the start, guidance branches not
+        counted) and ``compiled`` (whether decoding runs through the compiled step yet)."""
         with self._cond:
             return {"active_rows": sum(o is not None for o in self._owner), "active_jobs": len(self._active),
-                    "waiting": len(self._waiting), "steps": self._steps, "tokens": self._tokens_out}
+                    "waiting": len(self._waiting), "steps": self._steps, "tokens": self._tokens_out,
+                    "compiled": self.compiled}
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the thread; jobs still running or waiting end with a :class:`GenerationError`."""
