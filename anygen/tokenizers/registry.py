@@ -17,6 +17,7 @@ TOKENIZER_CLASSES: dict[str, str | type] = {
     "AudioCodec": "anygen.tokenizers.audio:AudioCodec",
     "WaveformCodec": "anygen.tokenizers.waveform:WaveformCodec",
     "SignalTokenizer": "anygen.tokenizers.signal:SignalTokenizer",
+    "ChameleonImageTokenizer": "anygen.interop.chameleon_vqgan:ChameleonImageTokenizer",
 }
 
 
