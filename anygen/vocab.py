@@ -2,7 +2,8 @@
 
 Layout (global ids)::
 
-    [0, text_size)                      text tokens (a pretrained LLM's rows keep their meaning)
+    [0, text_size)                      text tokens (a pretrained LLM's rows keep their meaning); ``reserved``
+                                        ranges in it are never sampled as text (see below)
     [text_size, text_size + S)          specials: <|pad|> <|bos|> <|eos|>, then <|m|> <|/m|> per modality m
     one span of codebook_size ids per codebook of each modality, in registration order
     padding up to a multiple of ``pad_to`` (never emitted: the grammar masks it)
@@ -11,6 +12,10 @@ Layout (global ids)::
 Everything about a modality (its specials, spans, grammar) is derived from ``(name, codebook_size,
 num_codebooks)``, so adding a modality never touches this file. A model that is already trained gets new
 modalities with :meth:`Vocab.extended`, which appends them after every existing id, so no id changes meaning.
+
+``reserved`` text ids: a model converted from a public checkpoint (``anygen.interop``) keeps the source's ids as
+its text span, so the source's own specials and image tokens sit there too, while their rows are copied to
+anygen's specials and codebook spans. Those ids stay readable but the sampler never emits them as text.
 """
 
 from __future__ import annotations
@@ -58,9 +63,13 @@ class Vocab:
     """
 
     def __init__(self, text_size: int, modalities: list[ModalitySpec], pad_to: int = 64,
-                 appended: Sequence[ModalitySpec] = ()) -> None:
+                 appended: Sequence[ModalitySpec] = (), reserved: Sequence[Sequence[int]] = ()) -> None:
         if text_size <= 0:
             raise InvalidArgumentError(f"text_size={text_size} must be > 0")
+        self.reserved = tuple((int(a), int(b)) for a, b in reserved)  # [start, stop) ranges of text ids
+        if any(not 0 <= a < b <= text_size for a, b in self.reserved):
+            raise InvalidArgumentError(f"reserved={list(self.reserved)} must be [start, stop) ranges inside "
+                                       f"[0, text_size={text_size})")
         names = [m.name for m in (*modalities, *appended)]
         if len(set(names)) != len(names) or TEXT in names:
             raise InvalidArgumentError(f"modality names must be unique and not 'text', got {names}")
@@ -107,7 +116,7 @@ class Vocab:
         """
         if spec.name in self.modality_names:
             raise InvalidArgumentError(f"modality {spec.name!r} is already in this vocab {self.modality_names[1:]}")
-        return Vocab(self.text_size, self.base, self.pad_to, [*self.appended, spec])
+        return Vocab(self.text_size, self.base, self.pad_to, [*self.appended, spec], self.reserved)
 
     # ---- names -> ids -------------------------------------------------------------------------------------
     @property
@@ -186,10 +195,13 @@ class Vocab:
         return out
 
     def mask(self, modality: str, codebook: int | None = None) -> torch.Tensor:
-        """Boolean ``(size,)`` mask of the ids of ``modality`` ('text' = text ids only), one codebook or all."""
+        """Boolean ``(size,)`` mask of the ids of ``modality`` ('text' = text ids, reserved ones excluded), one
+        codebook or all."""
         out = torch.zeros(self.size, dtype=torch.bool)
         if modality == TEXT:
             out[: self.text_size] = True
+            for start, stop in self.reserved:
+                out[start:stop] = False
             return out
         spec = self.spec(modality)
         for k in range(spec.num_codebooks) if codebook is None else [codebook]:
@@ -199,11 +211,13 @@ class Vocab:
 
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly layout; ``appended`` is present only for extended vocabs (older files lack it)."""
+        """JSON-friendly layout; ``appended`` / ``reserved`` are present only when used (older files lack them)."""
         data: dict[str, Any] = {"text_size": self.text_size, "pad_to": self.pad_to,
                                 "modalities": [[m.name, m.codebook_size, m.num_codebooks] for m in self.base]}
         if self.appended:
             data["appended"] = [[m.name, m.codebook_size, m.num_codebooks] for m in self.appended]
+        if self.reserved:
+            data["reserved"] = [list(r) for r in self.reserved]
         return data
 
     @classmethod
@@ -211,7 +225,8 @@ class Vocab:
         try:
             mods = [ModalitySpec(str(n), int(c), int(k)) for n, c, k in data["modalities"]]
             appended = [ModalitySpec(str(n), int(c), int(k)) for n, c, k in data.get("appended", [])]
-            return cls(int(data["text_size"]), mods, int(data.get("pad_to", 64)), appended)
+            return cls(int(data["text_size"]), mods, int(data.get("pad_to", 64)), appended,
+                       [(int(a), int(b)) for a, b in data.get("reserved", [])])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"malformed vocab entry in config: {data!r} ({err})") from err
 

@@ -4,6 +4,8 @@
 spans (audio) may close at any frame boundary up to their maximum; codebooks come in order inside a frame; a span
 is never opened when it cannot fit in the remaining budget. The state is three ``(B,)`` tensors per batch, so rows
 of one batch may sit in different modalities at the same step, and the masks are built without host syncs.
+A fixed-length span may also carry a :class:`SpanLayout` (Emu3's images): forced tokens after the opening and
+before the closing, and a row-separator token after every ``row_width`` content codes.
 """
 
 from __future__ import annotations
@@ -18,16 +20,53 @@ from anygen.vocab import TEXT, Vocab
 
 
 @dataclass(frozen=True)
+class SpanLayout:
+    """Fixed tokens inside a span, around and between its content codes (all *local* codes of one codebook).
+
+    A tokenizer that lays its spans out this way returns one from ``span_layout(item_shape)``; its
+    ``tokens_for(item_shape)`` counts every position of the span, fixed tokens included. Codes
+    ``[0, content_codes)`` are content the sampler chooses; the higher codes of the codebook are the fixed tokens.
+
+    Example (Emu3: ``h*w<|image token|>``, then rows of ``w`` codes each closed by an end-of-line, then an
+    end-of-frame)::
+
+        SpanLayout(content_codes=32768, prefix=(DIGIT_3, STAR, DIGIT_3, IMAGE_TOKEN), row_width=3,
+                   row_separator=EOL, suffix=(EOF,))
+    """
+
+    content_codes: int
+    prefix: tuple[int, ...] = ()
+    row_width: int = 0  # content codes per row; 0 = no rows
+    row_separator: int | None = None  # local code forced after every row (the last one too)
+    suffix: tuple[int, ...] = ()
+
+    def positions(self, length: int) -> list[int]:
+        """Per position of a ``length``-token span: the forced local code, or -1 where content goes."""
+        body = length - len(self.prefix) - len(self.suffix)
+        row = [-1] * self.row_width + [self.row_separator] if self.row_width else [-1]
+        if body < 0 or body % len(row) or (self.row_width and self.row_separator is None):
+            raise InvalidArgumentError(
+                f"a span of {length} tokens does not fit this layout: {len(self.prefix)} prefix + rows of "
+                f"row_width={self.row_width} codes and row_separator={self.row_separator} + {len(self.suffix)} suffix")
+        return [*self.prefix, *(row * (body // len(row))), *self.suffix]
+
+
+@dataclass(frozen=True)
 class SpanRule:
-    """Grammar of one modality's spans, derived from its tokenizer (see :func:`span_rules`)."""
+    """Grammar of one modality's spans, derived from its tokenizer (see :func:`span_rules`).
+
+    ``forced`` (spans with a :class:`SpanLayout`): per position, the global id the span must hold there, or -1
+    where a content code goes; empty for spans without fixed tokens.
+    """
 
     modality: str
     begin_id: int
     end_id: int
     starts: tuple[int, ...]  # first global id of each codebook
-    codebook_size: int
-    min_len: int  # codes, a multiple of len(starts)
+    codebook_size: int  # content codes per codebook (the ids the sampler may choose)
+    min_len: int  # tokens between begin and end, a multiple of len(starts)
     max_len: int
+    forced: tuple[int, ...] = ()
 
 
 def span_rules(vocab: Vocab, tokenizers: Mapping[str, Any], item_shapes: Mapping[str, Any]) -> list[SpanRule]:
@@ -46,10 +85,28 @@ def span_rules(vocab: Vocab, tokenizers: Mapping[str, Any], item_shapes: Mapping
         k = spec.num_codebooks
         if n <= 0 or n % k:
             raise InvalidArgumentError(f"{spec.name}: tokens_for gave {n}, not a positive multiple of {k} codebooks")
-        rules.append(SpanRule(spec.name, vocab.begin_id(spec.name), vocab.end_id(spec.name),
-                              tuple(vocab.span(spec.name, c).start for c in range(k)), spec.codebook_size,
-                              k if tok.variable_length else n, n))
+        starts = tuple(vocab.span(spec.name, c).start for c in range(k))
+        layout = tok.span_layout(item_shapes[spec.name]) if hasattr(tok, "span_layout") else None
+        size, forced = spec.codebook_size, ()
+        if layout is not None:
+            size, forced = _layout_ids(spec.name, layout, n, starts, spec.codebook_size, tok.variable_length)
+        rules.append(SpanRule(spec.name, vocab.begin_id(spec.name), vocab.end_id(spec.name), starts, size,
+                              k if tok.variable_length else n, n, forced))
     return rules
+
+
+def _layout_ids(name: str, layout: SpanLayout, n: int, starts: tuple[int, ...], codebook_size: int,
+                variable_length: bool) -> tuple[int, tuple[int, ...]]:
+    """The content-code count and the per-position forced global ids of a laid-out span (checked)."""
+    if variable_length or len(starts) != 1:
+        raise InvalidArgumentError(f"{name}: a span layout needs a fixed-length span of one codebook")
+    positions = layout.positions(n)
+    fixed = [c for c in positions if c >= 0]
+    if not 0 < layout.content_codes <= codebook_size or any(not layout.content_codes <= c < codebook_size
+                                                            for c in fixed):
+        raise InvalidArgumentError(f"{name}: layout codes must lie in [content_codes={layout.content_codes}, "
+                                   f"codebook_size={codebook_size}), got {sorted(set(fixed))}")
+    return layout.content_codes, tuple(c + starts[0] if c >= 0 else -1 for c in positions)
 
 
 @dataclass
@@ -107,6 +164,11 @@ class Grammar:
         self.begin_ids = torch.tensor([r.begin_id for r in rules], dtype=torch.long)
         self.begin_to_mode = torch.zeros(v, dtype=torch.long)
         self.begin_to_mode[self.begin_ids] = torch.arange(1, m + 1)
+        # Forced ids per (mode, position) for laid-out spans, -1 = free; one column when no span has a layout.
+        width = max([len(r.forced) for r in rules] + [1])
+        self.forced = torch.full((m + 2, width), -1, dtype=torch.long)
+        for i, r in enumerate(rules, start=1):
+            self.forced[i, : len(r.forced)] = torch.tensor(r.forced, dtype=torch.long)
         allowed = names if open_modalities is None else list(open_modalities)
         self.may_open = torch.tensor([n in allowed for n in names], dtype=torch.bool)
 
@@ -152,8 +214,12 @@ class Grammar:
         row = torch.where(mode == 0, 0, row)
         row = torch.where(mode == self.done_mode, self.done_row, row)
         allowed = self.table[row]  # (B, V)
-        end_ok = in_span & (pos >= self.min_len[mode]) & (pos % k == 0)
         rows = torch.arange(b)
+        forced = self.forced[mode, pos.clamp(max=self.forced.shape[1] - 1)]  # (B,) a laid-out span's fixed token
+        is_forced = in_span & (pos < limit) & (forced >= 0)
+        allowed = allowed & ~is_forced[:, None]
+        allowed[rows, forced.clamp(min=0)] |= is_forced
+        end_ok = in_span & (pos >= self.min_len[mode]) & (pos % k == 0)
         allowed[rows, self.end_ids[mode]] |= end_ok
         # Open a span only if begin + min codes + end fit in what is left.
         fits = self.may_open & (self.min_len[1:-1] + 2 <= remaining)  # (M,)
