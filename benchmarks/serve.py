@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=16, help="requests per pass (a prefix of the mix)")
-    parser.add_argument("--block-rows", type=int, default=8)
-    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--block-rows", type=int, default=32)
+    parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each process (client, server)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="the server's compiled decode step (timing starts once it is traced)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)

@@ -301,17 +301,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: its name)")
-    parser.add_argument("--block-rows", type=int, default=8, help="rows the core runs at once")
-    parser.add_argument("--blocks", type=int, default=4, help="blocks of rows decoding together")
+    parser.add_argument("--block-rows", type=int, default=32, help="rows the core runs at once (fewer: a lone "
+                        "request answers sooner, many clients get less throughput; docs/serving.md)")
+    parser.add_argument("--blocks", type=int, default=1, help="blocks of rows decoding together")
     parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait beyond the batch")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request fails (504)")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (413 beyond)")
     parser.add_argument("--max-images", type=int, default=4, help="largest n of the image endpoints")
     parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens of a chat completion")
     parser.add_argument("--max-audio-seconds", type=float, default=4.0, help="longest speech generated")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="decode through a torch.compile-d step once it is traced (in the background; the server "
-                             "answers eagerly meanwhile)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="decode through a torch.compile-d step once it is traced in the background (the server "
+                             "answers eagerly meanwhile); for GPUs: on a CPU it measured slower than the eager fast "
+                             "step")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
