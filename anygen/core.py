@@ -4,6 +4,27 @@ We do not rewrite a transformer: the core is a stock ``transformers`` causal LM 
 local pretrained LLM directory can be used as a starting point and every attention kernel transformers knows is
 available. Attention backends: ``"sdpa"`` (PyTorch's fused kernels, the default, memory-efficient on GPU),
 ``"eager"``, or ``"xformers"`` (registered on demand when CUDA and the ``xformers`` extra are present).
+
+**Which classes a core may be.** A saved model's ``config.json`` names its core's class (``core_class``) and
+loading builds it only from this allow-list, never by importing a name a file gives, never with remote code:
+
+- the causal-LM class transformers' own registry gives the config's ``model_type`` (``LlamaForCausalLM`` for
+  ``"llama"``, ``Qwen2ForCausalLM`` ...);
+- the classes in :data:`CORE_CLASSES`, each with the ``model_type`` its config must have: the cores of converted
+  public checkpoints (:mod:`anygen.interop`).
+
+**The core contract** (what the rest of anygen uses, so a wrapper such as
+:class:`anygen.interop.janus_core.JanusCore` runs through ``generate`` unchanged):
+
+- ``config``: a transformers config of the decoder (it sizes the KV cache: layers, KV heads, head size, and
+  ``max_position_embeddings`` bounds the context); ``config.to_dict()`` is what ``config.json`` stores;
+- ``get_input_embeddings()``: an ``nn.Embedding`` with at least ``vocab.size`` rows (rows of ids that the core
+  embeds in another way may be placeholders), and ``resize_token_embeddings(n, mean_resizing=False)`` to grow it
+  (and the output rows) for an appended modality;
+- ``forward(input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, logits_to_keep=0,
+  **kwargs)`` returning an object with ``.logits`` ``(B, T', V)`` over anygen's ids (``T'`` = the last
+  ``logits_to_keep`` positions, 0 = all); ``cache`` is a transformers ``Cache`` (a ``StaticCache`` in generation)
+  and ``cache_position`` may be passed in ``kwargs``.
 """
 
 from __future__ import annotations
@@ -12,6 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import importlib
+from typing import Callable
+
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from anygen.errors import CheckpointError, InvalidArgumentError
@@ -52,12 +77,59 @@ def build_core(config: CoreConfig, vocab_size: int, attn_implementation: str = "
     return core_from_config(hf_config, attn_implementation)
 
 
-def core_from_config(hf_config: object, attn_implementation: str = "sdpa") -> PreTrainedModel:
-    """Instantiate a causal LM from a transformers config (dict or object), randomly initialised."""
+# core_class -> (the model_type its config must have, "module:attribute" of a builder taking that config).
+CORE_CLASSES: dict[str, tuple[str, str]] = {
+    "ChameleonForConditionalGeneration": ("chameleon", "anygen.interop.chameleon:build_chameleon_core"),
+    "Emu3ForCausalLM": ("emu3_text_model", "transformers:Emu3ForCausalLM"),
+    "JanusCore": ("llama", "anygen.interop.janus_core:JanusCore"),
+}
+AUTO_CORE = "AutoModelForCausalLM"  # what a config.json without ``core_class`` (older files) means
+
+
+def core_from_config(hf_config: object, attn_implementation: str = "sdpa",
+                     core_class: str = AUTO_CORE) -> nn.Module:
+    """Instantiate an allow-listed core class from a transformers config (dict or object), randomly initialised.
+
+    Raises:
+        CheckpointError: ``core_class`` is not allowed for the config's ``model_type``.
+    """
     if isinstance(hf_config, dict):
         hf_config = AutoConfig.for_model(**hf_config)
+    builder = core_builder(core_class, hf_config.model_type)
     hf_config._attn_implementation = resolve_attention(attn_implementation)
-    return AutoModelForCausalLM.from_config(hf_config)
+    return builder(hf_config)
+
+
+def core_builder(core_class: str, model_type: str) -> Callable[[object], nn.Module]:
+    """The constructor of an allow-listed ``core_class`` for a config of ``model_type`` (see the module docstring)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if core_class in CORE_CLASSES:
+        expected, target = CORE_CLASSES[core_class]
+        if model_type != expected:
+            raise CheckpointError(f"core_class={core_class!r} needs a core config of model_type={expected!r}, got "
+                                  f"{model_type!r}")
+        module, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    auto = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if auto is not None and core_class in (AUTO_CORE, auto):
+        return AutoModelForCausalLM.from_config
+    if auto is None:
+        raise CheckpointError(f"core.model_type={model_type!r} is not a causal-LM type transformers knows (e.g. "
+                              f"'llama', 'qwen2', 'gemma'), and core_class={core_class!r} is not one of "
+                              f"{sorted(CORE_CLASSES)}")
+    raise CheckpointError(
+        f"core_class={core_class!r} is not an allowed core for model_type={model_type!r}: anygen builds {auto} "
+        f"(transformers' causal-LM class for that model_type) or one of {sorted(CORE_CLASSES)}; it never imports "
+        "another class a file names")
+
+
+def core_class_name(core: nn.Module) -> str:
+    """The ``core_class`` to record for ``core``; raises :class:`CheckpointError` for a class loading would refuse."""
+    name = type(core).__name__
+    model_type = getattr(getattr(core, "config", None), "model_type", None)
+    core_builder(name, str(model_type))  # refuse to save what could not be loaded
+    return name
 
 
 def load_pretrained_core(directory: str | Path, gguf_file: str | None = None,

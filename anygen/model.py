@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anygen.gated_lora import AdapterSpec, GatedAdapters
-from anygen.core import CoreConfig, build_core, extend_vocab, load_pretrained_core
+from anygen.core import AUTO_CORE, CoreConfig, build_core, core_class_name, extend_vocab, load_pretrained_core
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.generation.grammar import SpanRule, span_rules
 from anygen.processor import IGNORE, Processor
@@ -174,6 +174,7 @@ class AnyGen(nn.Module):
                     overwrite=overwrite)
 
     def _write(self, directory: Path, dtype: torch.dtype | None) -> None:
+        core_class = core_class_name(self.core)  # refuses a class that loading would not build, before writing
         save_tensors(unique_tensors(self.core), directory / WEIGHTS, dtype, "weights")
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
         entries = {}
@@ -184,7 +185,7 @@ class AnyGen(nn.Module):
         for name, decoder in self.decoders.items():
             decoder.save_pretrained(directory / "decoders" / name, dtype=dtype)
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
-                  "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
+                  "core_class": core_class, "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
         if len(self.adapters):
             save_tensors(self.adapters.state_dict(), directory / ADAPTERS, dtype, "adapter weights")
             config["adapters"] = [a.spec.to_dict() for a in self.adapters]
@@ -196,8 +197,9 @@ class AnyGen(nn.Module):
         """Load a model written by :meth:`save_pretrained` (safetensors only; strict about every key and shape).
 
         Everything is checked before the core is allocated (``anygen.saved_model``): ``config.json`` against its
-        schema, the weights against a core built on the meta device, the tokenizers against the vocab. Any
-        failure raises :class:`CheckpointError` naming the file and the key; no half-built model is returned.
+        schema (the core's class against :mod:`anygen.core`'s allow-list), the weights against a core built on the
+        meta device, the tokenizers against the vocab. Any failure raises :class:`CheckpointError` naming the file
+        and the key; no half-built model is returned.
         """
         directory = Path(directory)
         with contextlib.suppress(OSError):  # e.g. a read-only folder: load what is there
@@ -205,12 +207,13 @@ class AnyGen(nn.Module):
         config = read_config(directory)
         source, weights_path = directory / CONFIG, directory / WEIGHTS
         weights = read_weights(weights_path)
-        skeleton = core_skeleton(config["core"], weights, weights_path, attn_implementation)
+        core_class = config.get("core_class", AUTO_CORE)
+        skeleton = core_skeleton(config["core"], weights, weights_path, attn_implementation, core_class)
         vocab = read_vocab(config["vocab"], skeleton.get_input_embeddings().weight.shape[0], source)
         text = TextTokenizer.from_pretrained(inside(directory, config["text_tokenizer"], "text_tokenizer", source))
         tokenizers = {name: _load_tokenizer(directory, name, entry) for name, entry in config["tokenizers"].items()}
         _check_tokenizers(vocab, text, tokenizers, f"{directory}: ")
-        core = load_core(config["core"], weights, weights_path, attn_implementation)
+        core = load_core(config["core"], weights, weights_path, attn_implementation, core_class)
         del weights
         adapters = _load_adapters(core, config.get("adapters", []), directory / ADAPTERS)
         model = cls(core, vocab, text, tokenizers, _load_decoders(directory), adapters)

@@ -1,7 +1,8 @@
 """What a directory written by ``AnyGen.save_pretrained`` holds, and what it must pass before anything is built.
 
     config.json        {"format": "anygen", "version": 1, "core": <a transformers causal-LM config>,
-                        "vocab": {"text_size", "pad_to", "modalities", "appended"?},
+                        "core_class"?: <an allow-listed class, anygen.core>,
+                        "vocab": {"text_size", "pad_to", "modalities", "appended"?, "reserved"?},
                         "tokenizers": {modality: {"class", "path"}}, "text_tokenizer": <path>, "adapters"?: [...]}
     model.safetensors  the core's weights (tied duplicates stored once)
 
@@ -10,7 +11,8 @@ stay inside the directory), then checks the weights against a core built on the 
 random init): only a config whose every key, shape and dtype matches the file gets a real core. Every failure is a
 :class:`CheckpointError` naming the file and the key. The ``core`` section is transformers' own config: its keys
 are type-checked against the defaults of its ``model_type``, and unknown keys are left to transformers (configs
-gain and lose keys across transformers versions).
+gain and lose keys across transformers versions). ``core_class`` (absent in older files: transformers' causal-LM
+class of the ``model_type``) must be on :mod:`anygen.core`'s allow-list for that ``model_type``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from anygen.core import core_from_config
+from anygen.core import AUTO_CORE, core_builder, core_from_config
 from anygen.errors import AnygenError, CheckpointError
 from anygen.tokenizers.weights import check_tensors
 from anygen.vocab import Vocab
@@ -37,9 +39,10 @@ ADAPTERS = "adapters.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 # key -> (JSON type, required). float accepts ints; int and float never accept booleans.
-_TOP = {"format": (str, True), "version": (int, True), "core": (dict, True), "vocab": (dict, True),
-        "tokenizers": (dict, True), "text_tokenizer": (str, True), "adapters": (list, False)}
-_VOCAB = {"text_size": (int, True), "pad_to": (int, False), "modalities": (list, True), "appended": (list, False)}
+_TOP = {"format": (str, True), "version": (int, True), "core": (dict, True), "core_class": (str, False),
+        "vocab": (dict, True), "tokenizers": (dict, True), "text_tokenizer": (str, True), "adapters": (list, False)}
+_VOCAB = {"text_size": (int, True), "pad_to": (int, False), "modalities": (list, True), "appended": (list, False),
+          "reserved": (list, False)}
 _TOKENIZER = {"class": (str, True), "path": (str, True)}
 _ADAPTER = {"first_id": (int, True), "end_id": (int, True), "rank": (int, False), "alpha": (float, False),
             "targets": (list, False)}
@@ -82,7 +85,7 @@ def check_config(config: Any, source: Path) -> None:
         _check_object(spec, _ADAPTER, f"adapters[{i}]", source)
         for j, target in enumerate(spec.get("targets", [])):
             _check_type(target, str, f"adapters[{i}].targets[{j}]", source)
-    _check_core(config["core"], source)
+    _check_core(config["core"], config.get("core_class", AUTO_CORE), source)
 
 
 def inside(directory: Path, relative: str, key: str, source: Path) -> Path:
@@ -135,16 +138,24 @@ def _check_vocab(vocab: Any, source: Path) -> None:
                 _check_type(spec[j], int, f"{where}[{j}] ({what})", source)
                 if spec[j] < 1:
                     raise CheckpointError(f"{source}: {where}[{j}] ({what})={spec[j]} must be >= 1")
+    for i, pair in enumerate(vocab.get("reserved", [])):
+        ok = isinstance(pair, list) and len(pair) == 2 and all(type(x) is int for x in pair)
+        if not ok or not 0 <= pair[0] < pair[1] <= vocab["text_size"]:
+            raise CheckpointError(f"{source}: vocab.reserved[{i}]={_short(pair)} must be [start, stop] with "
+                                  f"0 <= start < stop <= vocab.text_size={vocab['text_size']}")
 
 
-def _check_core(core: dict[str, Any], source: Path) -> None:
+def _check_core(core: dict[str, Any], core_class: str, source: Path) -> None:
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = core.get("model_type")
-    if not isinstance(model_type, str) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise CheckpointError(f"{source}: core.model_type={model_type!r} is not a causal-LM type transformers knows "
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{source}: core.model_type={model_type!r} must name a transformers model type "
                               "(e.g. 'llama', 'qwen2', 'gemma')")
+    try:
+        core_builder(core_class, model_type)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from err
     try:
         defaults = AutoConfig.for_model(model_type).to_dict()
     except Exception:  # a config class that needs arguments: its values are left to transformers
@@ -202,7 +213,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def core_skeleton(core: dict[str, Any], weights: Mapping[str, torch.Tensor], path: Path,
-                  attn_implementation: str) -> nn.Module:
+                  attn_implementation: str, core_class: str = AUTO_CORE) -> nn.Module:
     """The core ``config.json`` describes, built on the meta device (no memory) and checked against ``weights``
     (read from ``path``): same keys, shapes and loadable dtypes. Call it before :func:`load_core`."""
     layers = {k: v for k, v in core.items() if "layers" in k and isinstance(v, int) and v > len(weights)}
@@ -211,15 +222,15 @@ def core_skeleton(core: dict[str, Any], weights: Mapping[str, torch.Tensor], pat
         raise CheckpointError(f"{path.parent / CONFIG}: core.{key}={value} but {path} holds only {len(weights)} "
                               "tensors")
     with torch.device("meta"):
-        skeleton = _build_core(core, attn_implementation, path.parent / CONFIG)
+        skeleton = _build_core(core, attn_implementation, core_class, path.parent / CONFIG)
     check_tensors(unique_tensors(skeleton), weights, path)
     return skeleton
 
 
 def load_core(core: dict[str, Any], weights: Mapping[str, torch.Tensor], path: Path,
-              attn_implementation: str) -> nn.Module:
+              attn_implementation: str, core_class: str = AUTO_CORE) -> nn.Module:
     """The real core, holding ``weights``; ``core`` and ``weights`` must have passed :func:`core_skeleton`."""
-    model = _build_core(core, attn_implementation, path.parent / CONFIG)
+    model = _build_core(core, attn_implementation, core_class, path.parent / CONFIG)
     copy_weights(model, weights)
     return model
 
@@ -257,11 +268,11 @@ def unique_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _build_core(core: dict[str, Any], attn_implementation: str, source: Path) -> nn.Module:
+def _build_core(core: dict[str, Any], attn_implementation: str, core_class: str, source: Path) -> nn.Module:
     try:
-        return core_from_config(dict(core), attn_implementation)
+        return core_from_config(dict(core), attn_implementation, core_class)
     except AnygenError:
         raise
     except Exception as err:  # transformers' config classes and modules raise any type on values they cannot use
-        raise CheckpointError(f"{source}: transformers cannot build a {core['model_type']!r} core from 'core': "
-                              f"{type(err).__name__}: {err}") from err
+        raise CheckpointError(f"{source}: cannot build a {core_class} core of model_type {core['model_type']!r} "
+                              f"from 'core': {type(err).__name__}: {err}") from err

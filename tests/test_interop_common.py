@@ -103,3 +103,34 @@ def test_reserved_text_ids_are_never_sampled_as_text_and_survive_save_and_extens
     assert not any(2 <= t < 5 or 20 <= t < 30 for row in rows for t in row)
     with pytest.raises(InvalidArgumentError, match="reserved"):
         Vocab(30, [ModalitySpec("image", 12)], reserved=[(25, 31)])
+
+
+# ---- the core allow-list ------------------------------------------------------------------------------------------
+def _edit_config(directory: Path, **changes: object) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_the_core_class_is_recorded_and_files_without_it_still_load(tiny_model: AnyGen, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["core_class"] == "LlamaForCausalLM"
+    _edit_config(tmp_path / "m", core_class=None)  # written before core_class existed
+    assert type(AnyGen.from_pretrained(tmp_path / "m").core).__name__ == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("core_class, match", [
+    ("os:system", "core_class='os:system' is not an allowed core for model_type='llama'"),
+    ("Qwen2ForCausalLM", "not an allowed core for model_type='llama': anygen builds LlamaForCausalLM"),
+    ("Emu3ForCausalLM", "core_class='Emu3ForCausalLM' needs a core config of model_type='emu3_text_model'"),
+])
+def test_a_core_class_off_the_allow_list_is_refused(tiny_model: AnyGen, tmp_path: Path, core_class: str,
+                                                    match: str) -> None:
+    tiny_model.save_pretrained(tmp_path / "m")
+    _edit_config(tmp_path / "m", core_class=core_class)
+    with pytest.raises(CheckpointError, match=match):
+        AnyGen.from_pretrained(tmp_path / "m")
