@@ -7,8 +7,10 @@ originals, the ShapesEval pass rate of the renderings, and the time to render on
 steps on the CPU threads given. The diffusion decoder is measured at one step (its direct estimate, closest to the
 original) and at ``--steps`` (sharper, a sample of the details the codes leave open).
 
-    python benchmarks/decoders.py --decoder anygen/assets/anygen-tiny/decoders/image \
-        --tokenizer anygen/assets/anygen-tiny/tokenizers/image --threads 2
+    python benchmarks/decoders.py --decoder pkg://anygen-tiny/decoders/image \
+        --tokenizer pkg://anygen-tiny/tokenizers/image --threads 2
+
+``pkg://`` names a folder shipped inside the package (the same from every working directory).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section
 from tokenizer_quality import Row, render, ssim, timed
 
+from anygen.assets import resolve_path
 from anygen.decoders import DiffusionDecoder, VQDecoder
 from anygen.tokenizers import ImageVQ
 from anygen.training.sources import image_batch
@@ -98,8 +101,8 @@ def check_same_tokenizer(decoder: DiffusionDecoder, tokenizer: ImageVQ) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decoder", default="anygen/assets/anygen-tiny/decoders/image")
-    parser.add_argument("--tokenizer", default="anygen/assets/anygen-tiny/tokenizers/image")
+    parser.add_argument("--decoder", default="pkg://anygen-tiny/decoders/image")
+    parser.add_argument("--tokenizer", default="pkg://anygen-tiny/tokenizers/image")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the second quality column")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/decoders.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    decoder, tokenizer = DiffusionDecoder.from_pretrained(args.decoder), ImageVQ.from_pretrained(args.tokenizer)
+    decoder = DiffusionDecoder.from_pretrained(resolve_path(args.decoder))
+    tokenizer = ImageVQ.from_pretrained(resolve_path(args.tokenizer))
     check_same_tokenizer(decoder, tokenizer)
     header = f"Command: `{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__})."
     table = render(rows(decoder, tokenizer, args.scenes_per_category, args.photos, args.steps, args.guidance_scale),

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402
 
+from anygen.assets import DEFAULT_MODEL  # noqa: E402
 from anygen.config import load_config  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.tokenizers.text import TextTokenizer  # noqa: E402
@@ -36,7 +37,8 @@ from anygen.training.core_data import RowKey, collate, split_by_length  # noqa: 
 from anygen.training.core_recipe import CoreTrainConfig, param_groups  # noqa: E402
 from anygen.training.stream import StreamRows  # noqa: E402
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "anygen" / "assets" / "anygen-tiny" / "text_tokenizer"
+DEFAULT_TEXT = DEFAULT_MODEL / "text_tokenizer"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 
 def build(config: CoreTrainConfig) -> tuple[AnyGen, StreamRows]:
@@ -56,7 +58,7 @@ def spread(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/train/tiny.yaml")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)

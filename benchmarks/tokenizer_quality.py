@@ -12,7 +12,7 @@ usage, tokens per second. All: encode / decode throughput on the CPU threads giv
 and / or audio sections (each is written on its own).
 
     python benchmarks/tokenizer_quality.py --parts audio --front-ends --threads 2 \
-        --audio anygen/assets/anygen-tiny/tokenizers/audio runs/tokenizers/audio-v5/final \
+        --audio pkg://anygen-tiny/tokenizers/audio runs/tokenizers/audio-v5/final \
         [--waveform runs/tokenizers/audio-waveform-final]
 """
 
@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section
 
+from anygen.assets import resolve_path
 from anygen.audio import log_mel
 from anygen.tokenizers import AudioCodec, ImageVQ, WaveformCodec
 from anygen.tokenizers.audio import AudioCodecConfig
@@ -259,8 +260,9 @@ def render_columns(tables: list[list[Row]], names: list[str], title: str) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=("image", "audio"), default=["image", "audio"])
-    parser.add_argument("--image", default="anygen/assets/anygen-tiny/tokenizers/image")
-    parser.add_argument("--audio", nargs="+", default=["anygen/assets/anygen-tiny/tokenizers/audio"],
+    parser.add_argument("--image", default="pkg://anygen-tiny/tokenizers/image",
+                        help="an ImageVQ directory (pkg:// names one shipped inside the package)")
+    parser.add_argument("--audio", nargs="+", default=["pkg://anygen-tiny/tokenizers/audio"],
                         help="one or more AudioCodec directories, measured side by side")
     parser.add_argument("--front-ends", action="store_true", help="also judge Griffin-Lim of the exact front ends")
     parser.add_argument("--waveform", default=None, help="also measure a WaveformCodec saved in this directory")
@@ -278,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     # No global inference_mode: the keyword classifier is fitted with autograd; the tokenizers run under no_grad.
     if "image" in args.parts:
         body = "\n".join(["## Tokenizers", "", header, "", render(
-            image_rows(ImageVQ.from_pretrained(args.image), args.scenes_per_category, args.photos),
+            image_rows(ImageVQ.from_pretrained(resolve_path(args.image)), args.scenes_per_category, args.photos),
             f"Image tokenizer (`{args.image}`)")])
         _publish("tokenizers", body, args.no_write)
     if "audio" in args.parts:
-        tables = [audio_rows(AudioCodec.from_pretrained(d), args.words, args.music) for d in args.audio]
+        tables = [audio_rows(AudioCodec.from_pretrained(resolve_path(d)), args.words, args.music) for d in args.audio]
         sections = ["### Audio codecs", "", header, "", render_columns(tables, args.audio, "Spectrogram codecs")]
         if args.front_ends:
             sections += ["", "#### Front ends: Griffin-Lim of the exact spectrogram (no codec)", "",
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                          "|---|---|---|---|"]
             sections += [f"| {r.metric} | {r.value} | {r.note} |" for r in front_end_rows(args.words, args.music)]
         if args.waveform:
-            sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(args.waveform), args.words,
+            sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(resolve_path(args.waveform)), args.words,
                                                   args.music), f"Waveform codec (`{args.waveform}`)")]
         _publish("audio-codecs", "\n".join(sections), args.no_write)
     return 0
