@@ -393,7 +393,7 @@ def model_and_rows(config: CoreTrainConfig, root: Path, show_progress: bool) -> 
     saved = latest_checkpoint(root)
     if saved is not None:
         state = load_checkpoint(saved)
-        if state["fingerprint"] != fingerprint:
+        if _without_paths(state["fingerprint"]) != fingerprint:
             raise InvalidArgumentError(f"{root} holds data prepared for another data / model config; use a "
                                        f"new train.out_dir or delete {root}")
         model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])))
@@ -429,6 +429,15 @@ def _fingerprint(config: CoreTrainConfig) -> str:
             "text_vocab_size": section.text_vocab_size,
             "tokenizers": {k: asdict(v) for k, v in section.tokenizers.items()},
             "files": {key: directory_digest(Path(path), key) for key, path in paths.items() if path is not None}}
+    return _without_paths(json.dumps(data, sort_keys=True))
+
+
+def _without_paths(fingerprint: str) -> str:
+    """A fingerprint without the tokenizers' paths: their files' digests stand for them, so a run resumes after the
+    repository (or the package) moved. Also applied to fingerprints saved with paths."""
+    data = json.loads(fingerprint)
+    for spec in data["tokenizers"].values():
+        spec.pop("path", None)
     return json.dumps(data, sort_keys=True)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
+from anygen.assets import resolve_path
 from anygen.decoders.diffusion import DiffusionDecoder, DiffusionDecoderConfig
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers.image import ImageVQ
@@ -62,7 +63,7 @@ class DecoderTrainConfig:
     ``condition_dropout`` is the probability of training a row on the null condition (for guidance).
     """
 
-    tokenizer: str = "anygen/assets/anygen-tiny/tokenizers/image"
+    tokenizer: str = "pkg://anygen-tiny/tokenizers/image"
     output_dir: str = "runs/decoder"
     final_dir: str | None = None
     decoder: DiffusionDecoderConfig = field(default_factory=DiffusionDecoderConfig)
@@ -134,9 +135,10 @@ def evaluate(decoder: DiffusionDecoder, config: DecoderTrainConfig) -> dict[str,
 
 
 def _load_tokenizer(path: str) -> ImageVQ:
+    path = resolve_path(path)  # the default names the shipped tokenizer as pkg://...
     if not Path(path).is_dir():
         raise InvalidArgumentError(f"tokenizer={path!r} is not a directory; point it at a saved ImageVQ, e.g. "
-                                   "anygen/assets/anygen-tiny/tokenizers/image (relative to the repository root)")
+                                   "pkg://anygen-tiny/tokenizers/image (the shipped one)")
     try:
         return ImageVQ.from_pretrained(path)
     except CheckpointError as err:
