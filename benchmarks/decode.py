@@ -140,8 +140,8 @@ def weight_bytes(core: torch.nn.Module) -> int:
     return total
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+def spread(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def measure(s: Setup, task: str, new_tokens: int, repeats: int) -> dict[str, list[float]]:
@@ -182,7 +182,8 @@ def main() -> None:
             rows.append(f"| {name} ({params:.1f}M) | {task} | {statistics.median(r['hf']):.1f} | "
                         f"{statistics.median(r['eager']):.1f} | {statistics.median(r['compiled']):.1f} | "
                         f"{spread(ratio('eager', 'hf'))}x | {spread(ratio('compiled', 'hf'))}x | "
-                        f"{statistics.median(r['floor']):.1f} | {spread([100 * x for x in ratio('compiled', 'floor')])}% |")
+                        f"{statistics.median(r['floor']):.1f} | {spread([100 * x for x in ratio('eager', 'floor')], 0)}% | "
+                        f"{spread([100 * x for x in ratio('compiled', 'floor')], 0)}% |")
             print(rows[-1], flush=True)
     command = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     body = "\n".join([
@@ -195,8 +196,8 @@ def main() -> None:
         "The bandwidth floor is weight bytes per token over the measured read bandwidth.",
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
-        "compiled / generate | bandwidth floor tok/s | compiled / floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "compiled / generate | bandwidth floor tok/s | eager / floor | compiled / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     print(body)
