@@ -255,7 +255,7 @@ def test_the_prefetcher_keeps_order_and_raises_the_workers_error():
     ("data.prefetch=0", "data.prefetch"),
     ("train.loss_weights={video: 2.0}", "train.loss_weights"),
     ("train.checkpoint_every=0", "train.checkpoint_every"),
-    ("train.log_with=[wandb]", "train.log_with"),
+    ("train.log_with=[tensorbord]", "train.log_with"),
     ("model.tokenizers.image.kind=mulaw", "model.tokenizers.image.kind"),
     ("model.tokenizers.image={kind: image_vq}", "model.tokenizers.image.kind"),
     ("model.tokenizers.image.options={cel: 8}", "model.tokenizers.image.options"),

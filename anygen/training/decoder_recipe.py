@@ -5,8 +5,9 @@ Run from the shell with ``anygen train-decoder --config configs/decoder/image-ti
 recipe's sources (shape scenes, photo crops, or a folder; :mod:`anygen.training.sources`); every batch is a pure
 function of ``(seed, step, process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run
 stopped. Each step: encode the images with the frozen tokenizer, noise them (DDPM), drop the condition of some rows,
-and regress the UNet's prediction. Evaluation renders held-out images from their codes (DDIM) and logs their PSNR
-next to the tokenizer's own decoder's to ``<output_dir>/metrics.jsonl``.
+and regress the UNet's prediction; the loss goes to ``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps
+(and to the trackers of ``train.log_with``). Evaluation renders held-out images from their codes (DDIM) and logs
+their PSNR next to the tokenizer's own decoder's there too.
 
 Example:
     >>> from anygen.config import load_config
@@ -23,6 +24,7 @@ import torch
 from accelerate.utils import set_seed
 
 from anygen.assets import resolve_path
+from anygen.config import to_dict
 from anygen.decoders.diffusion import DiffusionDecoder, DiffusionDecoderConfig
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers.image import ImageVQ
@@ -85,7 +87,7 @@ def main(config: DecoderTrainConfig) -> TrainResult:
         torch.set_num_threads(config.train.threads)
     set_seed(config.train.seed)
     return train_task(DecoderTask(config), config.train, config.output_dir, config.final_dir,
-                      desc="train diffusion decoder")
+                      desc="train diffusion decoder", hparams=to_dict(config))
 
 
 class DecoderTask:
@@ -108,7 +110,7 @@ class DecoderTask:
 
     def losses(self, model: torch.nn.Module, batch: torch.Tensor) -> StepLosses:
         loss = model(batch, condition_dropout=self.config.condition_dropout)
-        return StepLosses(total=loss, logs={"loss": float(loss.detach())})
+        return StepLosses(total=loss, logs={})  # one term: the loop logs it as ``loss``
 
     def evaluate(self, model: DiffusionDecoder) -> dict[str, float]:
         return evaluate(model, self.config)

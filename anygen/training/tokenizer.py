@@ -3,7 +3,9 @@
 Run from the shell with ``anygen train-tokenizer --config configs/tokenizer/image-tiny.yaml [--set k=v ...]``
 (or ``python -m anygen.training.tokenizer_cli``), or from Python with :func:`main`. accelerate picks the devices and
 processes (``accelerate launch`` scales the same recipe out); every batch is a pure function of ``(seed, step,
-process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run stopped.
+process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run stopped. Losses go to
+``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps (and to the accelerate trackers ``train.log_with``
+names), evaluations every ``train.eval_every`` steps.
 
 Example:
     >>> from anygen.config import load_config
@@ -24,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from anygen.config import to_dict
 from anygen.errors import InvalidArgumentError
 from anygen.tokenizers.audio import AudioCodecConfig
 from anygen.tokenizers.image import ImageVQConfig
@@ -36,8 +39,10 @@ from anygen.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from anygen.training.core_metrics import LossWindow, MetricsLogger, check_log_with, tracking
+from anygen.training.schedule import check_scheduler, lr_scheduler
 from anygen.training.sources import check_weights
-from anygen.training.tokenizer_tasks import PARTS, TASKS, cosine_lr
+from anygen.training.tokenizer_tasks import PARTS, TASKS
 
 SOURCES = {"image": ("scenes", "photos", "folder"), "audio": ("speech", "melodies", "folder")}
 
@@ -64,7 +69,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping. ``threads=0`` leaves torch's default; ``max_minutes=0`` means no time limit."""
+    """Optimisation and bookkeeping. ``threads=0`` leaves torch's default; ``max_minutes=0`` means no time limit.
+    The rate follows transformers' scheduler ``lr_scheduler`` (default: linear warm-up over ``warmup_steps``, then
+    cosine decay from ``lr`` to ``min_lr_ratio * lr``; :mod:`anygen.training.schedule`). Every ``log_every`` steps
+    the mean losses go to ``metrics.jsonl`` and the trackers of ``log_with`` (:mod:`anygen.training.core_metrics`)."""
 
     steps: int = 2000
     batch_size: int = 16
@@ -78,14 +86,20 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     max_minutes: float = 0.0
+    log_every: int = 10
+    log_with: list[str] = field(default_factory=lambda: ["jsonl"])
+    lr_scheduler: str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_last"):
+        for key in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, key) < 1:
                 raise InvalidArgumentError(f"train.{key}={getattr(self, key)} must be >= 1")
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.threads < 0:
             raise InvalidArgumentError(f"train.lr={self.lr} must be > 0, train.warmup_steps >= 0, "
                                        f"train.min_lr_ratio in [0, 1], train.threads >= 0")
+        check_log_with("train.log_with", self.log_with)
+        check_scheduler("train.lr_scheduler", self.lr_scheduler, self.lr_scheduler_kwargs)
 
 
 @dataclass
@@ -180,50 +194,69 @@ def main(config: TokenizerTrainConfig) -> TrainResult:
         torch.set_num_threads(config.train.threads)
     set_seed(config.train.seed)
     return train_task(TASKS[config.task](config), config.train, config.output_dir, config.final_dir,
-                      desc=f"train {config.modality} tokenizer")
+                      desc=f"train {config.modality} tokenizer", hparams=to_dict(config))
 
 
-def train_task(task: Any, train: TrainConfig, output_dir: str, final_dir: str | None, desc: str) -> TrainResult:
+def train_task(task: Any, train: TrainConfig, output_dir: str, final_dir: str | None, desc: str,
+               hparams: dict[str, Any] | None = None) -> TrainResult:
     """The loop shared by the recipes that train one module on generated batches (tokenizers, decoders).
 
     ``task`` has ``build_model()``, ``batch(step, split, shard)``, ``losses(model, batch) -> StepLosses`` and
     ``evaluate(model) -> dict``; the model must have ``save_pretrained``. Checkpoints go to
-    ``<output_dir>/checkpoints``, evaluations to ``<output_dir>/metrics.jsonl``, the final model to ``final_dir``.
+    ``<output_dir>/checkpoints``, losses and evaluations to ``<output_dir>/metrics.jsonl`` (and the trackers of
+    ``train.log_with``, which also receive ``hparams``, the run's config), the final model to ``final_dir``.
     Call it after seeding: the model's initialisation draws from torch's global RNG.
     """
-    # 1. The accelerator, the model and its optimizer (frozen parts, e.g. a decoder's tokenizer, are left out).
-    accelerator = Accelerator()
+    # 1. The accelerator (and its trackers), the model and its optimizer (frozen parts, e.g. a decoder's tokenizer,
+    #    are left out).
+    out = Path(output_dir)
+    accelerator = Accelerator(**tracking(train.log_with, out))
+    logger = MetricsLogger(accelerator, out, train.log_with, hparams)
     model = task.build_model()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train.lr, betas=(0.9, 0.99), weight_decay=0.0)
     # 2. Resume from the last committed checkpoint (model, optimizer, RNG; data follows from the step).
-    root = Path(output_dir) / "checkpoints"
+    root = out / "checkpoints"
     start = _resume(root, model, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
-    # 3. The loop: batch -> loss -> step; periodic evaluation and checkpoints.
+    scheduler = lr_scheduler(optimizer, train.lr_scheduler, base_lr=train.lr, warmup=train.warmup_steps,
+                             total=train.steps, min_lr_rate=train.min_lr_ratio, start=start,
+                             kwargs=train.lr_scheduler_kwargs)
+    # 3. The loop: batch -> loss -> step at the scheduler's rate; periodic logs, evaluations and checkpoints.
+    logger.drop_after(start)
+    window = LossWindow(unit="samples")
     metrics: dict[str, float] = {}
     began = time.monotonic()
     bar = tqdm(range(start, train.steps), initial=start, total=train.steps,
                disable=not accelerator.is_main_process, desc=desc)
     step = start
     for step in bar:
-        _set_lr(optimizer, train, step)
-        losses = task.losses(model, task.batch(step, "train", accelerator.process_index).to(accelerator.device))
+        lr = scheduler.get_last_lr()[0]
+        waited = time.monotonic()
+        batch = task.batch(step, "train", accelerator.process_index).to(accelerator.device)
+        window.wait(time.monotonic() - waited)
+        losses = task.losses(model, batch)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses.total)
         accelerator.clip_grad_norm_(trainable, train.grad_clip)
         optimizer.step()
-        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.logs.items()}, refresh=False)
+        scheduler.step()
+        loss = float(losses.total.detach())
+        window.add(loss, losses.logs, len(batch))
+        bar.set_postfix({k: f"{v:.4f}" for k, v in {"loss": loss, **losses.logs}.items()}, refresh=False)
         done = step + 1
         out_of_time = bool(train.max_minutes) and time.monotonic() - began > 60 * train.max_minutes
+        if done % train.log_every == 0 or done == train.steps or out_of_time:
+            logger.write({"step": done, "lr": lr, **window.flush(accelerator), "cpu_s": time.process_time()})
         if done % train.eval_every == 0 or done == train.steps or out_of_time:
-            metrics = _evaluate(accelerator, task, model, output_dir, done)
+            metrics = _evaluate(accelerator, task, model, logger, done)
         if done % train.checkpoint_every == 0 or done == train.steps or out_of_time:
             _commit(accelerator, root, done, model, optimizer, train.keep_last)
         if out_of_time:
             break
     else:
         step = train.steps - 1
+    logger.close()
     # 4. The final model, in the same format users load with ``from_pretrained``.
     return TrainResult(step=step + 1, metrics=metrics, final_dir=_save_final(accelerator, model, final_dir))
 
@@ -239,12 +272,6 @@ def _resume(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return checkpoint_step(path)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, train: TrainConfig, step: int) -> None:
-    scale = cosine_lr(step, train.steps, train.warmup_steps, train.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = train.lr * scale
-
-
 def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, keep_last: int) -> None:
     """Only rank 0 writes, after every process has finished the step."""
@@ -256,17 +283,15 @@ def _commit(accelerator: Accelerator, root: Path, step: int, model: torch.nn.Mod
     accelerator.wait_for_everyone()
 
 
-def _evaluate(accelerator: Accelerator, task: Any, model: torch.nn.Module, output_dir: str,
+def _evaluate(accelerator: Accelerator, task: Any, model: torch.nn.Module, logger: MetricsLogger,
               step: int) -> dict[str, float]:
     if not accelerator.is_main_process:
         return {}
     rng = capture_rng_state()  # evaluation must not change the training RNG stream
     metrics = task.evaluate(accelerator.unwrap_model(model))
     restore_rng_state(rng)
-    record = {"step": step, **{k: round(v, 5) for k, v in metrics.items()}}
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(output_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    record = {"step": step, "eval": {k: round(v, 5) for k, v in metrics.items()}}
+    logger.write(record)
     tqdm.write(json.dumps(record))
     return metrics
 

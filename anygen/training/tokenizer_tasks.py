@@ -6,7 +6,6 @@ The recipe (:mod:`anygen.training.tokenizer`) is one loop; it receives a task ob
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,14 +266,6 @@ def mean_codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float,
 def spectral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of two normalised log-power spectrograms, in natural-log units."""
     return (a - b).abs().mean() * FEATURE_STD
-
-
-def cosine_lr(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 TASKS = {"image": ImageTask, "audio": AudioTask, "waveform": WaveformTask}
