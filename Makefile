@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --upgrade pip
 	# The CPU wheel of torch must come first: an unpinned torch resolves to a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,demo,speech]"
+	$(PIP) install -e ".[dev,demo,speech,tensorboard]"
 	touch $@
 
 install: $(VENV)/.installed
