@@ -18,6 +18,7 @@ TOKENIZER_CLASSES: dict[str, str | type] = {
     "WaveformCodec": "anygen.tokenizers.waveform:WaveformCodec",
     "SignalTokenizer": "anygen.tokenizers.signal:SignalTokenizer",
     "ChameleonImageTokenizer": "anygen.interop.chameleon_vqgan:ChameleonImageTokenizer",
+    "TransformersAudioCodec": "anygen.interop.codecs:TransformersAudioCodec",
 }
 
 
