@@ -209,3 +209,26 @@ def test_bad_inputs_and_mismatched_files_are_refused(reference, tokenizer, tmp_p
         ChameleonImageTokenizer.from_chameleon(directory, vqgan_weights=partial)
     with pytest.raises(CheckpointError, match="config.json"):
         ChameleonImageTokenizer.from_chameleon(tmp_path)
+
+
+def test_a_model_with_it_draws_images_and_survives_save_and_load(reference, tokenizer, text_tokenizer, tmp_path):
+    import anygen
+    from conftest import TINY_CORE
+
+    from anygen.model import AnyGen
+    from anygen.pipelines import AnyGenPipeline
+
+    torch.manual_seed(0)
+    pipe = AnyGenPipeline(AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE).eval())
+    images = pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (1, 3, 16, 16)
+    assert isinstance(pipe.caption(images[0], max_new_tokens=3).texts[0], str)
+    pipe.model.save_pretrained(tmp_path / "model")
+    reloaded = anygen.load(tmp_path / "model")
+    assert isinstance(reloaded.model.tokenizers["image"], ChameleonImageTokenizer)
+    again = reloaded.text_to_image("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.equal(again.images, images)
+    encoder_only = ChameleonImageTokenizer.from_chameleon(reference[2])
+    blind = AnyGenPipeline(AnyGen(pipe.model.core, pipe.model.vocab, text_tokenizer, {"image": encoder_only}))
+    with pytest.raises(CheckpointError, match="no pixel decoder"):
+        blind.text_to_image("a red circle", generator=torch.Generator().manual_seed(0))

@@ -49,8 +49,8 @@ def vqmodel_config(vq_config: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises :class:`CheckpointError` for the few Chameleon options ``VQModel`` cannot express.
     """
-    ch, mult = int(vq_config.get("base_channels", 128)), [int(m) for m in vq_config.get("channel_multiplier",
-                                                                                        (1, 1, 2, 2, 4))]
+    ch = int(vq_config.get("base_channels", 128))
+    mult = [int(m) for m in vq_config.get("channel_multiplier", (1, 1, 2, 2, 4))]
     if not mult or mult[0] != 1:
         raise CheckpointError(f"vq_config.channel_multiplier={mult} must start with 1 (VQModel's first level is "
                               "as wide as its input conv)")
@@ -84,34 +84,29 @@ def vqmodel_config(vq_config: Mapping[str, Any]) -> dict[str, Any]:
 
 _RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
 _ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]  # a key pattern and the new name of a match
 
 
-def _part(table: Mapping[str, str], name: str) -> str:
-    if name not in table:
-        raise KeyError(name)
-    return table[name]
-
-
-def _rules(levels: int) -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
+def _rules(levels: int) -> list[Rule]:
     """(pattern, new name) pairs; ``up.{i}`` is level ``i``, diffusers' ``up_blocks`` run from the lowest level."""
     up = lambda i: levels - 1 - int(i)  # noqa: E731
     rules: list[tuple[str, Callable[[re.Match[str]], str]]] = [
         (r"(encoder|decoder)\.(conv_in|conv_out)\.(\w+)", lambda m: f"{m[1]}.{m[2]}.{m[3]}"),
         (r"(encoder|decoder)\.norm_out\.(\w+)", lambda m: f"{m[1]}.conv_norm_out.{m[2]}"),
         (r"(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(\w+)",
-         lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{_part(_RESNET, m[3])}.{m[4]}"),
+         lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{_RESNET[m[3]]}.{m[4]}"),
         (r"(encoder|decoder)\.mid\.attn_1\.(\w+)\.(\w+)",
-         lambda m: f"{m[1]}.mid_block.attentions.0.{_part(_ATTENTION, m[2])}.{m[3]}"),
+         lambda m: f"{m[1]}.mid_block.attentions.0.{_ATTENTION[m[2]]}.{m[3]}"),
         (r"encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(\w+)",
-         lambda m: f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{_part(_RESNET, m[3])}.{m[4]}"),
+         lambda m: f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{_RESNET[m[3]]}.{m[4]}"),
         (r"encoder\.down\.(\d+)\.attn\.(\d+)\.(\w+)\.(\w+)",
-         lambda m: f"encoder.down_blocks.{m[1]}.attentions.{m[2]}.{_part(_ATTENTION, m[3])}.{m[4]}"),
+         lambda m: f"encoder.down_blocks.{m[1]}.attentions.{m[2]}.{_ATTENTION[m[3]]}.{m[4]}"),
         (r"encoder\.down\.(\d+)\.downsample\.conv\.(\w+)",
          lambda m: f"encoder.down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"),
         (r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(\w+)",
-         lambda m: f"decoder.up_blocks.{up(m[1])}.resnets.{m[2]}.{_part(_RESNET, m[3])}.{m[4]}"),
+         lambda m: f"decoder.up_blocks.{up(m[1])}.resnets.{m[2]}.{_RESNET[m[3]]}.{m[4]}"),
         (r"decoder\.up\.(\d+)\.attn\.(\d+)\.(\w+)\.(\w+)",
-         lambda m: f"decoder.up_blocks.{up(m[1])}.attentions.{m[2]}.{_part(_ATTENTION, m[3])}.{m[4]}"),
+         lambda m: f"decoder.up_blocks.{up(m[1])}.attentions.{m[2]}.{_ATTENTION[m[3]]}.{m[4]}"),
         (r"decoder\.up\.(\d+)\.upsample\.conv\.(\w+)",
          lambda m: f"decoder.up_blocks.{up(m[1])}.upsamplers.0.conv.{m[2]}"),
         (r"(quant_conv|post_quant_conv)\.(\w+)", lambda m: f"{m[1]}.{m[2]}"),
@@ -154,7 +149,7 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def _rename(key: str, rules: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]], source: str | Path) -> str:
+def _rename(key: str, rules: list[Rule], source: str | Path) -> str:
     for pattern, rename in rules:
         match = pattern.fullmatch(key)
         if match:
