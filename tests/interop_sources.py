@@ -90,3 +90,44 @@ def chameleon_image_tokenizer(directory: Path):
     vqgan.load_state_dict(encoder.state_dict(), strict=False)
     widen(vqgan.decoder, 0.2, 7)
     return ChameleonImageTokenizer(vqgan)
+
+
+# ---- Janus -----------------------------------------------------------------------------------------------------
+JANUS_TOKENS = ["<｜▁pad▁｜>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<begin_of_image>", "<end_of_image>",
+                "<image_placeholder>"]
+JANUS_VQ = dict(embed_dim=8, num_embeddings=32, base_channels=32, channel_multiplier=[1, 2, 2], num_res_blocks=1,
+                latent_channels=8, projection_dim=32, image_token_embed_dim=32)  # 16 x 16 images, 4 x 4 codes
+
+
+def janus_source(directory: Path, with_decoder: bool = True) -> Path:
+    """A saved ``JanusForConditionalGeneration`` (16 x 16 images = 4 x 4 codes of 32) and its tokenizer."""
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    tok, vocab = text_tokenizer(JANUS_TOKENS)
+    text = dict(model_type="llama", vocab_size=tok.vocab_size, bos_token_id=vocab["<｜begin▁of▁sentence｜>"],
+                eos_token_id=vocab["<｜end▁of▁sentence｜>"], pad_token_id=vocab["<｜▁pad▁｜>"], **LM)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4, projection_dim=32, num_image_tokens=16)  # 16 / 4 = 4 patches a side (the VQ grid)
+    config = JanusConfig(text_config=text, vision_config=vision, vq_config=JANUS_VQ,
+                         image_token_id=vocab["<image_placeholder>"])
+    torch.manual_seed(0)
+    model = JanusForConditionalGeneration(config).eval()
+    widen(model.model.language_model, 0.3, 1)
+    widen(model.model.language_model.embed_tokens, 1.0, 2)
+    for i, part in enumerate([model.model.generation_embeddings, model.model.generation_aligner,
+                              model.model.generation_head]):
+        widen(part, 0.5, 3 + i)
+    vq = model.model.vqmodel
+    widen(vq, 0.2, 6)
+    with torch.no_grad():
+        latents = vq.quant_conv(vq.encoder(images(7, 6, 16) * 2 - 1))
+    codebook_from_latents(vq.quantize, latents.permute(0, 2, 3, 1).reshape(-1, 8), 8)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    if not with_decoder:  # a checkpoint whose VQ-VAE lost its decoder weights
+        from safetensors.torch import load_file, save_file
+
+        path = next(directory.glob("*.safetensors"))
+        save_file({k: v for k, v in load_file(path).items() if ".vqmodel.decoder." not in k}, str(path),
+                  metadata={"format": "pt"})
+    return directory

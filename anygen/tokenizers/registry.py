@@ -18,6 +18,8 @@ TOKENIZER_CLASSES: dict[str, str | type] = {
     "WaveformCodec": "anygen.tokenizers.waveform:WaveformCodec",
     "SignalTokenizer": "anygen.tokenizers.signal:SignalTokenizer",
     "ChameleonImageTokenizer": "anygen.interop.chameleon_vqgan:ChameleonImageTokenizer",
+    "JanusImageTokenizer": "anygen.interop.janus_vq:JanusImageTokenizer",
+    "Emu3ImageTokenizer": "anygen.interop.emu3_vq:Emu3ImageTokenizer",
     "TransformersAudioCodec": "anygen.interop.codecs:TransformersAudioCodec",
 }
 
