@@ -131,3 +131,36 @@ def janus_source(directory: Path, with_decoder: bool = True) -> Path:
         save_file({k: v for k, v in load_file(path).items() if ".vqmodel.decoder." not in k}, str(path),
                   metadata={"format": "pt"})
     return directory
+
+
+# ---- Emu3 ------------------------------------------------------------------------------------------------------
+EMU3_TOKENS = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|image start|>", "<|image end|>",
+               "<|image token|>", "<|extra_200|>", "<|extra_201|>", "<image>"]
+EMU3_VQ = dict(codebook_size=32, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2, 2],
+               num_res_blocks=1, attn_resolutions=[], hidden_size=64, num_attention_heads=1,
+               temporal_downsample_factor=4)  # 16 x 16 images, 4 x 4 codes
+
+
+def emu3_source(directory: Path) -> Path:
+    """A saved ``Emu3ForConditionalGeneration`` (16 x 16 images = 4 x 4 codes of 32) and its tokenizer."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    codes = EMU3_VQ["codebook_size"]
+    tok, vocab = text_tokenizer([*EMU3_TOKENS, *[f"<|visual token {c:06d}|>" for c in range(codes)]])
+    text = dict(vocab_size=tok.vocab_size, pad_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|extra_203|>"],
+                eos_token_id=vocab["<|extra_204|>"], **LM)
+    config = Emu3Config(vocabulary_map=vocab, text_config=text, vq_config=EMU3_VQ)
+    torch.manual_seed(0)
+    model = Emu3ForConditionalGeneration(config).eval()
+    widen(model.model.text_model.layers, 0.3, 1)
+    widen(model.model.text_model.embed_tokens, 1.0, 2)
+    widen(model.lm_head, 0.5, 3)
+    vq = model.model.vqmodel
+    widen(vq, 0.2, 4)
+    with torch.no_grad():
+        pixels = images(5, 6, 16) * 2 - 1
+        latents = vq.quant_conv(vq.encoder(pixels[:, None].repeat(1, 4, 1, 1, 1)).permute(0, 2, 1, 3, 4))
+    codebook_from_latents(vq.quantize, latents.permute(0, 2, 3, 4, 1).reshape(-1, 4), 6)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
