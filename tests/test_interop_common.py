@@ -134,3 +134,130 @@ def test_a_core_class_off_the_allow_list_is_refused(tiny_model: AnyGen, tmp_path
     _edit_config(tmp_path / "m", core_class=core_class)
     with pytest.raises(CheckpointError, match=match):
         AnyGen.from_pretrained(tmp_path / "m")
+
+
+# ---- converting, loading, the demo, extension ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def emu3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from interop_sources import emu3_source
+
+    return emu3_source(tmp_path_factory.mktemp("emu3"))
+
+
+@pytest.fixture(scope="module")
+def janus_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A converted Janus model, saved (through the convert command)."""
+    from interop_sources import janus_source
+
+    from anygen import cli
+
+    source = janus_source(tmp_path_factory.mktemp("janus"))
+    target = tmp_path_factory.mktemp("converted") / "janus"
+    assert cli.main(["convert", "--from", "janus", str(source), str(target)]) == 0
+    return target
+
+
+def test_convert_writes_a_model_that_anygen_load_runs(emu3_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import anygen
+    from anygen import cli
+
+    assert cli.main(["convert", "--from", "emu3", str(emu3_dir), str(tmp_path / "out"), "--image-size", "16",
+                     "16"]) == 0
+    assert "Emu3ForCausalLM core" in capsys.readouterr().out
+    pipe = anygen.load(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.image_size == (16, 16) and len(pipe.text_to_image("a red circle").images) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from", "janus", "{emu3}", "{out}"], "model_type='emu3', but this converter reads 'janus'"),
+    (["--from", "emu3", "{emu3}", "{out}", "--vqgan", "x.safetensors"], "--from emu3 does not take ['vqgan_weights']"),
+    (["--from", "emu3", "{emu3}", "{out}", "--image-size", "10", "10"], "must be multiples of 4"),
+    (["--from", "emu3", "{missing}", "{out}"], "is not a directory"),
+    (["--from", "emu3", "{emu3}", "{full}"], "non-empty folder that is not an anygen model"),
+])
+def test_convert_refuses_what_it_cannot_convert(emu3_dir: Path, tmp_path: Path, args: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from anygen import cli
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    paths = {"emu3": emu3_dir, "out": tmp_path / "out", "missing": tmp_path / "missing", "full": tmp_path / "full"}
+    assert cli.main(["convert", *[a.format(**paths) for a in args]]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+def test_a_converted_model_with_a_mismatched_vocab_is_refused(janus_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(janus_model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["vocab"]["modalities"][0][1] = 64  # the image span no longer matches the Janus VQ-VAE's 32 codes
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"image tokenizer has codebook_size x num_codebooks = \(32, 1\)"):
+        AnyGen.from_pretrained(tmp_path / "m")
+    config["vocab"]["modalities"][0][1] = 32
+    config["core"]["janus_generation"]["num_embeddings"] = 64  # the core's image head, against its weights
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        AnyGen.from_pretrained(tmp_path / "m")
+
+
+def test_the_demo_builds_and_draws_on_a_converted_model(janus_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    import anygen
+    from anygen.apps.demo import build_demo
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    pipe = anygen.load(janus_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    demo = build_demo(pipe)
+    text_to_image = next(f.fn for f in demo.fns.values() if f.api_name == "text_to_image")
+    images = text_to_image("a red circle", "", 2, 2.0, 1.0, 0, 0, "vq")
+    assert len(images) == 2 and images[0].size[0] >= 16
+
+
+def test_extend_adds_audio_to_a_converted_model_and_old_tasks_keep_their_outputs(janus_model_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    import anygen
+    from anygen.data.corpus import DataConfig, build_task
+    from anygen.training.core_recipe import OptimSection, TrainSection
+    from anygen.training.extend_recipe import (CORPORA, ExtendConfig, ExtendDataSection, LoraSection,
+                                               ModalitySection, main, register_corpus)
+
+    def melodies(sizes: dict[str, int], split: str, seed: int) -> list[dict]:
+        config = DataConfig(seed=seed, sizes={"text_to_melody": sizes.get("text_to_audio", 0)}, eval_fraction=0.0)
+        return [{**item, "task": "text_to_audio"} for item in build_task(config, split, "text_to_melody")]
+
+    register_corpus("audio", melodies)
+    try:
+        result = main(ExtendConfig(
+            model=str(janus_model_dir), mode="gated", lora=LoraSection(rank=2, alpha=4.0),
+            modality=ModalitySection("audio", "MuLawAudioTokenizer", {"sample_rate": 16000}),
+            data=ExtendDataSection(sizes={"text_to_audio": 4}, replay_fraction=0.0),
+            optim=OptimSection(steps=2, batch_size=2, warmup_steps=1, lr=1e-3, min_lr=1e-4),
+            train=TrainSection(out_dir=str(tmp_path / "run"), checkpoint_every=2, log_every=1)))
+    finally:
+        CORPORA.pop("audio")
+    before, after = anygen.load(janus_model_dir), anygen.load(result.final_dir)
+    assert type(after.model.core).__name__ == "JanusCore" and after.model.vocab.modality_names[-1] == "audio"
+    images = [p.text_to_image("a red circle", output_type="pt", generator=torch.Generator().manual_seed(0)).images
+              for p in (before, after)]
+    assert torch.equal(*images)  # gated adapters: an old task computes exactly what it computed before
+    speech = after.speak("a red circle", max_seconds=0.2, generator=torch.Generator().manual_seed(0))
+    assert speech.sample_rate == 16000 and speech.audios[0].numel() > 0
+
+
+def test_memory_estimate_counts_the_converted_core(janus_model_dir: Path) -> None:
+    from anygen.interop.memory import estimate_model, markdown_table
+
+    model = AnyGen.from_pretrained(janus_model_dir)
+    est = estimate_model(janus_model_dir, torch.float16)
+    weights = {id(p): p.numel() for p in model.core.parameters()}
+    assert est.parameters == sum(weights.values()) and est.weight_bytes == 2 * est.parameters
+    config = model.core.config  # 2 layers x K and V x kv heads x head size x 2 bytes
+    assert est.kv_bytes_per_token == 2 * 2 * config.num_key_value_heads * (config.hidden_size // 4) * 2
+    assert "| janus |" in markdown_table([("janus", est)])
