@@ -134,3 +134,31 @@ def test_an_image_tokenizer_of_another_codebook_is_refused(source: Path) -> None
     other = ChameleonImageTokenizer(build_vqmodel(vqmodel_config({**CHAMELEON_VQ, "num_embeddings": 16})))
     with pytest.raises(CheckpointError, match="has 16 codes but .* names 32 image tokens"):
         from_chameleon(source, image_tokenizer=other)
+
+
+def test_a_stream_interleaves_text_and_images(source: Path) -> None:
+    """The converted model writes text, opens an image where it chooses (nudged here at its third token: tiny random
+    weights rarely choose one) and continues in text after the image, all in one stream."""
+    from anygen.generation.streaming import MediaProgress, SegmentDone, TextDelta
+    from anygen.interop.chameleon import from_chameleon
+    from anygen.pipelines import AnyGenPipeline
+
+    model = from_chameleon(source, image_tokenizer=chameleon_image_tokenizer(source))
+    calls = []
+
+    def open_an_image_at_the_third_token(module, args, logits):  # prefill, then one call per token
+        calls.append(1)
+        if len(calls) == 3:
+            logits[..., model.vocab.begin_id("image")] += 1e4
+        return logits
+
+    model.core.lm_head.register_forward_hook(open_an_image_at_the_third_token)
+    pipe = AnyGenPipeline(model)
+    events = list(pipe.stream([TextSegment("a red circle")], max_new_tokens=30, output_modalities=["image"],
+                              generator=torch.Generator().manual_seed(0)))
+    done = [e.segment for e in events if isinstance(e, SegmentDone)]
+    assert [type(s).__name__ for s in done[:2]] == ["TextSegment", "ImageSegment"]
+    assert done[1].image.shape == (3, 16, 16)
+    assert sum(isinstance(e, MediaProgress) for e in events) == 16  # the image's rows arrive code by code
+    image_at = next(i for i, e in enumerate(events) if isinstance(e, SegmentDone) and e.segment is done[1])
+    assert any(isinstance(e, TextDelta) for e in events[image_at + 1:])  # text goes on after the image
