@@ -29,13 +29,12 @@ loading builds it only from this allow-list, never by importing a name a file gi
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import importlib
 from typing import Callable
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 

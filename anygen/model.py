@@ -185,7 +185,8 @@ class AnyGen(nn.Module):
         for name, decoder in self.decoders.items():
             decoder.save_pretrained(directory / "decoders" / name, dtype=dtype)
         config = {"format": "anygen", "version": FORMAT_VERSION, "core": self.core.config.to_dict(),
-                  "core_class": core_class, "vocab": self.vocab.to_dict(), "tokenizers": entries, "text_tokenizer": "text_tokenizer"}
+                  "core_class": core_class, "vocab": self.vocab.to_dict(), "tokenizers": entries,
+                  "text_tokenizer": "text_tokenizer"}
         if len(self.adapters):
             save_tensors(self.adapters.state_dict(), directory / ADAPTERS, dtype, "adapter weights")
             config["adapters"] = [a.spec.to_dict() for a in self.adapters]

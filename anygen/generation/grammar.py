@@ -166,6 +166,7 @@ class Grammar:
         self.begin_to_mode[self.begin_ids] = torch.arange(1, m + 1)
         # Forced ids per (mode, position) for laid-out spans, -1 = free; one column when no span has a layout.
         width = max([len(r.forced) for r in rules] + [1])
+        self.has_layout = any(r.forced for r in rules)
         self.forced = torch.full((m + 2, width), -1, dtype=torch.long)
         for i, r in enumerate(rules, start=1):
             self.forced[i, : len(r.forced)] = torch.tensor(r.forced, dtype=torch.long)
@@ -215,10 +216,11 @@ class Grammar:
         row = torch.where(mode == self.done_mode, self.done_row, row)
         allowed = self.table[row]  # (B, V)
         rows = torch.arange(b)
-        forced = self.forced[mode, pos.clamp(max=self.forced.shape[1] - 1)]  # (B,) a laid-out span's fixed token
-        is_forced = in_span & (pos < limit) & (forced >= 0)
-        allowed = allowed & ~is_forced[:, None]
-        allowed[rows, forced.clamp(min=0)] |= is_forced
+        if self.has_layout:
+            forced = self.forced[mode, pos.clamp(max=self.forced.shape[1] - 1)]  # (B,) a laid-out span's fixed id
+            is_forced = in_span & (pos < limit) & (forced >= 0)
+            allowed = allowed & ~is_forced[:, None]
+            allowed[rows, forced.clamp(min=0)] |= is_forced
         end_ok = in_span & (pos >= self.min_len[mode]) & (pos % k == 0)
         allowed[rows, self.end_ids[mode]] |= end_ok
         # Open a span only if begin + min codes + end fit in what is left.

@@ -22,7 +22,7 @@ import torch
 from transformers import ChameleonForConditionalGeneration
 
 from anygen.core import core_from_config
-from anygen.errors import CheckpointError
+from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.interop.chameleon_vqgan import ChameleonImageTokenizer
 from anygen.interop.id_map import IdMap
 from anygen.interop.source import (load_reference, read_source_config, read_text_tokenizer, reference_tensors,
@@ -58,6 +58,8 @@ def from_chameleon(directory: str | Path, *, vqgan_weights: str | Path | None = 
         CheckpointError: not a Chameleon checkpoint, missing weights or tokens, a tokenizer whose codebook differs
             from the checkpoint's image tokens, or no pixel decoder without ``encoder_only``.
     """
+    if image_tokenizer is not None and (vqgan_weights is not None or image_size is not None):
+        raise InvalidArgumentError("pass image_tokenizer, or vqgan_weights / image_size to build one, not both")
     read_source_config(directory, "chameleon")
     text = read_text_tokenizer(directory)
     reference = load_reference(directory, ChameleonForConditionalGeneration, dtype)
