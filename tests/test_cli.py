@@ -4,9 +4,13 @@ heavy work, and every command means the same thing from a folder outside the rep
 from __future__ import annotations
 
 import importlib
+import json
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +233,80 @@ def test_eval_of_the_shipped_model_by_name_from_another_folder(tmp_path: Path) -
                            "--n", "1", "--json", "caption.json"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert '"source": "anygen-tiny"' in (tmp_path / "caption.json").read_text()
+
+
+# ---- every command runs from a folder outside the repository, with tiny settings -----------------------------------
+
+ONE_STEP = {
+    "train": ["--set", "optim.steps=1", "--set", "train.checkpoint_every=1"],
+    "train-tokenizer": ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "train.eval_every=100"],
+    "train-decoder": ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "train.eval_every=100"],
+    "extend": ["--set", "optim.steps=1", "--set", "optim.batch_size=2", "--set", "optim.warmup_steps=0",
+               "--set", "data.sizes={text_to_signal: 2, signal_to_text: 2}",
+               "--set", "data.replay={seed: 0, image_size: 64, sizes: {text: 2}}"],
+}
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["train", "--config", SMOKE, *ONE_STEP["train"]], "runs/core-smoke/final/config.json"),
+    (["train-tokenizer", "--config", TOKENIZER, *ONE_STEP["train-tokenizer"]],
+     "runs/tokenizers/image-tiny-decoder/final/config.json"),
+    (["train-decoder", "--config", DECODER, *ONE_STEP["train-decoder"]], "runs/decoders/image-tiny/final/config.json"),
+    pytest.param([*EXTEND, *ONE_STEP["extend"]], "runs/extend-signal/final/config.json", marks=pytest.mark.slow),
+    (["eval", "--ground-truth", "--suite", "caption", "--n", "1", "--json", "caption.json"], "caption.json"),
+], ids=["train", "train-tokenizer", "train-decoder", "extend", "eval"])
+def test_each_command_runs_to_the_end_from_another_folder(argv: list[str], written: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 0
+    assert (tmp_path / written).is_file()
+
+
+@pytest.mark.slow  # the showcase runs every task (tests/test_showcase.py checks it in the default suite)
+def test_run_writes_a_showcase_from_another_folder(tiny_model: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model.save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--model", "model", "--out", "show"]) == 0
+    assert (tmp_path / "show" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("command, path", [("serve", "/v1/models"), ("demo", "/")])
+def test_servers_start_from_another_folder(command: str, path: str, tiny_model: Any, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "model")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "anygen", command, "--model", "model", "--port", str(port)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert _answers(f"http://127.0.0.1:{port}{path}", server), server.stdout.read().decode()[-2000:]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str, server: subprocess.Popen, timeout: float = 180) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def test_the_training_data_fingerprint_holds_no_path(tmp_path: Path) -> None:
+    """A run resumes after the repository moved: tokenizers enter the fingerprint by their files' digests."""
+    from anygen.training.core_recipe import CoreTrainConfig, _fingerprint, _without_paths
+
+    fingerprint = _fingerprint(load_config(CoreTrainConfig, CONFIGS / "train" / "tiny.yaml"))
+    assert str(REPO) not in fingerprint and "pkg://" not in fingerprint
+    saved_earlier = json.loads(fingerprint)  # what an earlier version saved: the tokenizers' absolute paths too
+    saved_earlier["tokenizers"]["image"]["path"] = str(tmp_path / "old-checkout" / "tokenizers" / "image")
+    assert _without_paths(json.dumps(saved_earlier)) == fingerprint
