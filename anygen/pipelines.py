@@ -325,7 +325,7 @@ class AnyGenPipeline(PipelineBase):
                 image_guidance: tuple[list[Interleaved], float] | None = None, generator: Generators = None,
                 max_new_tokens: int | None = None, open_modalities: Sequence[str] | None = (),
                 audio_samples: int | None = None, desc: str = "",
-                callback: StepCallback | None = None) -> Sampled:
+                callback: StepCallback | None = None, min_new_tokens: int = 0) -> Sampled:
         """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row."""
         check_callback(callback)
         rules = self._rules(audio_samples)
@@ -335,7 +335,7 @@ class AnyGenPipeline(PipelineBase):
         vocab = self.model.vocab
         steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator,
-                             compile=self._compiled())
+                             compile=self._compiled(), min_new_tokens=min_new_tokens)
         tokens = []
         with self.progress_bar(total=max_new_tokens, desc=desc) as bar:
             for step in steps:
@@ -373,8 +373,9 @@ class AnyGenPipeline(PipelineBase):
 
     def _texts(self, rows: list[Interleaved], max_new_tokens: int, generator: Generators, params: SamplingParams,
                desc: str, callback: StepCallback | None) -> list[str]:
+        # A caption or a transcription is never empty: <|eos|> is allowed from the second token on.
         sampled = self._sample(rows, None, {"text": params}, generator=generator, max_new_tokens=max_new_tokens,
-                               desc=desc, callback=callback)
+                               desc=desc, callback=callback, min_new_tokens=1)
         return ["".join(s.text for s in self._segments(r) if isinstance(s, TextSegment)).strip()
                 for r in sampled.rows]
 

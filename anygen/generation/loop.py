@@ -148,11 +148,15 @@ def _sampling_tables(vocab: Vocab, sampling: Mapping[str, SamplingParams] | None
 
 
 def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, guidance: Guidance | None,
-                  generator: Generators) -> None:
+                  generator: Generators, min_new_tokens: int = 0) -> None:
     if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
         raise InvalidArgumentError("prompts must hold at least one non-empty row of ids")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or \
+            not 0 <= min_new_tokens <= max_new_tokens:
+        raise InvalidArgumentError(f"min_new_tokens={min_new_tokens!r} must be an integer in [0, max_new_tokens="
+                                   f"{max_new_tokens}]")
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
         raise InvalidArgumentError(
             f"generator is a list of {len(generator)} but the batch has {len(prompts)} rows; pass one per row")
@@ -166,7 +170,7 @@ def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, guidanc
 def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]],
                  *, max_new_tokens: int, sampling: Mapping[str, SamplingParams] | None = None,
                  guidance: Guidance | None = None, open_modalities: Sequence[str] | None = None,
-                 generator: Generators = None, compile: bool = False) -> Iterator[Step]:
+                 generator: Generators = None, compile: bool = False, min_new_tokens: int = 0) -> Iterator[Step]:
     """Yield one :class:`Step` per generated token until every row is done or the budget is spent.
 
     Args:
@@ -178,11 +182,13 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
         guidance: classifier-free guidance (see :class:`Guidance`).
         open_modalities: modalities a row may open (default: all).
         generator: one ``torch.Generator`` for the batch, or one per row.
+        min_new_tokens: ``<|eos|>`` is not allowed before this many tokens (as in transformers' ``generate``);
+            e.g. 1 so that a caption is never empty.
         compile: ``torch.compile`` the decode step (worth it for long generations: the first call traces the
             core, tens of seconds on a CPU; later calls with the same batch size and cache length reuse it).
     """
     # 1. Validate everything before allocating caches.
-    _check_inputs(prompts, max_new_tokens, guidance, generator)
+    _check_inputs(prompts, max_new_tokens, guidance, generator, min_new_tokens)
     grammar = Grammar(vocab, rules, open_modalities)
     tables = _sampling_tables(vocab, sampling)
     state = grammar.initial_state(prompts, max_new_tokens)
@@ -210,7 +216,7 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             step_logits = logits[:b]
             if branches > 1:
                 step_logits = _guide(logits, b, branches, guidance, state, guided_modes)
-            allowed = grammar.allowed(state, remaining)
+            allowed = eos_after(grammar.allowed(state, remaining), vocab.eos_id, index, min_new_tokens)
             mode = state.mode
             scaled = scale_logits(step_logits, allowed, tables["temperature"][mode])
             _check_finite(logits, scaled, allowed, index, guidance)
@@ -225,6 +231,13 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             return
         with torch.inference_mode():
             logits = runner.decode(tokens if branches == 1 else tokens.repeat(branches))
+
+
+def eos_after(allowed: torch.Tensor, eos_id: int, index: int, min_new_tokens: int) -> torch.Tensor:
+    """``allowed`` without ``<|eos|>`` while fewer than ``min_new_tokens`` tokens were generated (step ``index``)."""
+    if index < min_new_tokens:
+        allowed[:, eos_id] = False
+    return allowed
 
 
 def _check_finite(logits: torch.Tensor, scaled: torch.Tensor, allowed: torch.Tensor, index: int,

@@ -32,7 +32,7 @@ from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation import fast_decode
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule
 from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
-                                    cache_argument)
+                                    cache_argument, eos_after)
 from anygen.generation.request_scope import (RequestCancelled, RequestScope, RequestTimeout, current_scope,
                                              request_scope)
 from anygen.generation.slot_cache import slot_cache
@@ -72,6 +72,7 @@ class Job:
     noise: NoiseSource
     max_new_tokens: int
     scope: RequestScope | None = None
+    min_new_tokens: int = 0
     index: int = 0
     slots: list[int | None] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (rows, V) the next-token logits of every row
@@ -182,7 +183,7 @@ class Scheduler:
                      prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                      sampling: Mapping[str, SamplingParams] | None = None, guidance: Guidance | None = None,
                      open_modalities: Sequence[str] | None = None, generator: Generators = None,
-                     compile: bool = False) -> Iterator[Step]:
+                     compile: bool = False, min_new_tokens: int = 0) -> Iterator[Step]:
         """:func:`~anygen.generation.loop.decode_steps`, decoded in the shared batch (``compile`` is ignored).
 
         Raises (before queueing): :class:`InvalidArgumentError` for bad arguments or a job that can never fit,
@@ -191,7 +192,8 @@ class Scheduler:
         if core is not self.core or vocab is not self.vocab:
             raise InvalidArgumentError("this scheduler serves one model: pass its own core and vocab")
         return self.submit(rules, prompts, max_new_tokens=max_new_tokens, sampling=sampling, guidance=guidance,
-                           open_modalities=open_modalities, generator=generator).steps()
+                           open_modalities=open_modalities, generator=generator,
+                           min_new_tokens=min_new_tokens).steps()
 
     def generate(self, core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
                  prompts: Sequence[Sequence[int]], **kwargs: Any) -> GenerationOutput:
@@ -200,9 +202,11 @@ class Scheduler:
 
     def submit(self, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                sampling: Mapping[str, SamplingParams] | None = None, guidance: Guidance | None = None,
-               open_modalities: Sequence[str] | None = None, generator: Generators = None) -> Job:
+               open_modalities: Sequence[str] | None = None, generator: Generators = None,
+               min_new_tokens: int = 0) -> Job:
         """Check and queue one generation; its steps come out of :meth:`Job.steps`."""
-        job = self._job(rules, prompts, max_new_tokens, sampling, guidance, open_modalities, generator)
+        job = self._job(rules, prompts, max_new_tokens, sampling, guidance, open_modalities, generator,
+                        min_new_tokens)
         with self._cond:
             if self._closed:
                 raise GenerationError("the scheduler is closed")
@@ -219,9 +223,9 @@ class Scheduler:
 
     def _job(self, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: Mapping[str, SamplingParams] | None, guidance: Guidance | None,
-             open_modalities: Sequence[str] | None, generator: Generators) -> Job:
+             open_modalities: Sequence[str] | None, generator: Generators, min_new_tokens: int = 0) -> Job:
         """Everything :func:`decode_steps` checks and builds before its first step, plus the fit in the batch."""
-        _check_inputs(prompts, max_new_tokens, guidance, generator)
+        _check_inputs(prompts, max_new_tokens, guidance, generator, min_new_tokens)
         grammar = Grammar(self.vocab, rules, open_modalities)
         tables = _sampling_tables(self.vocab, sampling)
         state = grammar.initial_state(prompts, max_new_tokens)
@@ -244,7 +248,7 @@ class Scheduler:
         for name in guidance.modalities if branches > 1 else ():
             guided_modes[grammar.mode_of(name)] = True
         return Job(rows, b, branches, grammar, tables, state, guidance, guided_modes, NoiseSource(b, generator),
-                   max_new_tokens, scope=current_scope(), generated=[0] * b)
+                   max_new_tokens, scope=current_scope(), generated=[0] * b, min_new_tokens=min_new_tokens)
 
     def stats(self) -> dict[str, int | bool]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
@@ -348,7 +352,7 @@ class Scheduler:
         step_logits = logits[: job.b]
         if job.branches > 1:
             step_logits = _guide(logits, job.b, job.branches, job.guidance, job.state, job.guided_modes)
-        allowed = job.grammar.allowed(job.state, remaining)
+        allowed = eos_after(job.grammar.allowed(job.state, remaining), self.vocab.eos_id, index, job.min_new_tokens)
         mode = job.state.mode
         scaled = scale_logits(step_logits, allowed, job.tables["temperature"][mode])
         _check_finite(logits, scaled, allowed, index, job.guidance)
