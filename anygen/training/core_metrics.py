@@ -4,9 +4,9 @@
 line) and accelerate's trackers by name (``tensorboard``, ``wandb``, ``mlflow``, ``comet_ml``, ``aim``, ``clearml``,
 ``dvclive``, ``swanlab``, ``trackio`` ...; :func:`tracker_names`). accelerate starts them (``Accelerator(log_with=...,
 project_config=...)``, ``init_trackers("anygen", config)``) and receives every number of a record through
-``accelerator.log`` (nested ones as ``losses/text``); those that write files write under ``<out_dir>/logs``. A name
-that is unknown, or whose package is not installed, is refused when the config is read; a tracker that reaches a
-server (W&B, Comet ...) starts only when its name is listed.
+``accelerator.log`` (nested ones as ``losses/text``); TensorBoard and Aim write under ``<out_dir>/logs``, the others
+follow their own settings. A name that is unknown, or whose package is not installed, is refused when the config
+is read; a tracker that reaches a server (W&B, Comet ...) starts only when its name is listed.
 
 A log record of the core recipe::
 
