@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 from transformers import ChameleonForConditionalGeneration
 
-from anygen.core import core_from_config
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.interop.chameleon_vqgan import ChameleonImageTokenizer
 from anygen.interop.id_map import IdMap
-from anygen.interop.source import (load_reference, read_source_config, read_text_tokenizer, reference_tensors,
-                                   with_state)
+from anygen.interop.source import converted_core, load_reference, read_source_config, read_text_tokenizer
 from anygen.model import AnyGen
 
 CORE_CLASS = "ChameleonForConditionalGeneration"
@@ -97,11 +95,6 @@ def _id_map(reference: ChameleonForConditionalGeneration, directory: str | Path)
 
 def _core(reference: ChameleonForConditionalGeneration, ids: IdMap, directory: str | Path,
           attn_implementation: str) -> ChameleonForConditionalGeneration:
-    config = reference.config.to_dict()
-    config["vocab_size"] = ids.vocab.size
-    with torch.device("meta"):
-        core = core_from_config(config, attn_implementation, CORE_CLASS)
-    state = reference_tensors(reference, lambda key: None if key.startswith("model.vqmodel.") else key)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        state[key] = ids.take(state[key])
-    return with_state(core, state, directory)
+    config = {**reference.config.to_dict(), "vocab_size": ids.vocab.size}
+    return converted_core(reference, config, CORE_CLASS, lambda key: None if key.startswith("model.vqmodel.") else key,
+                          ids, directory, attn_implementation)

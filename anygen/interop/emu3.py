@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from transformers import Emu3ForConditionalGeneration
 
-from anygen.core import core_from_config
 from anygen.errors import CheckpointError
 from anygen.interop.emu3_vq import Emu3ImageTokenizer
 from anygen.interop.id_map import IdMap
-from anygen.interop.source import (load_reference, read_normalization, read_source_config, read_text_tokenizer,
-                                   reference_tensors, with_state)
+from anygen.interop.source import (CLIP_MEAN, CLIP_STD, converted_core, load_reference, read_normalization,
+                                   read_source_config, read_text_tokenizer)
 from anygen.model import AnyGen
 from anygen.tokenizers.text import TextTokenizer
 
@@ -33,7 +32,6 @@ CORE_CLASS = "Emu3ForCausalLM"
 BEGIN_IMAGE, END_IMAGE, IMAGE_TOKEN = "<|image start|>", "<|image end|>", "<|image token|>"
 END_OF_LINE, END_OF_FRAME = "<|extra_200|>", "<|extra_201|>"
 DEFAULT_IMAGE_SIZE = (720, 720)  # Emu3's processor default: an image area of 518400 pixels, ratio 1:1
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # processor defaults
 
 
 def from_emu3(directory: str | Path, *, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
@@ -82,14 +80,8 @@ def _id_map(reference: Emu3ForConditionalGeneration, pieces: list[int], director
 
 def _core(reference: Emu3ForConditionalGeneration, ids: IdMap, directory: str | Path,
           attn_implementation: str) -> torch.nn.Module:
-    config = reference.config.text_config.to_dict()
-    config["vocab_size"] = ids.vocab.size
-    with torch.device("meta"):
-        core = core_from_config(config, attn_implementation, CORE_CLASS)
-    state = reference_tensors(reference, _rename)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        state[key] = ids.take(state[key])
-    return with_state(core, state, directory)
+    config = {**reference.config.text_config.to_dict(), "vocab_size": ids.vocab.size}
+    return converted_core(reference, config, CORE_CLASS, _rename, ids, directory, attn_implementation)
 
 
 def _rename(key: str) -> str | None:

@@ -22,19 +22,17 @@ from pathlib import Path
 import torch
 from transformers import JanusForConditionalGeneration
 
-from anygen.core import core_from_config
 from anygen.interop.id_map import IdMap
 from anygen.interop.janus_core import generation_settings
 from anygen.interop.janus_vq import JanusImageTokenizer
-from anygen.interop.source import (load_reference, read_normalization, read_source_config, read_text_tokenizer,
-                                   reference_tensors, token_id, with_state)
+from anygen.interop.source import (CLIP_MEAN, CLIP_STD, converted_core, load_reference, read_normalization,
+                                   read_source_config, read_text_tokenizer, token_id)
 from anygen.model import AnyGen
 from anygen.tokenizers.text import TextTokenizer
 
 CORE_CLASS = "JanusCore"
 TOKENS = {"<|pad|>": "<｜▁pad▁｜>", "<|bos|>": "<｜begin▁of▁sentence｜>", "<|eos|>": "<｜end▁of▁sentence｜>",
           "<|image|>": "<begin_of_image>", "<|/image|>": "<end_of_image>"}
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # processor defaults
 RENAMES = (("model.language_model.", "model."), ("model.generation_", "generation_"), ("lm_head.", "lm_head."))
 
 
@@ -76,16 +74,11 @@ def _id_map(reference: JanusForConditionalGeneration, text: TextTokenizer, direc
 
 def _core(reference: JanusForConditionalGeneration, ids: IdMap, directory: str | Path,
           attn_implementation: str) -> torch.nn.Module:
-    embed = reference.model.language_model.embed_tokens.weight
     config = reference.config.text_config.to_dict()
-    config.update(vocab_size=ids.vocab.size, tie_word_embeddings=reference.lm_head.weight is embed,
+    tied = reference.lm_head.weight is reference.model.language_model.embed_tokens.weight
+    config.update(vocab_size=ids.vocab.size, tie_word_embeddings=tied,
                   janus_generation=generation_settings(reference.config.vq_config, ids.vocab.span("image").start))
-    with torch.device("meta"):
-        core = core_from_config(config, attn_implementation, CORE_CLASS)
-    state = reference_tensors(reference, _rename)
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        state[key] = ids.take(state[key])
-    return with_state(core, state, directory)
+    return converted_core(reference, config, CORE_CLASS, _rename, ids, directory, attn_implementation)
 
 
 def _rename(key: str) -> str | None:

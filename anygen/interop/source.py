@@ -15,10 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from anygen.core import core_from_config
 from anygen.errors import CheckpointError
+from anygen.interop.id_map import IdMap
 from anygen.tokenizers.text import TextTokenizer
 
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# transformers' image processors' default normalisation (Janus, Emu3), used when a source has no preprocessor_config
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+MATRICES = ("model.embed_tokens.weight", "lm_head.weight")  # the converted core's rows laid out by an IdMap
 
 
 def read_source_config(directory: str | Path, model_type: str) -> dict[str, Any]:
@@ -125,3 +130,15 @@ def with_state(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: st
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model.eval()
+
+
+def converted_core(reference: nn.Module, config: dict[str, Any], core_class: str, rename: Callable[[str], str | None],
+                   ids: IdMap, source: str | Path, attn_implementation: str) -> nn.Module:
+    """The ``core_class`` core of ``config`` (built on the meta device) holding the reference's tensors under the
+    names ``rename`` gives them, its embedding and output matrices laid out by ``ids`` (the only new tensors)."""
+    with torch.device("meta"):
+        core = core_from_config(config, attn_implementation, core_class)
+    state = reference_tensors(reference, rename)
+    for key in MATRICES:
+        state[key] = ids.take(state[key])
+    return with_state(core, state, source)
