@@ -16,7 +16,6 @@ Weights come from safetensors only. The released ``vqgan.ckpt`` is a pickle; con
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from anygen.image import to_pil, to_tensor
 from anygen.tokenizers.weights import (
     PICKLE_SUFFIXES,
     load_state_strict,
+    read_json_object,
     read_tokenizer_dir,
     write_tokenizer_dir,
 )
@@ -172,7 +172,7 @@ def read_chameleon_vq(directory: str | Path) -> tuple[dict[str, Any], dict[str, 
     ``ChameleonVQVAE`` directory (``model_type`` ``chameleon_vqgan``). Safetensors only; never downloads.
     """
     directory = Path(directory)
-    config = _read_json(directory / "config.json")
+    config = read_json_object(directory / "config.json")
     vq_config = config if config.get("model_type") == "chameleon_vqgan" else config.get("vq_config")
     if not isinstance(vq_config, dict):
         raise CheckpointError(f"{directory / 'config.json'} has no vq_config (model_type="
@@ -209,16 +209,6 @@ def _read_safetensors(path: Path, wanted: Callable[[str], bool]) -> dict[str, to
             return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read weights {path}: {err}") from err
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return data
 
 
 # ---- the tokenizer ---------------------------------------------------------------------------------------------

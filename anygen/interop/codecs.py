@@ -31,7 +31,7 @@ from torch import nn
 
 from anygen.audio import check_sample_rate, check_waveform, resample
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
-from anygen.tokenizers.weights import PICKLE_SUFFIXES
+from anygen.tokenizers.weights import PICKLE_SUFFIXES, read_json_object
 
 SETTINGS_FILE = "anygen_codec.json"  # written beside the transformers files: the number of codebooks used
 MAX_SECONDS = 600.0  # longer clips are refused: split them first
@@ -182,14 +182,14 @@ class TransformersAudioCodec(nn.Module):
         import transformers
 
         directory = Path(directory)
-        model_type = _read_json(directory / "config.json").get("model_type")
+        model_type = read_json_object(directory / "config.json").get("model_type")
         if model_type not in FAMILIES:
             raise CheckpointError(f"{directory / 'config.json'}: model_type={model_type!r} is not a supported codec "
                                   f"({sorted(FAMILIES)})")
         _check_safetensors(directory)
         settings = directory / SETTINGS_FILE
         if num_codebooks is None and settings.is_file():
-            num_codebooks = _read_json(settings).get("num_codebooks")
+            num_codebooks = read_json_object(settings).get("num_codebooks")
         model_class = getattr(transformers, FAMILIES[model_type].class_name)
         model = model_class.from_pretrained(directory, local_files_only=True, use_safetensors=True)
         return cls(model, num_codebooks)
@@ -234,13 +234,3 @@ def _check_safetensors(directory: Path) -> None:
         found = f" (found pickle file(s) {pickles}; anygen never loads pickles)" if pickles else ""
         raise CheckpointError(f"{directory} holds no .safetensors weights{found}: save the codec with "
                               "model.save_pretrained(directory, safe_serialization=True)")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return data
