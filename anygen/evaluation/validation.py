@@ -124,13 +124,16 @@ def melody_rates(n: int = 60, seed: int = 0, audio: bool = True) -> Rates:
     samples = [sample_chord(rng, "test") if i % 3 == 0 else sample_melody(rng, "test") for i in range(n)]
     good, bad = [], []
     for i, sample in enumerate(samples):
-        other = next(o for o in samples[i + 1:] + samples[:i] if o.text != sample.text and o.kind == sample.kind)
+        other = next((o for o in samples[i + 1:] + samples[:i] if o.text != sample.text and o.kind == sample.kind),
+                     None)  # small sets may hold one item of a kind (one chord when n < 6)
         if audio:
             good.append(score_music_audio(sample.waveform, sample.sample_rate, sample)["passed"])
-            bad.append(score_music_audio(other.waveform, other.sample_rate, sample)["passed"])
+            if other is not None:
+                bad.append(score_music_audio(other.waveform, other.sample_rate, sample)["passed"])
         else:
             good.append(score_music_text(sample.text, sample))
-            bad.append(score_music_text(other.text, sample))
+            if other is not None:
+                bad.append(score_music_text(other.text, sample))
     return _rates(good, bad)
 
 
