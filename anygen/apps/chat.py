@@ -172,7 +172,10 @@ class Renderer:
 
 
 def read_message(message: dict | None) -> tuple[Interleaved, list[Part]]:
-    """A multimodal textbox value -> the prompt's segments and what to show for the user's turn."""
+    """A multimodal textbox value -> the prompt's segments and what to show for the user's turn.
+
+    The prompt holds the typed text before the attachments, as the training documents ask about a picture or a
+    sound ("How many shapes are in this picture?" then the picture); the turn shows the attachments first."""
     message = message or {}
     segments: Interleaved = []
     shown: list[Part] = []
@@ -192,7 +195,7 @@ def read_message(message: dict | None) -> tuple[Interleaved, list[Part]]:
     text = str(message.get("text") or "")
     check_prompt(text)
     if text.strip():
-        segments.append(TextSegment(text))
+        segments.insert(0, TextSegment(text))
         shown.append(text)
     if not segments:
         raise InvalidArgumentError("type a message or attach an image or audio file")
