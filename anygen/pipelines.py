@@ -287,16 +287,17 @@ class AnyGenPipeline(PipelineBase):
 
     def stream(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
-               output_modalities: Sequence[str] | None = None) -> Iterator[Event]:
+               output_modalities: Sequence[str] | None = None, min_new_tokens: int = 0) -> Iterator[Event]:
         """Like :meth:`generate`, as typed events (text deltas, media codes so far, finished segments).
 
         The iterator may be resumed on any thread. For a conversation, pass ``pipe.apply_chat_template(messages)``.
+        ``min_new_tokens=1`` keeps the model from ending before its first token (an answer is never empty).
         """
         prompt = self._segments_in(segments)
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=output_modalities,
-                             generator=generator, compile=self._compiled())
+                             generator=generator, compile=self._compiled(), min_new_tokens=min_new_tokens)
         return stream_events(self.model.processor, steps, rows)
 
     def render_codes(self, codes: torch.Tensor, decoder: str = "vq", num_inference_steps: int | None = None,

@@ -76,7 +76,8 @@ def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
     size = tuple(model.config.image_size)
     suite = ShapesEval(n_per_category=n_per_category, seed=1, split="test")
     scenes = to_tensor([render_scene(s.scene, size[0]) for s in suite.samples])
-    photos = torch.cat([image_batch({"photos": 1.0}, 32, size, EVAL_SEED, i, "eval") for i in range(n_photos // 32)])
+    photos = torch.cat([image_batch({"photos": 1.0}, 32, size, EVAL_SEED, i, "eval")
+                        for i in range(-(-n_photos // 32))])[:n_photos]
     scene_codes, photo_codes = model.encode(scenes), model.encode(photos)
     scene_rec, photo_rec = model.decode(scene_codes, size), model.decode(photo_codes, size)
     original_pass = suite.score(to_pil(scenes)).overall

@@ -196,7 +196,7 @@ def create_app(server: Server) -> Any:
         try:
             pump = EventPump(server, lambda: pipe.stream(
                 pipe.apply_chat_template(plan.conversation), plan.max_new_tokens, body.guidance_scale, generator,
-                plan.sampling, plan.output_modalities))
+                plan.sampling, plan.output_modalities, min_new_tokens=1))  # a completion is never empty
             events = pump.events(request)
             first = await anext(events, None)  # errors before the first event are HTTP errors
         except BaseException:
