@@ -12,11 +12,12 @@ how the test runs it, one action per line:
     <!-- test: server `URL` -->                      each command starts a server in the background; the next one
                                                      runs once URL answers; all stop when the page ends
     <!-- test: needs `PROGRAM` ... -->               skipped, saying so, where a program is not installed
+    <!-- test: slow (why) -->                       run only by the slow tests (-m slow, part of `make test`),
+                                                     which run the whole page; the default suite runs the rest
 
-A reason in parentheses is optional after ``replace`` and ``append``. ``<!-- test: slow (why) -->``: the block runs only in the
-slow tests (``-m slow``, part of ``make test``), which run the whole page; the default suite runs the page without
-its slow blocks. ``<!-- test-page: ... -->`` anywhere on a page: ``replace`` or ``slow`` for every block. In NEW, ARGS and URL, ``{port}`` is a
-free TCP port (one per page) and ``{model}`` the shipped model's directory.
+A reason in parentheses is optional after ``replace`` and ``append``. ``<!-- test-page: ... -->`` anywhere on a
+page: ``replace`` or ``slow`` for every block. In NEW, ARGS and URL, ``{port}`` is a free TCP port (one per page)
+and ``{model}`` the shipped model's directory.
 Shell commands see ``configs/``, ``benchmarks/`` and ``apps/`` of the repository, as in a checkout, and write into
 the working directory; ``HF_HUB_OFFLINE=1``.
 """
@@ -229,7 +230,7 @@ def free_port() -> int:
 
 @dataclass
 class PageRun:
-    """Runs a page's blocks in order in ``workdir``; ``close`` stops the servers it started."""
+    """Runs a page's blocks in order in ``workdir``; ``stop_servers`` stops the servers it started."""
 
     page: Page
     workdir: Path
@@ -261,7 +262,8 @@ class PageRun:
     def run(self, include_slow: bool) -> None:
         for action in self.page.actions:
             if action.kind == "replace" and not any(action.args["old"] in b.code for b in self.page.runnable()):
-                raise AssertionError(f"{self.page.path.name}: `{action.args['old']}` (a test-page replace) is in no block")
+                raise AssertionError(f"{shown(self.page.path)}: `{action.args['old']}` (a test-page replace) "
+                                     "is in no block")
         for block in self.page.runnable():
             if block.reason_not_run():
                 print(f"{block.where}: not run: {block.reason_not_run()}")
@@ -280,9 +282,7 @@ class PageRun:
 
     def run_shell(self, block: Block) -> None:
         actions = block.actions
-        script = self.prepared(block)
-        shell_block = Block(block.page, block.line, block.language, script, actions)
-        for command in commands(shell_block):
+        for command in commands(dataclasses.replace(block, code=self.prepared(block))):
             if any(a.kind == "drop" and command.startswith(a.args["prefix"]) for a in actions):
                 print(f"{block.where}: not run: {command}")
                 continue
