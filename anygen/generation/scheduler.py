@@ -5,8 +5,8 @@ rules, sampling, guidance, generator) and gets the same :class:`~anygen.generati
 token. Between two decoding steps the scheduler thread
 
 1. drops the jobs whose caller went away (:meth:`Job.cancel`) or whose request ran out of time,
-2. admits waiting jobs whose rows fit in the free slots (each prompt row, guidance branches included, is
-   prefilled on its own and copied into its slot of the static KV cache),
+2. admits waiting jobs whose rows fit in the free slots (a job's prompt rows, guidance branches included, are
+   prefilled together, apart from other jobs', and copied into their slots of the static KV cache),
 3. samples one token for every job (its own grammar, sampling settings, guidance and seeded noise), hands the
    step to the caller and frees the slots of the rows that finished,
 4. runs the core once over every block of slots that holds a row.
@@ -36,6 +36,7 @@ from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _chec
 from anygen.generation.request_scope import (RequestCancelled, RequestScope, RequestTimeout, current_scope,
                                              request_scope)
 from anygen.generation.slot_cache import slot_cache
+from anygen.processor import pad_rows
 from anygen.generation.sampling import Generators, Guidance, NoiseSource, SamplingParams, pick_tokens, scale_logits
 from anygen.vocab import Vocab
 
@@ -306,22 +307,30 @@ class Scheduler:
                 self._active.append(job)
             try:
                 with torch.inference_mode():
-                    job.logits = torch.stack([self._prefill(s, p) for s, p in zip(job.slots, job.prompts)])
+                    job.logits = self._prefill(job.slots, job.prompts)
             except Exception as err:  # noqa: BLE001 -- this job fails, the others go on
                 self._fail(job, err)
 
-    def _prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
-        """Run one prompt row alone and copy its keys and values into columns ``[0, len)`` of ``slot``."""
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Run one job's prompt rows together (right-padded: a row's tokens never attend to the padding after them)
+        and copy each row's keys and values into columns ``[0, len)`` of its slot; the rows' next-token logits.
+        Only the job's own rows share the call, so its numbers do not depend on what else is running."""
+        lengths = torch.tensor([len(p) for p in prompts])
+        ids, mask = pad_rows(prompts, self.vocab.pad_id, "right")
         cache = DynamicCache(config=self.core.config)
-        out = self.core(input_ids=torch.tensor([ids], device=self.device),
-                        position_ids=torch.arange(len(ids), device=self.device)[None],
-                        **{self._cache_key: cache}, use_cache=True, logits_to_keep=1)
-        block, row = divmod(slot, self.block_rows)
-        for target, source in zip(self._caches[block].layers, cache.layers):
-            target.keys[row, :, : len(ids)] = source.keys[0]
-            target.values[row, :, : len(ids)] = source.values[0]
-        self._length[slot] = len(ids)
-        return out.logits[0, -1]  # (V,)
+        width = ids.shape[1]
+        last = lengths - 1
+        keep = torch.unique(last)  # the logits of each row's last position only (sorted)
+        out = self.core(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                        position_ids=torch.arange(width, device=self.device).expand(len(prompts), width),
+                        **{self._cache_key: cache}, use_cache=True, logits_to_keep=keep.to(self.device))
+        for i, (slot, n) in enumerate(zip(slots, lengths.tolist())):
+            block, row = divmod(slot, self.block_rows)
+            for target, source in zip(self._caches[block].layers, cache.layers):
+                target.keys[row, :, :n] = source.keys[i, :, :n]
+                target.values[row, :, :n] = source.values[i, :, :n]
+            self._length[slot] = n
+        return out.logits[torch.arange(len(prompts)), torch.searchsorted(keep, last).to(self.device)]  # (rows, V)
 
     def _step(self) -> None:
         """3. One token for every running job, then 4. one core call per block that holds a row."""
