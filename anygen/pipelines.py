@@ -119,7 +119,8 @@ class AnyGenPipeline(PipelineBase):
         ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``: one, or
         one per prompt). ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
         (``num_inference_steps`` DDIM steps, default 20; ``decoder_guidance_scale``) instead of the tokenizer's.
-        ``height`` / ``width``: only the size the model generates (:attr:`image_size`) is accepted.
+        ``height`` / ``width``: only the size of the images returned with ``decoder`` (:meth:`output_size`) is
+        accepted.
         """
         prompts = as_list(prompt, "prompt")
         negatives = [None] * len(prompts) if negative_prompt is None else as_list(negative_prompt, "negative_prompt")
@@ -128,7 +129,8 @@ class AnyGenPipeline(PipelineBase):
         if len(negatives) != len(prompts):
             raise InvalidArgumentError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
         check_count("num_images_per_prompt", num_images_per_prompt)
-        size = check_image_size(height, width, self.image_size)
+        check_image_size(height, width, self.output_size(decoder))
+        size = self.image_size
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale,
                                            output_type=output_type), size)
         n = num_images_per_prompt
@@ -157,7 +159,9 @@ class AnyGenPipeline(PipelineBase):
         if len(instructions) != len(pixels):
             raise InvalidArgumentError(f"got {len(pixels)} images but {len(instructions)} instructions")
         check_count("num_images_per_prompt", num_images_per_prompt)
-        start = pixels.repeat_interleave(num_images_per_prompt, dim=0)
+        out_size = self.output_size(decoder)  # a larger diffusion decoder starts from the input at its own size
+        start = (pixels if out_size == size else image_tensors(image, out_size)).repeat_interleave(
+            num_images_per_prompt, dim=0)
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale, strength, start,
                                            output_type=output_type), size)
         sampled = self._edit_codes(pixels, instructions, num_images_per_prompt, guidance_scale, image_guidance_scale,
@@ -187,9 +191,10 @@ class AnyGenPipeline(PipelineBase):
         if len(pixels) != 1:
             raise InvalidArgumentError(f"inpaint takes one image, got {len(pixels)}")
         check_count("num_images_per_prompt", num_images_per_prompt)
-        start = pixels.repeat(num_images_per_prompt, 1, 1, 1)
+        out_size = self.output_size("diffusion")
+        start = image_tensors(image, out_size).repeat(num_images_per_prompt, 1, 1, 1)
         render = self._rendering(Rendering("diffusion", num_inference_steps, decoder_guidance_scale, strength, start,
-                                           mask_tensor(mask_image, size), output_type), size)
+                                           mask_tensor(mask_image, out_size), output_type), size)
         sampled = self._edit_codes(pixels, [prompt], num_images_per_prompt, guidance_scale, image_guidance_scale,
                                    generator, SamplingParams(temperature, top_k, top_p), callback_on_step_end)
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
@@ -314,6 +319,14 @@ class AnyGenPipeline(PipelineBase):
                                            output_type=output_type), size)
         return _out(ImagePipelineOutput(self._render(torch.as_tensor(codes).long(), size, render, generator)),
                     return_dict)
+
+    def output_size(self, decoder: str = "vq") -> tuple[int, int]:
+        """``(H, W)`` of the images a call returns with ``decoder``: :attr:`image_size`, or with ``"diffusion"`` the
+        diffusion decoder's size (a decoder with ``upscale=4`` renders the 64x64 codes as 256x256 images)."""
+        diffusion = self.model.decoders.get("image")
+        if decoder == "diffusion" and diffusion is not None:
+            return tuple(diffusion.image_size)
+        return self.image_size
 
     def check_decoder(self, decoder: str) -> str:
         """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""

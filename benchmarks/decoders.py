@@ -2,9 +2,11 @@
 benchmarks/RESULTS.md.
 
 Both decoders render the tokenizer's codes of held-out images: ShapesEval's test scenes and crops of the held-out
-photos (``coffee``, ``flower``: never used to train the tokenizer or the decoder). Reported: PSNR / SSIM to the
-originals, the ShapesEval pass rate of the renderings, and the time to render one 64x64 image at 10 / 20 / 50 DDIM
-steps on the CPU threads given. The diffusion decoder is measured at one step (its direct estimate, closest to the
+photos (``coffee``, ``flower``: never used to train the tokenizer or the decoder), drawn at the diffusion decoder's
+size. A decoder that renders larger than the tokenizer (``upscale`` 4: 256x256 px from the codes of a 64x64 image)
+is compared with the VQ decoder's output upsampled bicubically to that size; the codes are those of the originals
+area-downsampled to the tokenizer's size. Reported: PSNR / SSIM to the originals, the ShapesEval pass rate of the
+renderings, and the time to render one image at 10 / 20 / 50 DDIM steps on the CPU threads given. The diffusion decoder is measured at one step (its direct estimate, closest to the
 original) and at ``--steps`` (sharper, a sample of the details the codes leave open).
 
     python benchmarks/decoders.py --decoder pkg://anygen-tiny/decoders/image \
@@ -59,16 +61,17 @@ def rows(decoder: DiffusionDecoder, tokenizer: ImageVQ, n_per_category: int, n_p
     size = decoder.image_size
     scenes, photos, suite = held_out(size, n_per_category, n_photos)
     vq = VQDecoder(tokenizer)
+    upscaled = decoder.config.upscale > 1
 
     def diffusion(n: int):
         return lambda c: decoder.decode(c, num_inference_steps=n, guidance_scale=guidance_scale,
                                         generator=torch.Generator().manual_seed(0))
 
-    label = f"VQ / diffusion 1 step / diffusion {steps} steps"
+    label = f"VQ{' (bicubic)' if upscaled else ''} / diffusion 1 step / diffusion {steps} steps"
     out: list[Row] = []
     for name, images in (("held-out shape scenes", scenes), ("held-out photo crops", photos)):
-        codes = tokenizer.encode(images)
-        rendered = [vq.decode(codes), render_batched(diffusion(1), codes), render_batched(diffusion(steps), codes)]
+        codes = decoder.encode(images)
+        rendered = [decoder.reconstruction(codes), render_batched(diffusion(1), codes), render_batched(diffusion(steps), codes)]
         note = f"{len(images)} images; DDIM, guidance {guidance_scale}"
         out += [Row(f"PSNR (dB), {name}: {label}", " / ".join(f"{psnr(r, images):.2f}" for r in rendered), note),
                 Row(f"SSIM, {name}: {label}", " / ".join(f"{ssim(r, images):.4f}" for r in rendered), "")]
@@ -76,14 +79,15 @@ def rows(decoder: DiffusionDecoder, tokenizer: ImageVQ, n_per_category: int, n_p
             passes = [suite.score(to_pil(x)).overall for x in (images, *rendered)]
             out.append(Row(f"ShapesEval pass: originals / {label}", " / ".join(f"{p:.3f}" for p in passes),
                            "read rate of the decoded test scenes"))
-    one = tokenizer.encode(photos[:1])
+    one = decoder.encode(photos[:1])
     out.append(Row("time per image, VQ decoder", f"{1000 * timed(lambda: vq.decode(one)):.1f} ms", "batch 1"))
     for n in TIMED_STEPS:
         seconds = timed(lambda n=n: decoder.decode(one, num_inference_steps=n))
         out.append(Row(f"time per image, diffusion {n} steps", f"{seconds:.2f} s", "batch 1, DDIM, guidance 1"))
     params = sum(p.numel() for p in decoder.parameters()) - sum(p.numel() for p in decoder.tokenizer.parameters())
     out.append(Row("diffusion decoder parameters", f"{params / 1e6:.2f} M",
-                   f"without its frozen tokenizer copy; {size[0]}x{size[1]} px, "
+                   f"without its frozen tokenizer copy; {size[0]}x{size[1]} px from "
+                   f"{decoder.codes_size[0]}x{decoder.codes_size[1]} px codes, "
                    f"patch {decoder.config.patch_size}, prediction {decoder.config.prediction_type}"))
     return out
 

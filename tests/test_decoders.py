@@ -18,6 +18,7 @@ from anygen.decoders import DiffusionDecoder, DiffusionDecoderConfig, VQDecoder,
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.image import to_pil, to_tensor
 from anygen.model import AnyGen
+from anygen.pipeline_inputs import image_tensors
 from anygen.pipelines import AnyGenPipeline
 from anygen.tokenizers.image import ImageVQ, ImageVQConfig
 from anygen.tokenizers.quantizer import QuantizerConfig
@@ -182,6 +183,33 @@ def test_mask_keeps_the_unmasked_pixels(decoder, codes, images) -> None:
     assert not torch.allclose(out[..., 8:], images[..., 8:], atol=1e-2)
 
 
+def test_an_upscaling_decoder_refines_the_bicubic_reconstruction_at_its_own_size(images, tmp_path) -> None:
+    import torch.nn.functional as F
+
+    decoder = tiny_decoder(untrained=True, upscale=2)
+    assert decoder.image_size == (32, 32) and decoder.codes_size == (16, 16)
+    large = F.interpolate(images, scale_factor=2, mode="bicubic").clamp(0, 1)
+    codes = decoder.encode(large)  # the codes of the image area-downsampled to the tokenizer's size
+    assert torch.equal(codes, decoder.tokenizer.encode(F.interpolate(large, size=(16, 16), mode="area")))
+    bicubic = F.interpolate(decoder.tokenizer.decode(codes), size=(32, 32), mode="bicubic").clamp(0, 1)
+    assert torch.allclose(decoder.reconstruction(codes), bicubic)
+    out = decoder.decode(codes, num_inference_steps=2, generator=seed(0))  # untrained: the reconstruction itself
+    assert out.shape == (2, 3, 32, 32) and torch.allclose(out, bicubic, atol=1e-5)
+    trained = tiny_decoder(upscale=2).train()
+    loss = trained(large, condition_dropout=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and trained.unet.conv_out.weight.grad.abs().sum() > 0
+    trained.eval().save_pretrained(tmp_path / "d")
+    loaded = load_decoder(tmp_path / "d")
+    assert loaded.config.upscale == 2 and loaded.image_size == (32, 32)
+    assert torch.equal(loaded.decode(codes, num_inference_steps=2, generator=seed(0)),
+                       trained.decode(codes, num_inference_steps=2, generator=seed(0)))
+    with pytest.raises(InvalidArgumentError, match="size"):
+        trained.decode(codes, (16, 16))
+    with pytest.raises(InvalidArgumentError, match="upscale"):
+        DiffusionDecoderConfig(upscale=3)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_inference_steps": 0}, "num_inference_steps"),
     ({"num_inference_steps": 2.5}, "num_inference_steps"),
@@ -299,6 +327,29 @@ def test_pipelines_render_through_the_diffusion_decoder(pipe, tmp_path) -> None:
     loaded = AnyGenPipeline(AnyGen.from_pretrained(tmp_path / "m"), image_size=(16, 16))
     assert torch.equal(first, loaded.text_to_image("a red circle", generator=seed(0), output_type="pt",
                                                    **settings).images)
+
+
+def test_pipelines_return_an_upscaling_decoder_s_size(text_tokenizer) -> None:
+    tokenizer = tiny_tokenizer()
+    model = AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE)
+    torch.manual_seed(2)
+    model.decoders["image"] = DiffusionDecoder(DiffusionDecoderConfig(**TINY_DECODER, upscale=2), tokenizer)
+    pipe = AnyGenPipeline(model.eval(), image_size=(16, 16))
+    assert pipe.output_size("diffusion") == (32, 32) and pipe.output_size("vq") == (16, 16)
+    settings = {"decoder": "diffusion", "num_inference_steps": 2, "generator": seed(0), "output_type": "pt"}
+    assert pipe.text_to_image("a red circle", height=32, width=32, **settings).images.shape == (1, 3, 32, 32)
+    assert pipe.text_to_image("a red circle", generator=seed(0), output_type="pt").images.shape == (1, 3, 16, 16)
+    with pytest.raises(InvalidArgumentError, match="height=32"):
+        pipe.text_to_image("a red circle", height=32, width=32)  # the VQ decoder makes 16x16
+    source = to_pil(torch.rand(3, 64, 64, generator=seed(1)))[0]
+    assert pipe.edit_image(source, "make it blue", strength=0.5, **settings).images.shape == (1, 3, 32, 32)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))  # right half: regenerate
+    kept = image_tensors(source, (32, 32))[0]  # the input at the decoder's size
+    out = pipe.inpaint(source, mask, "a blue square", num_inference_steps=2, generator=seed(0),
+                       output_type="pt").images
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.allclose(out[0, :, :, :16], kept[:, :, :16], atol=1e-6)
 
 
 def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None:

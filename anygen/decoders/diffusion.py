@@ -58,9 +58,13 @@ SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
 
 @dataclass
 class DiffusionDecoderConfig:
-    """Architecture and noise schedule of a :class:`DiffusionDecoder` (its image size comes from the tokenizer).
+    """Architecture and noise schedule of a :class:`DiffusionDecoder` (its image size: the tokenizer's times
+    ``upscale``).
 
     Attributes:
+        upscale: the output's size over the tokenizer's image size (1, 2 or 4): a decoder with ``upscale=4`` renders
+            the codes of a 64x64 tokenizer as 256x256 images, conditioned on the tokenizer's reconstruction
+            upsampled bicubically.
         patch_size: pixels per side folded into channels before the UNet (1 = full resolution).
         block_out_channels: UNet widths per resolution level, highest resolution first.
         layers_per_block: residual blocks per level (the up path has one more).
@@ -86,8 +90,11 @@ class DiffusionDecoderConfig:
     num_train_timesteps: int = 1000
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
     residual_scale: float = 5.0
+    upscale: int = 1
 
     def __post_init__(self) -> None:
+        if self.upscale not in (1, 2, 4):
+            raise InvalidArgumentError(f"decoder.upscale={self.upscale} must be 1, 2 or 4")
         if self.patch_size not in (1, 2, 4, 8):
             raise InvalidArgumentError(f"decoder.patch_size={self.patch_size} must be 1, 2, 4 or 8")
         if not self.block_out_channels or any(c < 8 or c % 8 for c in self.block_out_channels):
@@ -129,13 +136,15 @@ class DiffusionDecoder(nn.Module):
             raise InvalidArgumentError("tokenizer must be a single-codebook ImageVQ, got "
                                        f"{type(tokenizer).__name__} with {getattr(tokenizer, 'num_codebooks', '?')} "
                                        "codebooks")
-        factor, size = tokenizer.config.downsample, tuple(tokenizer.config.image_size)
+        factor, codes_size = tokenizer.config.downsample, tuple(tokenizer.config.image_size)
+        size = (codes_size[0] * config.upscale, codes_size[1] * config.upscale)
         if any(s % config.patch_size or (s // config.patch_size) % 2 ** (len(config.block_out_channels) - 1)
                for s in size):
             raise InvalidArgumentError(f"image size {size} must be divisible by decoder.patch_size="
                                        f"{config.patch_size} times 2 ** (levels - 1)")
         self.config, self.image_size = config, size
-        self.grid = (size[0] // factor, size[1] // factor)
+        self.codes_size = codes_size  # the size of the images the codes were made from
+        self.grid = (codes_size[0] // factor, codes_size[1] // factor)
         self.codebook_size = tokenizer.codebook_size
         self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.code_embedding = nn.Embedding.from_pretrained(_codebook_vectors(tokenizer), freeze=False)
@@ -168,8 +177,22 @@ class DiffusionDecoder(nn.Module):
         tokens = tokens + position
         if hidden_states is not None:
             tokens = tokens + self.hidden_projection(hidden_states.to(tokens.dtype))
-        reconstruction = self.tokenizer.decode(codes, self.image_size) * 2.0 - 1.0  # (B, 3, H, W)
-        return Condition(self.token_norm(tokens), reconstruction)
+        return Condition(self.token_norm(tokens), self.reconstruction(codes) * 2.0 - 1.0)
+
+    def reconstruction(self, codes: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's decoding of ``(B, N)`` codes at the output size, ``(B, 3, H, W)`` in ``[0, 1]`` (upsampled
+        bicubically when ``upscale > 1``): what this decoder refines."""
+        images = self.tokenizer.decode(codes, self.codes_size)
+        if self.config.upscale == 1:
+            return images
+        return F.interpolate(images, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's codes for ``(B, 3, H, W)`` images at the output size (area-downsampled to the tokenizer's
+        size first when ``upscale > 1``)."""
+        if self.config.upscale > 1:
+            images = F.interpolate(images, size=self.codes_size, mode="area")
+        return self.tokenizer.encode(images)
 
     def null_condition(self, batch: int) -> Condition:
         """The learned "no condition" (null tokens, a blank reconstruction) used for guidance."""
@@ -186,13 +209,14 @@ class DiffusionDecoder(nn.Module):
     # -- training ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, codes: torch.Tensor | None = None,
                 hidden_states: torch.Tensor | None = None, condition_dropout: float = 0.0) -> torch.Tensor:
-        """Training pass: the DDPM loss (MSE of the UNet's output to its target) for ``images (B, 3, H, W)`` in [0, 1].
+        """Training pass: the DDPM loss (MSE of the UNet's output to its target) for ``images (B, 3, H, W)`` in [0, 1]
+        at the output size.
 
-        ``codes`` default to the tokenizer's encoding of ``images``; each row's whole condition is replaced by the
+        ``codes`` default to :meth:`encode` of ``images``; each row's whole condition is replaced by the
         null condition with probability ``condition_dropout``. Randomness comes from torch's global RNG.
         """
         if codes is None:
-            codes = self.tokenizer.encode(images)
+            codes = self.encode(images)
         condition = self.condition(codes, hidden_states)
         clean = self._residual(images, condition)  # from the real reconstruction, also for dropped rows
         if condition_dropout > 0:
@@ -221,7 +245,7 @@ class DiffusionDecoder(nn.Module):
 
         Args:
             codes: local codes in ``[0, codebook_size)``, ``N = tokens_per_image``.
-            size: ``(H, W)``; only the tokenizer's image size is supported (``None`` means that size).
+            size: ``(H, W)``; only the decoder's image size is supported (``None`` means that size).
             hidden_states: optional core hidden states over the span, ``(B, N, hidden_size)``.
             num_inference_steps: denoising steps (>= 1).
             guidance_scale: classifier-free guidance against the null condition (1 = off, >= 0).

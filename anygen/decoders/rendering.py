@@ -29,7 +29,7 @@ DEFAULT_STEPS = 20
 class Rendering:
     """How generated image codes become pixels: ``decoder`` and, for ``"diffusion"``, its sampling settings
     (``steps`` ``None`` = :data:`DEFAULT_STEPS`); ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and
-    the kept pixels (``mask`` ``(1, H, W)``)."""
+    the kept pixels (``mask`` ``(1, H, W)``), both at the diffusion decoder's output size."""
 
     decoder: str = "vq"
     steps: int | None = None
@@ -56,10 +56,11 @@ def check_rendering(render: Rendering, size: tuple[int, int], tokenizer: Any,
     render.steps = DEFAULT_STEPS if render.steps is None else render.steps
     check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
     diffusion = diffusion_decoder(tokenizer, decoders)
-    if tuple(diffusion.image_size) != tuple(size):
-        raise InvalidArgumentError(f"the diffusion decoder renders {tuple(diffusion.image_size)} images but this "
+    codes_size = tuple(getattr(diffusion, "codes_size", diffusion.image_size))
+    if codes_size != tuple(size):
+        raise InvalidArgumentError(f"the diffusion decoder renders the codes of {codes_size} images but this "
                                    f"pipeline makes {tuple(size)} ones; use decoder='vq'")
-    check_mask(render.mask, 1, size)
+    check_mask(render.mask, 1, tuple(diffusion.image_size))
     return render
 
 
@@ -79,12 +80,13 @@ def diffusion_decoder(tokenizer: Any, decoders: Mapping[str, Any]) -> Any:
 def render(codes: torch.Tensor, size: tuple[int, int], rendering: Rendering, tokenizer: Any,
            decoders: Mapping[str, Any], generator: Any = None,
            progress: Callable[[Iterable], Iterable] | None = None) -> list[Image.Image] | torch.Tensor | np.ndarray:
-    """``(B, N)`` local codes -> images as ``rendering.output_type`` says (``progress`` wraps diffusion steps)."""
+    """``(B, N)`` local codes of ``size`` images -> images as ``rendering.output_type`` says, at the decoder's
+    output size (the diffusion decoder's may be larger; ``progress`` wraps its steps)."""
     if rendering.decoder == "vq":
         images = VQDecoder(tokenizer).decode(codes, size)  # (B, 3, H, W)
     else:
         images = diffusion_decoder(tokenizer, decoders).decode(
-            codes, size, num_inference_steps=rendering.steps, guidance_scale=rendering.guidance_scale,
+            codes, num_inference_steps=rendering.steps, guidance_scale=rendering.guidance_scale,
             generator=generator, image=rendering.image, strength=rendering.strength, mask=rendering.mask,
             progress=progress)
     if rendering.output_type == "pt":

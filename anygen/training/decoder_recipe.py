@@ -4,7 +4,8 @@ Run from the shell with ``anygen train-decoder --config configs/decoder/image-ti
 ``python -m anygen.training.decoder_cli``), or from Python with :func:`main`. The images are the tokenizer
 recipe's sources (shape scenes, photo crops, or a folder; :mod:`anygen.training.sources`); every batch is a pure
 function of ``(seed, step, process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run
-stopped. Each step: encode the images with the frozen tokenizer, noise them (DDPM), drop the condition of some rows,
+stopped. Each step: encode the images with the frozen tokenizer (area-downsampled first when the decoder renders at
+``decoder.upscale`` times the tokenizer's size; the images are drawn at the decoder's size), noise them (DDPM), drop the condition of some rows,
 and regress the UNet's prediction; the loss goes to ``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps
 (and to the trackers of ``train.log_with``). Evaluation renders held-out images from their codes (DDIM) and logs
 their PSNR next to the tokenizer's own decoder's there too.
@@ -119,19 +120,20 @@ class DecoderTask:
 @torch.no_grad()
 def evaluate(decoder: DiffusionDecoder, config: DecoderTrainConfig) -> dict[str, float]:
     """PSNR (dB) per source of held-out images rendered from their codes: with ``data.eval_steps`` DDIM steps
-    (``psnr_*``), with one step (``psnr_1step_*``, the direct estimate) and by the tokenizer (``vq_psnr_*``)."""
+    (``psnr_*``), with one step (``psnr_1step_*``, the direct estimate) and by the tokenizer (``vq_psnr_*``; upsampled
+    bicubically to the decoder's size when it renders larger than the tokenizer)."""
     decoder.eval()
     metrics: dict[str, float] = {}
     for source in sorted(config.data.eval_sources):
         images = torch.cat([image_batch({source: 1.0}, config.train.batch_size, decoder.image_size, EVAL_SEED, i,
                                         "eval", config.data.folder) for i in range(config.data.eval_batches)])
         images = images.to(decoder.null_tokens.device)
-        codes = decoder.tokenizer.encode(images)
+        codes = decoder.encode(images)
         for steps in sorted({1, config.data.eval_steps}):
             rendered = decoder.decode(codes, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
             metrics[f"psnr_{source}" if steps == config.data.eval_steps else f"psnr_1step_{source}"] = psnr(
                 rendered, images)
-        metrics[f"vq_psnr_{source}"] = psnr(decoder.tokenizer.decode(codes), images)
+        metrics[f"vq_psnr_{source}"] = psnr(decoder.reconstruction(codes), images)
     decoder.train()
     return metrics
 
