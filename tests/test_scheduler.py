@@ -87,6 +87,9 @@ def test_a_request_gets_the_same_tokens_alone_and_among_others(setup) -> None:
             "max_new_tokens": 30, "sampling": {"text": SamplingParams(do_sample=False)}}),
         "filtered": (prompts_for(model, ["a yellow star"]), {
             "max_new_tokens": 45, "sampling": {"text": SamplingParams(0.8, top_k=7, top_p=0.8)}}),
+        "image_only": (prompts_for(model, ["draw", "a square"]), {"max_new_tokens": 25, "open_modalities": ["image"]}),
+        "text_only": (prompts_for(model, ["hello"]), {"max_new_tokens": 20, "open_modalities": [],
+                                                      "min_new_tokens": 5}),
     }
     jobs["image_cfg"] = ([p + [image_begin] for p in jobs["image_cfg"][0]], jobs["image_cfg"][1])
 
@@ -107,6 +110,59 @@ def test_a_request_gets_the_same_tokens_alone_and_among_others(setup) -> None:
     for thread in threads:
         thread.join()
     assert together == alone
+
+
+def test_jobs_sampled_as_one_batch_get_the_tokens_they_get_alone(setup) -> None:
+    """The scheduler samples the rows of jobs with the same span rules in one batch (guidance per job, then one
+    grammar mask and one draw over all rows); each job's tokens and grammar states equal its own step alone."""
+    model, rules, scheduler = setup
+    scheduler.close()
+    bos, image_begin = model.vocab.bos_id, model.vocab.begin_id("image")
+    specs = [  # (prompts, kwargs): sampled, greedy, guided inside an image span, text only with min_new_tokens
+        (prompts_for(model, ["a red circle", "say hello"]), {"max_new_tokens": 30}),
+        (prompts_for(model, ["two green triangles"]), {"max_new_tokens": 9,
+                                                        "sampling": {"text": SamplingParams(do_sample=False)}}),
+        ([p + [image_begin] for p in prompts_for(model, ["a star"])],
+         {"max_new_tokens": 17, "guidance": Guidance([[bos, image_begin]], 2.5, modalities=("image",))}),
+        (prompts_for(model, ["hello"]), {"max_new_tokens": 20, "open_modalities": [], "min_new_tokens": 5}),
+    ]
+
+    def jobs() -> list:
+        made = []
+        for seed, (prompts, kwargs) in enumerate(specs):
+            kwargs = dict(kwargs)
+            job = scheduler._job(rules, prompts, kwargs.pop("max_new_tokens"), kwargs.get("sampling"),
+                                 kwargs.get("guidance"), kwargs.get("open_modalities"), seeded(seed),
+                                 kwargs.get("min_new_tokens", 0))
+            job.logits = torch.randn(len(job.prompts), model.vocab.size, generator=seeded(10 + seed)) * 4
+            made.append(job)
+        return made
+
+    together, alone = jobs(), jobs()
+    assert len({job.group for job in together}) == 1
+    for _ in range(3):  # three steps, fresh logits each time
+        batched = scheduler._sample(together)
+        single = [scheduler._sample([job])[0] for job in alone]
+        for a, b in zip(batched, single):
+            assert torch.equal(a.tokens, b.tokens)
+            assert all(torch.equal(getattr(a.after, k), getattr(b.after, k)) for k in ("mode", "pos", "limit"))
+        for i, (a, b) in enumerate(zip(together, alone)):
+            a.logits = b.logits = torch.randn(len(a.prompts), model.vocab.size, generator=seeded(20 + i)) * 4
+    assert [job.index for job in together] == [3] * len(specs)
+
+
+def test_a_job_with_non_finite_logits_fails_alone(setup) -> None:
+    model, rules, scheduler = setup
+    scheduler.close()
+    made = [scheduler._job(rules, prompts_for(model, [text]), 10, None, None, None, seeded(0))
+            for text in ("a", "b", "c")]
+    for job in made:
+        job.logits = torch.randn(1, model.vocab.size)
+    made[1].logits[0, 3] = float("nan")
+    out = scheduler._sample_group(made)
+    assert isinstance(out[1], GenerationError) and "non-finite" in str(out[1])
+    assert [type(o).__name__ for o in (out[0], out[2])] == ["Step", "Step"]
+    assert made[0].index == made[2].index == 1 and made[1].index == 0
 
 
 def test_a_closed_consumer_frees_its_rows_within_a_step(setup) -> None:

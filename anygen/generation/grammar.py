@@ -204,8 +204,12 @@ class Grammar:
                 return mode, back
         return 0, 0
 
-    def allowed(self, state: GrammarState, remaining: int) -> torch.Tensor:
-        """``(B, V)`` bool mask of the tokens each row may emit when ``remaining`` tokens are left (this one too)."""
+    def allowed(self, state: GrammarState, remaining: int | torch.Tensor,
+                may_open: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, V)`` bool mask of the tokens each row may emit when ``remaining`` tokens are left (this one too).
+
+        ``remaining`` may be one ``(B,)`` count per row, and ``may_open`` a ``(B, M)`` override of which modalities
+        each row may open, so that rows of several generations (same rules) are masked in one call."""
         mode, pos, limit = state.mode, state.pos, state.limit
         b = mode.shape[0]
         k = self.num_codebooks[mode]
@@ -224,12 +228,14 @@ class Grammar:
         end_ok = in_span & (pos >= self.min_len[mode]) & (pos % k == 0)
         allowed[rows, self.end_ids[mode]] |= end_ok
         # Open a span only if begin + min codes + end fit in what is left.
-        fits = self.may_open & (self.min_len[1:-1] + 2 <= remaining)  # (M,)
-        allowed[:, self.begin_ids] = (mode == 0)[:, None] & fits[None, :]
+        fits = (self.may_open if may_open is None else may_open) & \
+            (self.min_len[1:-1] + 2 <= torch.as_tensor(remaining).reshape(-1, 1))  # (1 or B, M)
+        allowed[:, self.begin_ids] = (mode == 0)[:, None] & fits
         return allowed
 
-    def advance(self, state: GrammarState, tokens: torch.Tensor, remaining: int) -> GrammarState:
-        """State after each row emitted ``tokens`` (``(B,)``), ``remaining`` counting this token."""
+    def advance(self, state: GrammarState, tokens: torch.Tensor, remaining: int | torch.Tensor) -> GrammarState:
+        """State after each row emitted ``tokens`` (``(B,)``), ``remaining`` (one count, or one per row) counting
+        this token."""
         mode, pos, limit = state.mode, state.pos, state.limit
         in_span = (mode > 0) & (mode < self.done_mode)
         opened_mode = self.begin_to_mode[tokens]

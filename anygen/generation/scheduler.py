@@ -7,8 +7,9 @@ token. Between two decoding steps the scheduler thread
 1. drops the jobs whose caller went away (:meth:`Job.cancel`) or whose request ran out of time,
 2. admits waiting jobs whose rows fit in the free slots (a job's prompt rows, guidance branches included, are
    prefilled together, apart from other jobs', and copied into their slots of the static KV cache),
-3. samples one token for every job (its own grammar, sampling settings, guidance and seeded noise), hands the
-   step to the caller and frees the slots of the rows that finished,
+3. samples one token for every job (its own grammar, sampling settings, guidance and seeded noise; jobs whose
+   grammars share their span rules are masked and sampled in one batch of rows, which gives every row the numbers
+   it gets alone), hands the step to the caller and frees the slots of the rows that finished,
 4. runs the core once over every block of slots that holds a row.
 
 Every row keeps its own cache columns and positions, and the batch is always run in blocks of ``block_rows`` rows
@@ -32,7 +33,7 @@ from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation import fast_decode
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule
 from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
-                                    cache_argument, eos_after)
+                                    cache_argument)
 from anygen.generation.request_scope import (RequestCancelled, RequestScope, RequestTimeout, current_scope,
                                              request_scope)
 from anygen.generation.slot_cache import slot_cache
@@ -74,6 +75,7 @@ class Job:
     max_new_tokens: int
     scope: RequestScope | None = None
     min_new_tokens: int = 0
+    group: tuple = ()  # jobs with the same key are sampled together: (span rules, whether top-k / top-p filter)
     index: int = 0
     slots: list[int | None] = field(default_factory=list)
     logits: torch.Tensor | None = None  # (rows, V) the next-token logits of every row
@@ -249,7 +251,8 @@ class Scheduler:
         for name in guidance.modalities if branches > 1 else ():
             guided_modes[grammar.mode_of(name)] = True
         return Job(rows, b, branches, grammar, tables, state, guidance, guided_modes, NoiseSource(b, generator),
-                   max_new_tokens, scope=current_scope(), generated=[0] * b, min_new_tokens=min_new_tokens)
+                   max_new_tokens, scope=current_scope(), generated=[0] * b, min_new_tokens=min_new_tokens,
+                   group=(tuple(grammar.rules), tables["filtered"]))
 
     def stats(self) -> dict[str, int | bool]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
@@ -335,18 +338,19 @@ class Scheduler:
     def _step(self) -> None:
         """3. One token for every running job, then 4. one core call per block that holds a row."""
         self._steps += 1
+        groups: dict[tuple, list[Job]] = {}
         for job in list(self._active):
-            try:
-                with torch.inference_mode():
-                    step = self._sample(job)
-            except Exception as err:  # noqa: BLE001 -- e.g. non-finite logits: this job fails, the others go on
-                self._fail(job, err)
-                continue
-            job._put(step)
-            if job.index == job.max_new_tokens or bool((job.state.mode == job.grammar.done_mode).all()):
-                self._finish(job)
-            else:
-                self._feed(job, step.tokens)
+            groups.setdefault(job.group, []).append(job)
+        for jobs in groups.values():
+            for job, step in zip(jobs, self._sample_group(jobs)):
+                if isinstance(step, BaseException):  # e.g. non-finite logits: this job fails, the others go on
+                    self._fail(job, step)
+                    continue
+                job._put(step)
+                if job.index == job.max_new_tokens or bool((job.state.mode == job.grammar.done_mode).all()):
+                    self._finish(job)
+                else:
+                    self._feed(job, step.tokens)
         try:
             with torch.inference_mode():
                 self._decode()
@@ -354,28 +358,67 @@ class Scheduler:
             for job in list(self._active):
                 self._fail(job, GenerationError(f"the core failed while decoding: {err}"))
 
-    def _sample(self, job: Job) -> Step:
-        """The eager loop's step for one job's rows: guidance, grammar mask, per-modality sampling, seeded noise."""
-        index, remaining = job.index, job.max_new_tokens - job.index
-        logits = job.logits.float()
-        step_logits = logits[: job.b]
-        if job.branches > 1:
-            step_logits = _guide(logits, job.b, job.branches, job.guidance, job.state, job.guided_modes)
-        allowed = eos_after(job.grammar.allowed(job.state, remaining), self.vocab.eos_id, index, job.min_new_tokens)
-        mode = job.state.mode
-        scaled = scale_logits(step_logits, allowed, job.tables["temperature"][mode])
-        _check_finite(logits, scaled, allowed, index, job.guidance)
-        greedy = job.tables["greedy"][mode]
-        draws = None if bool(greedy.all()) else job.noise(index, scaled.shape[-1])
-        tokens = pick_tokens(scaled, allowed, job.tables["top_k"][mode], job.tables["top_p"][mode], greedy, draws,
-                             job.tables["filtered"])
-        after = job.grammar.advance(job.state, tokens, remaining)
-        step = Step(index, tokens, job.state, after)
-        for row, was in enumerate(job.state.mode.tolist()):
-            job.generated[row] += was != job.grammar.done_mode
-            self._tokens_out += was != job.grammar.done_mode
-        job.state, job.index = after, index + 1
-        return step
+    def _sample_group(self, jobs: list[Job]) -> list[Step | BaseException]:
+        """Each job's step, sampled together; if that fails, each job alone, so only the job at fault fails."""
+        try:
+            with torch.inference_mode():
+                return self._sample(jobs)
+        except Exception as err:  # noqa: BLE001
+            if len(jobs) == 1:
+                return [err]
+        out: list[Step | BaseException] = []
+        for job in jobs:
+            try:
+                with torch.inference_mode():
+                    out += self._sample([job])
+            except Exception as err:  # noqa: BLE001
+                out.append(err)
+        return out
+
+    def _sample(self, jobs: list[Job]) -> list[Step]:
+        """The eager loop's step for the rows of ``jobs`` (one grammar's rules): guidance per job, then the grammar
+        mask, per-modality sampling and seeded noise over all their rows at once. Every operation after guidance
+        works row by row, so a row gets the same token as when its job is sampled alone. Jobs are updated only once
+        every row has its token."""
+        grammar, sizes = jobs[0].grammar, [job.b for job in jobs]
+        owner = torch.repeat_interleave(torch.arange(len(jobs)), torch.tensor(sizes))  # (B,) each row's job
+        raw = [job.logits.float() for job in jobs]
+        guided = [logits[: job.b] if job.branches == 1 else
+                  _guide(logits, job.b, job.branches, job.guidance, job.state, job.guided_modes)
+                  for job, logits in zip(jobs, raw)]
+        state = GrammarState(*(torch.cat([getattr(job.state, key) for job in jobs])
+                               for key in ("mode", "pos", "limit")))
+        remaining = torch.tensor([job.max_new_tokens - job.index for job in jobs])[owner]
+        allowed = grammar.allowed(state, remaining, torch.stack([job.grammar.may_open for job in jobs])[owner])
+        early = torch.tensor([job.index < job.min_new_tokens for job in jobs])[owner]  # <|eos|> not allowed yet
+        allowed[:, self.vocab.eos_id] &= ~early
+
+        def per_row(key: str) -> torch.Tensor:  # a sampling table, looked up by each row's job and mode
+            return torch.stack([job.tables[key] for job in jobs])[owner, state.mode]
+
+        scaled = scale_logits(torch.cat(guided), allowed, per_row("temperature"))
+        if len(jobs) == 1:
+            _check_finite(raw[0], scaled, allowed, jobs[0].index, jobs[0].guidance)
+        elif not bool(torch.isfinite(torch.cat(raw)).all() & (torch.isfinite(scaled) | ~allowed).all()):
+            raise GenerationError("non-finite logits")  # _sample_group finds the job and its message
+        greedy = per_row("greedy")
+        draws = None
+        if not bool(greedy.all()):  # noise for the jobs that sample; all-greedy jobs draw nothing
+            width = scaled.shape[-1]
+            draws = torch.cat([torch.ones(job.b, width) if bool(rows.all()) else job.noise(job.index, width)
+                               for job, rows in zip(jobs, greedy.split(sizes))])
+        tokens = pick_tokens(scaled, allowed, per_row("top_k"), per_row("top_p"), greedy, draws,
+                             jobs[0].tables["filtered"])
+        after = grammar.advance(state, tokens, remaining)
+        parts = zip(tokens.split(sizes), after.mode.split(sizes), after.pos.split(sizes), after.limit.split(sizes))
+        steps = []
+        for job, (row_tokens, *job_after) in zip(jobs, parts):
+            steps.append(Step(job.index, row_tokens, job.state, GrammarState(*job_after)))
+            for row, was in enumerate(job.state.mode.tolist()):
+                job.generated[row] += was != job.grammar.done_mode
+                self._tokens_out += was != job.grammar.done_mode
+            job.state, job.index = steps[-1].after, job.index + 1
+        return steps
 
     def _feed(self, job: Job, tokens: torch.Tensor) -> None:
         """Set each row's next input; rows whose output finished give their slots back."""
