@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from anygen.errors import InvalidArgumentError, MediaError, check_range
 LOG_FLOOR = 1e-5  # power below this is treated as silence before the log (keeps silence finite)
 MAX_CHANNELS = 8  # a 2-D waveform's channel axis is the one with at most this many entries
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+MAX_CLIP_SECONDS = 600.0  # tokenizers refuse longer clips: split them first
 AudioInput = torch.Tensor | np.ndarray | str | Path | bytes | tuple
 
 
@@ -112,6 +114,26 @@ def check_sample_rate(value: object, name: str = "sample_rate") -> int:
         raise InvalidArgumentError(f"{name}={value!r} must be a whole number of Hz in "
                                    f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
     return int(value)
+
+
+def waveform_batch(batch: torch.Tensor | Sequence[torch.Tensor], sample_rate: object, target_rate: int,
+                   multiple: int = 1) -> torch.Tensor:
+    """A tokenizer's ``encode`` input, checked: a ``(B, T)`` tensor or a non-empty list of 1-D waveforms at
+    ``sample_rate`` -> ``(B, T')`` float32 at ``target_rate``, zero-padded at the end to the longest clip rounded up
+    to a multiple of ``multiple`` samples. Clips over :data:`MAX_CLIP_SECONDS` are refused."""
+    sample_rate = check_sample_rate(sample_rate)
+    if isinstance(batch, torch.Tensor) and batch.ndim == 2:
+        batch = list(batch)
+    if isinstance(batch, torch.Tensor) or len(batch) == 0:
+        raise MediaError("batch must be a (B, T) tensor or a non-empty list of 1-D waveforms")
+    waves = [check_waveform(w, f"batch[{i}]") for i, w in enumerate(batch)]
+    longest = max(w.shape[0] for w in waves)
+    if longest > MAX_CLIP_SECONDS * sample_rate:
+        raise MediaError(f"batch holds a clip of {longest / sample_rate:.0f} s; at most {MAX_CLIP_SECONDS:.0f} s "
+                         "per clip (split longer audio)")
+    waves = [resample(w, sample_rate, target_rate) for w in waves]
+    length = math.ceil(max(w.shape[0] for w in waves) / multiple) * multiple
+    return torch.stack([torch.nn.functional.pad(w, (0, length - w.shape[0])) for w in waves])
 
 
 def read_audio(audio: AudioInput, sample_rate: object = None, name: str = "audio") -> tuple[torch.Tensor, int]:

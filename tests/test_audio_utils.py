@@ -133,3 +133,18 @@ def test_log_mel_silence_is_finite_and_tone_peaks():
     assert bool(torch.isfinite(log_mel(torch.zeros(10))).all())  # shorter than a window
     with pytest.raises(MediaError, match="NaN"):
         log_mel(torch.tensor([float("nan")] * 2000))
+
+
+def test_waveform_batch_resamples_pads_to_a_multiple_and_refuses_bad_batches() -> None:
+    from anygen.audio import waveform_batch
+
+    out = waveform_batch([torch.ones(8000), torch.ones(4000)], 8000, 16000, multiple=320)
+    assert out.shape == (2, 16000) and out.dtype == torch.float32
+    assert out[1, 8000:].abs().max() == 0  # the shorter clip is zero-padded at the end
+    assert waveform_batch(torch.zeros(2, 100), 16000, 16000, multiple=64).shape == (2, 128)
+    for batch, rate, match in [([], 16000, "non-empty"), (torch.zeros(3), 16000, "non-empty"),
+                               ([torch.zeros(10)], 16000.5, "sample_rate"),
+                               ([torch.zeros(1001 * 600)], 1000, "at most 600 s"),
+                               ([torch.tensor([0.0, float("nan")])], 16000, r"batch\[0\]")]:
+        with pytest.raises((InvalidArgumentError, MediaError), match=match):
+            waveform_batch(batch, rate, 16000)

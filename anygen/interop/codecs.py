@@ -29,12 +29,11 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from anygen.audio import check_sample_rate, check_waveform, resample
-from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
+from anygen.audio import waveform_batch
+from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers.weights import PICKLE_SUFFIXES, read_json_object
 
 SETTINGS_FILE = "anygen_codec.json"  # written beside the transformers files: the number of codebooks used
-MAX_SECONDS = 600.0  # longer clips are refused: split them first
 
 
 @dataclass(frozen=True)
@@ -200,19 +199,7 @@ class TransformersAudioCodec(nn.Module):
         return next(self.model.parameters()).device
 
     def _prepare(self, batch: torch.Tensor | Sequence[torch.Tensor], sample_rate: int) -> torch.Tensor:
-        sample_rate = check_sample_rate(sample_rate)
-        if isinstance(batch, torch.Tensor) and batch.ndim == 2:
-            batch = list(batch)
-        if isinstance(batch, torch.Tensor) or len(batch) == 0:
-            raise MediaError("batch must be a (B, T) tensor or a non-empty list of 1-D waveforms")
-        waves = [check_waveform(w, f"batch[{i}]") for i, w in enumerate(batch)]
-        longest = max(w.shape[0] for w in waves)
-        if longest > MAX_SECONDS * sample_rate:
-            raise MediaError(f"batch holds a clip of {longest / sample_rate:.0f} s; at most {MAX_SECONDS:.0f} s per "
-                             "clip (split longer audio)")
-        waves = [resample(w, sample_rate, self.sample_rate) for w in waves]
-        length = math.ceil(max(w.shape[0] for w in waves) / self.hop_length) * self.hop_length
-        padded = torch.stack([nn.functional.pad(w, (0, length - w.shape[0])) for w in waves])  # (B, frames * hop)
+        padded = waveform_batch(batch, sample_rate, self.sample_rate, self.hop_length)  # (B, frames * hop)
         dtype = next(self.model.parameters()).dtype
         return padded[:, None].to(self._device, dtype)  # (B, 1, T)
 

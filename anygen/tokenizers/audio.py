@@ -25,9 +25,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from anygen.audio import check_waveform, log_mel, mel_filterbank, resample
+from anygen.audio import log_mel, mel_filterbank, waveform_batch
 from anygen.config import from_dict, to_dict
-from anygen.errors import InvalidArgumentError, MediaError
+from anygen.errors import InvalidArgumentError
 from anygen.tokenizers.quantizer import Quantizer, QuantizerConfig
 from anygen.tokenizers.weights import (
     load_state_strict,
@@ -37,7 +37,6 @@ from anygen.tokenizers.weights import (
 
 SAMPLE_RATE = 16000
 N_FFT, HOP = 1024, 160  # 100 spectrogram frames per second
-MAX_SECONDS = 600.0  # longer inputs are refused: split them first
 FEATURE_MEAN, FEATURE_STD = -8.0, 4.5  # fixed normalisation of natural-log power
 LOG_FLOOR = 1e-5  # power floor before the log (silence stays finite), as in anygen.audio.log_mel
 
@@ -240,20 +239,7 @@ class AudioCodec(nn.Module):
         return next(self.parameters()).device
 
     def _prepare(self, batch: torch.Tensor | Sequence[torch.Tensor], sample_rate: int) -> torch.Tensor:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384000:
-            raise InvalidArgumentError(f"sample_rate={sample_rate!r} must be an integer in [1000, 384000] Hz")
-        if isinstance(batch, torch.Tensor) and batch.ndim == 2:
-            batch = list(batch)
-        if isinstance(batch, torch.Tensor) or len(batch) == 0:
-            raise MediaError("batch must be a (B, T) tensor or a non-empty list of 1-D waveforms")
-        waves = [check_waveform(w, f"batch[{i}]") for i, w in enumerate(batch)]
-        longest = max(w.shape[0] for w in waves)
-        if longest > MAX_SECONDS * sample_rate:
-            raise MediaError(f"batch holds a clip of {longest / sample_rate:.0f} s; at most {MAX_SECONDS:.0f} s per "
-                             "clip (split longer audio)")
-        waves = [resample(w, sample_rate, SAMPLE_RATE) for w in waves]
-        longest = max(w.shape[0] for w in waves)
-        return torch.stack([nn.functional.pad(w, (0, longest - w.shape[0])) for w in waves]).to(self._device)
+        return waveform_batch(batch, sample_rate, SAMPLE_RATE).to(self._device)
 
     def _normalised(self, waves: torch.Tensor) -> torch.Tensor:
         return (self.features(waves) - FEATURE_MEAN) / FEATURE_STD
