@@ -26,7 +26,7 @@ from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation.loop import decode_steps
-from anygen.generation.sampling import Generators, Guidance, SamplingParams
+from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
 from anygen.image import ImageInput
 from anygen.model import AnyGen
@@ -154,6 +154,7 @@ class AnyGenPipeline(PipelineBase):
         re-noised to the matching timestep and denoised under the new codes, so more of it survives.
         """
         size = self.image_size
+        check_guidance_scales(guidance_scale, image_guidance_scale)  # before the images are read and encoded
         pixels = image_tensors(image, size)  # (B, 3, H, W)
         instructions = as_list(instruction, "instruction")
         if len(instructions) != len(pixels):
@@ -187,6 +188,7 @@ class AnyGenPipeline(PipelineBase):
         if not isinstance(prompt, str):
             raise InvalidArgumentError(f"inpaint takes one prompt string, got {type(prompt).__name__}")
         size = self.image_size
+        check_guidance_scales(guidance_scale, image_guidance_scale)
         pixels = image_tensors(image, size)
         if len(pixels) != 1:
             raise InvalidArgumentError(f"inpaint takes one image, got {len(pixels)}")
@@ -476,6 +478,12 @@ def _on_cpu(segment: Any) -> Any:
     if isinstance(segment, AudioSegment):
         return AudioSegment(segment.waveform.detach().cpu(), segment.sample_rate)
     return segment
+
+
+def check_guidance_scales(guidance_scale: float, image_guidance_scale: float) -> None:
+    """Both editing guidance scales in :data:`~anygen.generation.sampling.GUIDANCE_RANGE`, or an error naming one."""
+    check_range("guidance_scale", guidance_scale, *GUIDANCE_RANGE)
+    check_range("image_guidance_scale", image_guidance_scale, *GUIDANCE_RANGE)
 
 
 def _default_image_size(tok: object) -> tuple[int, int]:

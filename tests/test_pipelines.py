@@ -96,6 +96,24 @@ def test_bad_arguments_raise_clear_errors(pipe: AnyGenPipeline, call, match: str
         call(pipe)
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda p: p.edit_image(Image.new("RGB", (32, 32)), "x", image_guidance_scale=-1.0), "image_guidance_scale"),
+    (lambda p: p.edit_image(Image.new("RGB", (32, 32)), "x", guidance_scale=math.inf), "guidance_scale"),
+    (lambda p: p.inpaint(Image.new("RGB", (32, 32)), torch.ones(32, 32), "x", image_guidance_scale=101.0),
+     "image_guidance_scale"),
+])
+def test_edit_guidance_scales_are_refused_before_the_image_is_read(pipe: AnyGenPipeline, call, match: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import anygen.pipelines
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the image was read and encoded before the bad scale was refused")
+
+    monkeypatch.setattr(anygen.pipelines, "image_tensors", no_reading)
+    with pytest.raises(InvalidArgumentError, match=match):
+        call(pipe)
+
+
 def test_a_generator_list_of_the_wrong_length_is_refused(pipe: AnyGenPipeline) -> None:
     with pytest.raises(InvalidArgumentError, match="one per row"):
         pipe.text_to_image("a", generator=[seed(0)] * 3)
