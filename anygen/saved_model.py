@@ -229,8 +229,14 @@ def core_skeleton(core: dict[str, Any], weights: Mapping[str, torch.Tensor], pat
 
 def load_core(core: dict[str, Any], weights: Mapping[str, torch.Tensor], path: Path,
               attn_implementation: str, core_class: str = AUTO_CORE) -> nn.Module:
-    """The real core, holding ``weights``; ``core`` and ``weights`` must have passed :func:`core_skeleton`."""
-    model = _build_core(core, attn_implementation, core_class, path.parent / CONFIG)
+    """The real core, holding ``weights``; ``core`` and ``weights`` must have passed :func:`core_skeleton`. Its
+    tensors are allocated without the random initialisation every one of them would lose to ``weights`` (minutes
+    for a 7B core)."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = _build_core(core, attn_implementation, core_class, path.parent / CONFIG)
+    model.tie_weights()  # skipped with the initialisation
     copy_weights(model, weights)
     return model
 
