@@ -4,8 +4,6 @@ recipe in each mode, the signal example's tokenizer, data and judge, and clear e
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,6 @@ from anygen.vocab import ModalitySpec, Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "extend" / "signal.yaml"
-DOC = ROOT / "docs" / "adding_a_modality.md"
 SMALL = ["optim.steps=2", "optim.batch_size=2", "optim.warmup_steps=1", "train.threads=0", "train.checkpoint_every=1",
          "train.log_every=1", "lora.rank=2", "modality.options={length: 16, levels: 16}",
          "data.sizes={text_to_signal: 4, signal_to_text: 4}",
@@ -288,28 +285,3 @@ def test_signal_judge_passes_correct_pairs_and_fails_mismatched_ones() -> None:
     assert read_signal(render_signal(SignalSpec("triangle", 5, "low"), 0.7)).spec == SignalSpec("triangle", 5, "low")
     with pytest.raises(MediaError, match="finite"):
         read_signal(torch.tensor([0.0, float("inf"), 0.0]))
-
-
-# ---- the walkthrough --------------------------------------------------------------------------------------------
-DOC_TEXT = DOC.read_text()
-DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOC_TEXT, re.S)
-DOC_EXTEND = [line for block in re.findall(r"```bash\n(.*?)```", DOC_TEXT, re.S)
-              for line in block.replace("\\\n", " ").splitlines() if line.startswith("anygen extend ")]
-
-
-@pytest.mark.slow
-def test_walkthrough_extend_command_runs_with_small_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert DOC_EXTEND, "the walkthrough shows no `anygen extend` command"
-    monkeypatch.chdir(ROOT)
-    small = [*SMALL[:6], "data.sizes={text_to_signal: 4, signal_to_text: 4}",
-             "data.replay={seed: 0, image_size: 64, sizes: {text_to_image: 2, text: 2}}", f"train.out_dir={tmp_path}"]
-    args = shlex.split(DOC_EXTEND[0])[1:] + [a for item in small for a in ("--set", item)]
-    assert cli.main(args) == 0
-    assert AnyGen.from_pretrained(tmp_path / "final").vocab.modality_names == ["text", "image", "audio", "signal"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(DOC_BLOCKS)))
-def test_walkthrough_python_blocks_run(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    exec(compile(DOC_BLOCKS[index], f"adding_a_modality.md block {index}", "exec"), {"__name__": "__doc__"})

@@ -533,14 +533,3 @@ def test_the_shipped_model_serves_concurrent_requests_as_alone(shipped_server: s
     with ThreadPoolExecutor(len(requests)) as pool:
         together = {name: f.result() for name, f in {n: pool.submit(r) for n, r in requests.items()}.items()}
     assert together == alone
-
-
-@pytest.mark.slow
-def test_the_serving_docs_run_against_the_shipped_model(shipped_server: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "__serving_docs__"}
-    for index, block in enumerate(doc_blocks("python")):
-        code = block.replace("http://127.0.0.1:8000", shipped_server)
-        exec(compile(code, f"docs/serving.md python block {index}", "exec"), namespace)
-    assert Image.open(tmp_path / "green.png").size == (64, 64)
