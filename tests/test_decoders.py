@@ -336,6 +336,9 @@ def test_pipelines_return_an_upscaling_decoder_s_size(text_tokenizer) -> None:
     model.decoders["image"] = DiffusionDecoder(DiffusionDecoderConfig(**TINY_DECODER, upscale=2), tokenizer)
     pipe = AnyGenPipeline(model.eval(), image_size=(16, 16))
     assert pipe.output_size("diffusion") == (32, 32) and pipe.output_size("vq") == (16, 16)
+    from anygen.apps.chat import default_decoder
+
+    assert default_decoder(pipe) == "diffusion"  # the demo and the showcase render with the larger decoder
     settings = {"decoder": "diffusion", "num_inference_steps": 2, "generator": seed(0), "output_type": "pt"}
     assert pipe.text_to_image("a red circle", height=32, width=32, **settings).images.shape == (1, 3, 32, 32)
     assert pipe.text_to_image("a red circle", generator=seed(0), output_type="pt").images.shape == (1, 3, 16, 16)
@@ -382,7 +385,9 @@ def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
 
 
 def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
-    from anygen.apps.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, enlarge
+    from anygen.apps.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, default_decoder, enlarge
+
+    assert default_decoder(pipe) == "vq"  # a diffusion decoder at the tokenizer's own size is not the default
     from anygen.generation.streaming import MediaProgress, SegmentDone
     from anygen.types import ImageSegment
 

@@ -24,3 +24,11 @@ def test_anygen_run_writes_a_complete_showcase(tiny_model: AnyGen, tmp_path: Pat
     linked = re.findall(r'src="([^"]+)"', page)
     assert sum(name.endswith(".png") for name in linked) >= 8 and sum(n.endswith(".wav") for n in linked) >= 3
     assert all((tmp_path / "show" / name).is_file() for name in linked)
+
+
+def test_anygen_run_refuses_a_decoder_the_model_lacks(tiny_model: AnyGen, tmp_path: Path, capsys) -> None:
+    tiny_model.save_pretrained(tmp_path / "model")
+    args = ["run", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "show"), "--decoder", "diffusion"]
+    assert main(args) == 2
+    assert "train-decoder" in capsys.readouterr().err
+    assert not (tmp_path / "show" / "index.html").exists()

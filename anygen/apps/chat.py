@@ -226,6 +226,13 @@ def make_generator(seed: float | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(value))
 
 
+def default_decoder(pipe: AnyGenPipeline) -> str:
+    """What the demo and the showcase render pictures with unless told otherwise: the model's diffusion decoder when
+    it renders larger than the image tokenizer (e.g. 256x256 px from the codes of a 64x64 image), else the VQ
+    decoder (a diffusion decoder at the tokenizer's own size is slower and, for anygen-tiny, no sharper)."""
+    return "diffusion" if pipe.output_size("diffusion") != pipe.image_size else "vq"
+
+
 def check_decoder(pipe: AnyGenPipeline, decoder: str) -> str:
     """The decoder name if ``pipe``'s model can render with it, else a clear error (before anything is sampled)."""
     if decoder not in DECODERS:

@@ -32,6 +32,7 @@ from anygen.apps.chat import (
     chat_turn,
     check_decoder,
     check_prompt,
+    default_decoder,
     enlarge,
     make_generator,
 )
@@ -173,9 +174,9 @@ def _sampling(gr: Any, name: str = "", temperature: float = 1.0) -> list[Any]:
             gr.Slider(0, 256, value=0, step=1, label=f"{prefix}top-k (0 = off)")]
 
 
-def _seed_and_decoder(gr: Any) -> list[Any]:
+def _seed_and_decoder(gr: Any, pipe: AnyGenPipeline) -> list[Any]:
     return [gr.Number(0, precision=0, label="seed", minimum=0),
-            gr.Dropdown(list(DECODERS), value=DECODERS[0], label="decoder")]
+            gr.Dropdown(list(DECODERS), value=default_decoder(pipe), label="decoder")]
 
 
 def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
@@ -194,7 +195,8 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         limit = int(getattr(pipe.model.core.config, "max_position_embeddings", 2048))
         with gr.Row():
             settings = [gr.Slider(8, max(8, limit - 64), value=min(200, limit // 2), step=8, label="max new tokens"),
-                        *_seed_and_decoder(gr), gr.CheckboxGroup(media, value=media, label="the answer may contain")]
+                        *_seed_and_decoder(gr, pipe),
+                        gr.CheckboxGroup(media, value=media, label="the answer may contain")]
         for name in ("text", "image", "audio"):
             with gr.Row():
                 settings += _sampling(gr, name)
@@ -231,7 +233,7 @@ def _image_tab(gr: Any, pipe: AnyGenPipeline) -> None:
                 controls = [gr.Slider(0, 10, value=_default(pipe.text_to_image, "guidance_scale"), step=0.1,
                                       label="guidance"),
                             *_sampling(gr, temperature=_default(pipe.text_to_image, "temperature")),
-                            *_seed_and_decoder(gr)]
+                            *_seed_and_decoder(gr, pipe)]
         gallery = gr.Gallery(label="samples", columns=4, object_fit="contain")
     gr.Examples([[p] for p in IMAGE_PROMPTS], inputs=[prompt])
 
@@ -262,7 +264,7 @@ def _edit_tab(gr: Any, pipe: AnyGenPipeline) -> None:
                             gr.Slider(0, 10, value=_default(pipe.edit_image, "image_guidance_scale"), step=0.1,
                                       label="image guidance"),
                             *_sampling(gr, temperature=_default(pipe.edit_image, "temperature")),
-                            *_seed_and_decoder(gr)]
+                            *_seed_and_decoder(gr, pipe)]
         result = gr.Image(label="edited", type="pil")
 
     def edit_image(source: dict | str | None, instruction: str, guidance: float, image_guidance: float,

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from anygen.apps import showcase_requests as requests
+from anygen.apps.chat import check_decoder, default_decoder
 from anygen.assets import DEFAULT_MODEL, DEFAULT_MODEL_NAME, model_dir
 from anygen.audio import save_audio
 from anygen.data.edits import EditSample
@@ -34,7 +35,7 @@ from anygen.evaluation.melody import parse_music_text, score_music_audio
 from anygen.evaluation.shapes import score_image
 from anygen.evaluation.speech import KeywordClassifier, default_classifier
 from anygen.paths import check_output_dir
-from anygen.pipelines import AnyGenPipeline, load
+from anygen.pipelines import DECODERS, AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
@@ -92,15 +93,17 @@ def figure(content: str, caption: str, passed: bool | None = None) -> str:
 
 
 def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_name: str = "",
-                   classifier: KeywordClassifier | None = None) -> Path:
+                   classifier: KeywordClassifier | None = None, decoder: str | None = None) -> Path:
     """Run every request of every task, judge each sample and write the page under ``out``; returns
-    ``index.html``. ``classifier`` judges spoken keywords (fitted on espeak-ng renders when not given)."""
+    ``index.html``. ``classifier`` judges spoken keywords (fitted on espeak-ng renders when not given); ``decoder``
+    renders the generated and edited pictures (default: :func:`~anygen.apps.chat.default_decoder`)."""
+    decoder = check_decoder(pipe, decoder or default_decoder(pipe))
     page = Page(Path(out))
     page.out.mkdir(parents=True, exist_ok=True)
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731  (a fresh, seeded generator per task)
     size = pipe.image_size[0]
-    _text_to_image(page, pipe, gen())
-    _edits(page, pipe, gen(), size)
+    _text_to_image(page, pipe, gen(), decoder)
+    _edits(page, pipe, gen(), size, decoder)
     _captions(page, pipe, size)
     _speech(page, pipe, gen(), classifier or default_classifier())
     _music(page, pipe, gen())
@@ -108,9 +111,10 @@ def build_showcase(pipe: AnyGenPipeline, out: str | Path, seed: int = 0, model_n
     return page.write(model_name)
 
 
-def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator) -> None:
+def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, decoder: str) -> None:
     start, n = time.perf_counter(), requests.IMAGES_PER_PROMPT
-    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images_per_prompt=n, generator=generator).images
+    images = pipe.text_to_image(list(IMAGE_PROMPTS), num_images_per_prompt=n, generator=generator,
+                                decoder=decoder).images
     verdicts, body = [], ""
     for i, image in enumerate(images):
         category, prompt = requests.IMAGE_PROMPTS[i // n]
@@ -119,11 +123,11 @@ def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator)
     page.add("Text to image", verdicts, body, time.perf_counter() - start)
 
 
-def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int) -> None:
+def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int, decoder: str) -> None:
     start = time.perf_counter()
     sources = [render_scene(source, size) for source, _, _ in requests.EDITS]
     edited = pipe.edit_image(sources, [instruction for _, instruction, _ in requests.EDITS],
-                             generator=generator).images
+                             generator=generator, decoder=decoder).images
     verdicts, body = [], ""
     for i, ((source, instruction, target), before, after) in enumerate(zip(requests.EDITS, sources, edited)):
         sample = EditSample(parse_edit(instruction).op, source, target, instruction)
@@ -220,6 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a saved model directory, or anygen-tiny / default (the shipped model, the default)")
     parser.add_argument("--out", default="runs/showcase", help="folder to write into (default: runs/showcase)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every task's sampling")
+    parser.add_argument("--decoder", choices=["auto", *DECODERS], default="auto",
+                        help="how pictures are rendered (auto: the diffusion decoder when it renders larger than "
+                             "the image tokenizer, else vq)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -227,6 +234,7 @@ def main(args: argparse.Namespace) -> int:
     check_output_dir("--out", args.out)
     path = model_dir(args.model)
     name = f"{DEFAULT_MODEL_NAME} (shipped)" if path.resolve() == DEFAULT_MODEL else str(args.model)
-    index = build_showcase(load(path), args.out, args.seed, model_name=name)
+    decoder = None if args.decoder == "auto" else args.decoder
+    index = build_showcase(load(path), args.out, args.seed, model_name=name, decoder=decoder)
     print(f"showcase written: open {index.resolve()}")
     return 0
