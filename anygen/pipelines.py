@@ -118,7 +118,8 @@ class AnyGenPipeline(PipelineBase):
 
         ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``: one, or
         one per prompt). ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
-        (``num_inference_steps`` DDIM steps, default 20; ``decoder_guidance_scale``) instead of the tokenizer's.
+        (``num_inference_steps`` DDIM steps, default the decoder's ``config.default_steps``;
+        ``decoder_guidance_scale``) instead of the tokenizer's.
         ``height`` / ``width``: only the size of the images returned with ``decoder`` (:meth:`output_size`) is
         accepted.
         """

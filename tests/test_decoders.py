@@ -371,6 +371,22 @@ def test_pipeline_decoder_errors_come_before_sampling(pipe, monkeypatch) -> None
         pipe.text_to_image("a", decoder="diffusion")
 
 
+def test_the_decoder_s_default_steps_apply_when_none_are_named(pipe) -> None:
+    decoder = pipe.model.decoders["image"]
+    codes = torch.randint(0, 16, (1, 16), generator=seed(4))
+    decoder.config.default_steps = 3
+    try:
+        named = decoder.decode(codes, num_inference_steps=3, generator=seed(0))
+        assert torch.equal(decoder.decode(codes, generator=seed(0)), named)
+        assert not torch.equal(decoder.decode(codes, num_inference_steps=2, generator=seed(0)), named)
+        assert torch.equal(pipe.render_codes(codes, decoder="diffusion", generator=seed(0), output_type="pt").images,
+                           named)
+    finally:
+        decoder.config.default_steps = 20
+    with pytest.raises(InvalidArgumentError, match="default_steps"):
+        DiffusionDecoderConfig(default_steps=0)
+
+
 def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
     images = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt").images
     codes = pipe.model.tokenizers["image"].encode(images)  # (1, N)

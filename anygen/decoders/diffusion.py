@@ -65,6 +65,7 @@ class DiffusionDecoderConfig:
         upscale: the output's size over the tokenizer's image size (1, 2 or 4): a decoder with ``upscale=4`` renders
             the codes of a 64x64 tokenizer as 256x256 images, conditioned on the tokenizer's reconstruction
             upsampled bicubically.
+        default_steps: denoising steps when a caller names none (chosen when the decoder is measured).
         patch_size: pixels per side folded into channels before the UNet (1 = full resolution).
         block_out_channels: UNet widths per resolution level, highest resolution first.
         layers_per_block: residual blocks per level (the up path has one more).
@@ -91,10 +92,14 @@ class DiffusionDecoderConfig:
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
     residual_scale: float = 5.0
     upscale: int = 1
+    default_steps: int = 20
 
     def __post_init__(self) -> None:
         if self.upscale not in (1, 2, 4):
             raise InvalidArgumentError(f"decoder.upscale={self.upscale} must be 1, 2 or 4")
+        if not 1 <= self.default_steps <= self.num_train_timesteps:
+            raise InvalidArgumentError(f"decoder.default_steps={self.default_steps} must be in [1, "
+                                       f"num_train_timesteps={self.num_train_timesteps}]")
         if self.patch_size not in (1, 2, 4, 8):
             raise InvalidArgumentError(f"decoder.patch_size={self.patch_size} must be 1, 2, 4 or 8")
         if not self.block_out_channels or any(c < 8 or c % 8 for c in self.block_out_channels):
@@ -236,7 +241,8 @@ class DiffusionDecoder(nn.Module):
     # -- sampling ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, size: Sequence[int] | None = None, *,
-               hidden_states: torch.Tensor | None = None, num_inference_steps: int = 20, guidance_scale: float = 1.0,
+               hidden_states: torch.Tensor | None = None, num_inference_steps: int | None = None,
+               guidance_scale: float = 1.0,
                scheduler: str = "ddim", generator: GeneratorArg = None,
                image: torch.Tensor | Image.Image | None = None, strength: float = 1.0,
                mask: torch.Tensor | None = None,
@@ -247,7 +253,7 @@ class DiffusionDecoder(nn.Module):
             codes: local codes in ``[0, codebook_size)``, ``N = tokens_per_image``.
             size: ``(H, W)``; only the decoder's image size is supported (``None`` means that size).
             hidden_states: optional core hidden states over the span, ``(B, N, hidden_size)``.
-            num_inference_steps: denoising steps (>= 1).
+            num_inference_steps: denoising steps (>= 1; ``None``: ``config.default_steps``).
             guidance_scale: classifier-free guidance against the null condition (1 = off, >= 0).
             scheduler: ``"ddim"`` or ``"dpmsolver"``.
             generator: a ``torch.Generator`` or one per row; the same generator gives the same images.
@@ -259,6 +265,8 @@ class DiffusionDecoder(nn.Module):
             progress: wraps the timesteps the loop walks, e.g. a tqdm bar (the pipelines pass theirs).
         """
         # 1. Check every argument before any heavy compute.
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_steps
         check_settings(num_inference_steps, guidance_scale, strength, scheduler, self.config.num_train_timesteps)
         check_codes(codes, self.tokens_per_image, self.codebook_size)
         batch, device = codes.shape[0], self._device

@@ -22,13 +22,12 @@ from anygen.image import to_pil
 
 OutputType = Literal["pil", "pt", "np"]
 DECODERS = ("vq", "diffusion")
-DEFAULT_STEPS = 20
 
 
 @dataclass
 class Rendering:
     """How generated image codes become pixels: ``decoder`` and, for ``"diffusion"``, its sampling settings
-    (``steps`` ``None`` = :data:`DEFAULT_STEPS`); ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and
+    (``steps`` ``None`` = the decoder's ``config.default_steps``); ``image`` ``(B, 3, H, W)`` is the start (``strength < 1``) and
     the kept pixels (``mask`` ``(1, H, W)``), both at the diffusion decoder's output size."""
 
     decoder: str = "vq"
@@ -53,9 +52,9 @@ def check_rendering(render: Rendering, size: tuple[int, int], tokenizer: Any,
                 raise InvalidArgumentError(f"{name}={value!r} needs decoder='diffusion' (the VQ decoder renders "
                                            "codes in one pass)")
         return render
-    render.steps = DEFAULT_STEPS if render.steps is None else render.steps
-    check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
     diffusion = diffusion_decoder(tokenizer, decoders)
+    render.steps = diffusion.config.default_steps if render.steps is None else render.steps
+    check_settings(render.steps, render.guidance_scale, render.strength, "ddim")
     codes_size = tuple(getattr(diffusion, "codes_size", diffusion.image_size))
     if codes_size != tuple(size):
         raise InvalidArgumentError(f"the diffusion decoder renders the codes of {codes_size} images but this "
@@ -96,4 +95,4 @@ def render(codes: torch.Tensor, size: tuple[int, int], rendering: Rendering, tok
     return to_pil(images)
 
 
-__all__ = ["OutputType", "DECODERS", "DEFAULT_STEPS", "Rendering", "check_rendering", "diffusion_decoder", "render"]
+__all__ = ["OutputType", "DECODERS", "Rendering", "check_rendering", "diffusion_decoder", "render"]
