@@ -6,8 +6,9 @@ photos (``coffee``, ``flower``: never used to train the tokenizer or the decoder
 size. A decoder that renders larger than the tokenizer (``upscale`` 4: 256x256 px from the codes of a 64x64 image)
 is compared with the VQ decoder's output upsampled bicubically to that size; the codes are those of the originals
 area-downsampled to the tokenizer's size. Reported: PSNR / SSIM to the originals, the ShapesEval pass rate of the
-renderings, and the time to render one image at 10 / 20 / 50 DDIM steps on the CPU threads given. The diffusion decoder is measured at one step (its direct estimate, closest to the
-original) and at ``--steps`` (sharper, a sample of the details the codes leave open).
+renderings, and the time to render one image at 10 / 20 / 50 DDIM steps on the CPU threads given. The diffusion
+decoder is measured at one step (its direct estimate, closest to the original) and at each of ``--steps`` (sharper,
+a sample of the details the codes leave open).
 
     python benchmarks/decoders.py --decoder pkg://anygen-tiny/decoders/image \
         --tokenizer pkg://anygen-tiny/tokenizers/image --threads 2
@@ -54,7 +55,7 @@ def render_batched(decode, codes: torch.Tensor, batch: int = 32) -> torch.Tensor
     return torch.cat([decode(chunk) for chunk in codes.split(batch)])
 
 
-def rows(decoder: DiffusionDecoder, tokenizer: ImageVQ, n_per_category: int, n_photos: int, steps: int,
+def rows(decoder: DiffusionDecoder, tokenizer: ImageVQ, n_per_category: int, n_photos: int, steps: list[int],
          guidance_scale: float) -> list[Row]:
     from anygen.image import to_pil
 
@@ -67,11 +68,13 @@ def rows(decoder: DiffusionDecoder, tokenizer: ImageVQ, n_per_category: int, n_p
         return lambda c: decoder.decode(c, num_inference_steps=n, guidance_scale=guidance_scale,
                                         generator=torch.Generator().manual_seed(0))
 
-    label = f"VQ{' (bicubic)' if upscaled else ''} / diffusion 1 step / diffusion {steps} steps"
+    counts = sorted({1, *steps})
+    label = f"VQ{' (bicubic)' if upscaled else ''} / " + " / ".join(
+        f"diffusion {n} step{'s' if n > 1 else ''}" for n in counts)
     out: list[Row] = []
     for name, images in (("held-out shape scenes", scenes), ("held-out photo crops", photos)):
         codes = decoder.encode(images)
-        rendered = [decoder.reconstruction(codes), render_batched(diffusion(1), codes), render_batched(diffusion(steps), codes)]
+        rendered = [decoder.reconstruction(codes), *(render_batched(diffusion(n), codes) for n in counts)]
         note = f"{len(images)} images; DDIM, guidance {guidance_scale}"
         out += [Row(f"PSNR (dB), {name}: {label}", " / ".join(f"{psnr(r, images):.2f}" for r in rendered), note),
                 Row(f"SSIM, {name}: {label}", " / ".join(f"{ssim(r, images):.4f}" for r in rendered), "")]
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder", default="pkg://anygen-tiny/decoders/image")
     parser.add_argument("--tokenizer", default="pkg://anygen-tiny/tokenizers/image")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the second quality column")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20],
+                        help="DDIM step counts of the quality columns (1 step is always measured)")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--scenes-per-category", type=int, default=20)
     parser.add_argument("--photos", type=int, default=128)
