@@ -228,8 +228,8 @@ class Grammar:
         end_ok = in_span & (pos >= self.min_len[mode]) & (pos % k == 0)
         allowed[rows, self.end_ids[mode]] |= end_ok
         # Open a span only if begin + min codes + end fit in what is left.
-        fits = (self.may_open if may_open is None else may_open) & \
-            (self.min_len[1:-1] + 2 <= torch.as_tensor(remaining).reshape(-1, 1))  # (1 or B, M)
+        left = remaining if isinstance(remaining, int) else remaining[:, None]
+        fits = (self.may_open if may_open is None else may_open) & (self.min_len[1:-1] + 2 <= left)  # (M,) / (B, M)
         allowed[:, self.begin_ids] = (mode == 0)[:, None] & fits
         return allowed
 
