@@ -129,3 +129,24 @@ def test_freeze_needs_a_trained_codec_and_known_parts(tmp_path):
         tiny_config(tmp_path, ["freeze=[encodr]", f"init_from={tmp_path}"])
     with pytest.raises(InvalidArgumentError, match="init_from"):
         tiny_config(tmp_path, [f"init_from={tmp_path / 'missing'}"])
+
+
+def test_warm_start_copies_the_tensors_that_match_and_starts_the_rest_fresh(tmp_path):
+    first = ImageVQ.from_pretrained(recipe.main(tiny_config(tmp_path / "a")).final_dir)
+    config = tiny_config(tmp_path / "b", [f"warm_start={tmp_path / 'a' / 'final'}", "image.quantizer.codebook_dim=2",
+                                          "train.steps=1"])
+    model = TASKS[config.task](config).build_model()
+    assert model.quantizer.config.codebook_dim == 2  # the config's architecture, not the saved one's
+    before, after = first.state_dict(), model.state_dict()
+    kept = [k for k in after if k in before and before[k].shape == after[k].shape]
+    assert any(k.startswith("encoder.") for k in kept) and any(k.startswith("decoder.") for k in kept)
+    assert all(torch.equal(before[k], after[k]) for k in kept)
+    assert any(k.startswith("quantizer.") and k not in kept for k in after)  # the new codebook starts fresh
+
+
+def test_warm_start_needs_a_saved_codec_and_excludes_init_from(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="warm_start"):
+        tiny_config(tmp_path, [f"warm_start={tmp_path / 'missing'}"])
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InvalidArgumentError, match="warm_start and init_from"):
+        tiny_config(tmp_path, [f"warm_start={tmp_path}", f"init_from={tmp_path}"])

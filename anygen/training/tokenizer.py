@@ -141,7 +141,10 @@ class TokenizerTrainConfig:
 
     ``init_from`` starts from a saved codec of that kind (its own architecture replaces the section's) and
     ``freeze`` lists parts (``encoder``, ``quantizer``, ``decoder``) that do not train: ``[encoder, quantizer]``
-    fine-tunes the decoder while every code stays the same, so a core trained on the codes keeps working."""
+    fine-tunes the decoder while every code stays the same, so a core trained on the codes keeps working.
+    ``warm_start`` instead builds the section's architecture and copies in every tensor of a saved codec of the same
+    class whose name and shape match; the rest start fresh (e.g. a quantiser with a new ``codebook_dim`` under a
+    trained encoder and decoder)."""
 
     modality: Literal["image", "audio"] = "image"
     audio_codec: Literal["spectrogram", "waveform"] = "spectrogram"
@@ -156,6 +159,7 @@ class TokenizerTrainConfig:
     waveform_loss: WaveformLossConfig = field(default_factory=WaveformLossConfig)
     init_from: str | None = None
     freeze: list[str] = field(default_factory=list)
+    warm_start: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.freeze) - set(PARTS))
@@ -165,6 +169,13 @@ class TokenizerTrainConfig:
             raise InvalidArgumentError(f"freeze={self.freeze} needs init_from: the directory of a trained codec")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
             raise InvalidArgumentError(f"init_from={self.init_from!r} is not a directory written by save_pretrained")
+        if self.warm_start is not None:
+            if self.init_from is not None:
+                raise InvalidArgumentError("warm_start and init_from exclude each other: init_from keeps the saved "
+                                           "architecture, warm_start the config's")
+            if not (Path(self.warm_start) / "config.json").is_file():
+                raise InvalidArgumentError(f"warm_start={self.warm_start!r} is not a directory written by "
+                                           "save_pretrained")
         if self.modality not in SOURCES:
             raise InvalidArgumentError(f"modality={self.modality!r} must be one of {list(SOURCES)}")
         check_weights(self.data.sources, SOURCES[self.modality], "data.sources")

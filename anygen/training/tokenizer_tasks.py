@@ -6,6 +6,7 @@ The recipe (:mod:`anygen.training.tokenizer`) is one loop; it receives a task ob
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from anygen.tokenizers.image import ImageVQ
 from anygen.tokenizers.quantizer import codebook_usage
 from anygen.tokenizers.waveform import WaveformCodec
 from anygen.training.sources import SAMPLE_RATE, audio_batch, image_batch
+
+log = logging.getLogger(__name__)
 
 EVAL_SEED = 1_000_003  # evaluation batches use their own seed (and held-out photos / voices)
 
@@ -54,8 +57,8 @@ PARTS = ("encoder", "quantizer", "decoder")  # what every trainable codec is mad
 
 
 class CodecTask:
-    """What the tasks share: the model is ``model_class(config.<section>)`` or, with ``config.init_from``, the codec
-    saved there; the parts named in ``config.freeze`` get no gradients and stay in eval mode (a frozen quantizer
+    """What the tasks share: the model is ``model_class(config.<section>)`` (with ``config.warm_start``, holding the
+    matching tensors of the codec saved there) or, with ``config.init_from``, the codec saved there; the parts named in ``config.freeze`` get no gradients and stay in eval mode (a frozen quantizer
     makes no codebook updates), so fine-tuning only the decoder keeps every code the same."""
 
     model_class: type[nn.Module]
@@ -69,6 +72,8 @@ class CodecTask:
             model = self.model_class.from_pretrained(self.config.init_from)
         else:
             model = self.model_class(getattr(self.config, self.section))
+            if self.config.warm_start:
+                warm_start(model, self.model_class.from_pretrained(self.config.warm_start))
         for name in self.config.freeze:
             getattr(model, name).requires_grad_(False)
         return self.train_mode(model)
@@ -78,6 +83,16 @@ class CodecTask:
         for name in self.config.freeze:
             getattr(model, name).eval()
         return model
+
+
+def warm_start(model: nn.Module, saved: nn.Module) -> list[str]:
+    """Copy every tensor of ``saved`` whose name and shape ``model`` shares; returns the names left as they were."""
+    source, target = saved.state_dict(), model.state_dict()
+    fresh = [k for k, v in target.items() if k not in source or source[k].shape != v.shape]
+    model.load_state_dict({k: v for k, v in source.items() if k in target and k not in fresh}, strict=False)
+    if fresh:
+        log.info("warm start: %d of %d tensors start fresh (%s)", len(fresh), len(target), ", ".join(fresh))
+    return fresh
 
 
 class ImageTask(CodecTask):
