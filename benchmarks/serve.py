@@ -1,7 +1,9 @@
 """Does continuous batching pay? Writes the ``serve`` section of benchmarks/RESULTS.md.
 
 One pass = the same mixed requests (text to image with guidance, speech, a question about a picture) with fixed
-seeds. Contenders, alternated pass by pass (the order rotates every repeat):
+seeds: ``--requests`` of them, rounds of a 16-request mix. With as many clients as requests a pass is one batch and
+ends with its slowest request; with several requests per client, requests join the running batch as others leave
+(the server's steady state). Contenders, alternated pass by pass (the order rotates every repeat):
 
 - **one at a time**: the pipeline API's eager loop, one call after another in this process (a server without
   batching would do no better: its HTTP overhead is left out);
@@ -13,7 +15,7 @@ requests' latencies (p99 of one pass is close to its slowest request); medians (
 second table times one core call over a block of R rows (the scheduler's unit of work; the eager loop runs 2 rows
 for an image with guidance), R alternated, which bounds what batching can gain on this machine.
 
-    python benchmarks/serve.py --repeats 5 --clients 1 4 16
+    python benchmarks/serve.py --repeats 5 --clients 1 4 16 --requests 64
 """
 
 from __future__ import annotations
@@ -62,29 +64,34 @@ class Request:
     http: Callable[[object], object]
 
 
-def workload(picture: bytes) -> list[Request]:
+def workload(picture: bytes, count: int = 16) -> list[Request]:
+    """``count`` requests: rounds of the 16-request mix, each round with its own seeds."""
+    return [r for start in range(0, count, 16) for r in mix(picture, seed=start)][:count]
+
+
+def mix(picture: bytes, seed: int = 0) -> list[Request]:
     url = "data:image/png;base64," + base64.b64encode(picture).decode()
     segments = [TextSegment("What colour is the shape?"), ImageSegment(Image.open(io.BytesIO(picture)))]
     requests = []
     for i, prompt in enumerate(PROMPTS):
         requests.append(Request(
             "image", 1,
-            lambda pipe, p=prompt, s=i: pipe.text_to_image(p, generator=torch.Generator().manual_seed(s)),
-            lambda client, p=prompt, s=i: client.images.generate(model="m", prompt=p, extra_body={"seed": s})))
+            lambda pipe, p=prompt, s=seed + i: pipe.text_to_image(p, generator=torch.Generator().manual_seed(s)),
+            lambda client, p=prompt, s=seed + i: client.images.generate(model="m", prompt=p, extra_body={"seed": s})))
     for i, words in enumerate(WORDS):
         requests.append(Request(
             "speech", 0,
-            lambda pipe, w=words, s=i: pipe.speak(w, generator=torch.Generator().manual_seed(s)),
-            lambda client, w=words, s=i: client.audio.speech.create(model="m", voice="default", input=w,
+            lambda pipe, w=words, s=seed + i: pipe.speak(w, generator=torch.Generator().manual_seed(s)),
+            lambda client, w=words, s=seed + i: client.audio.speech.create(model="m", voice="default", input=w,
                                                                     extra_body={"seed": s})))
     question = [{"role": "user", "content": [{"type": "text", "text": "What colour is the shape?"},
                                              {"type": "image_url", "image_url": {"url": url}}]}]
     for i in range(4):
         requests.append(Request(
             "question", 0,
-            lambda pipe, s=i: pipe.stream(segments, max_new_tokens=32, generator=torch.Generator().manual_seed(s),
-                                          output_modalities=[]),
-            lambda client, s=i: client.chat.completions.create(model="m", messages=question, max_tokens=32,
+            lambda pipe, s=seed + i: pipe.stream(segments, max_new_tokens=32,
+                                                 generator=torch.Generator().manual_seed(s), output_modalities=[]),
+            lambda client, s=seed + i: client.chat.completions.create(model="m", messages=question, max_tokens=32,
                                                                modalities=["text"], temperature=1.0, seed=s)))
     kinds = [[r for r in requests if r.kind == k] for k in ("image", "speech", "question")]
     mixed = [r for group in zip(kinds[0][::2], kinds[0][1::2], kinds[1], kinds[2]) for r in group]
@@ -214,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="anygen-tiny")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=16, help="requests per pass (a prefix of the mix)")
+    parser.add_argument("--requests", type=int, default=16,
+                        help="requests per pass: rounds of the 16-request mix, new seeds each round")
     parser.add_argument("--block-rows", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each process (client, server)")
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     picture = io.BytesIO()
     pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0)).images[0].save(picture, "PNG")
-    requests = workload(picture.getvalue())[: args.requests]
+    requests = workload(picture.getvalue(), args.requests)
     say("model loaded")
     costs = block_costs(model, [2, 8, 16, 32], args.repeats)
     say("timed the core calls")
