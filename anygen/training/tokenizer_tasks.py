@@ -58,8 +58,9 @@ PARTS = ("encoder", "quantizer", "decoder")  # what every trainable codec is mad
 
 class CodecTask:
     """What the tasks share: the model is ``model_class(config.<section>)`` (with ``config.warm_start``, holding the
-    matching tensors of the codec saved there) or, with ``config.init_from``, the codec saved there; the parts named in ``config.freeze`` get no gradients and stay in eval mode (a frozen quantizer
-    makes no codebook updates), so fine-tuning only the decoder keeps every code the same."""
+    matching tensors of the codec saved there) or, with ``config.init_from``, the codec saved there; the parts named
+    in ``config.freeze`` get no gradients and stay in eval mode (a frozen quantizer makes no codebook updates), so
+    fine-tuning only the decoder keeps every code the same."""
 
     model_class: type[nn.Module]
     section: str
