@@ -83,7 +83,7 @@ def mix(picture: bytes, seed: int = 0) -> list[Request]:
             "speech", 0,
             lambda pipe, w=words, s=seed + i: pipe.speak(w, generator=torch.Generator().manual_seed(s)),
             lambda client, w=words, s=seed + i: client.audio.speech.create(model="m", voice="default", input=w,
-                                                                    extra_body={"seed": s})))
+                                                                           extra_body={"seed": s})))
     question = [{"role": "user", "content": [{"type": "text", "text": "What colour is the shape?"},
                                              {"type": "image_url", "image_url": {"url": url}}]}]
     for i in range(4):
@@ -92,7 +92,7 @@ def mix(picture: bytes, seed: int = 0) -> list[Request]:
             lambda pipe, s=seed + i: pipe.stream(segments, max_new_tokens=32,
                                                  generator=torch.Generator().manual_seed(s), output_modalities=[]),
             lambda client, s=seed + i: client.chat.completions.create(model="m", messages=question, max_tokens=32,
-                                                               modalities=["text"], temperature=1.0, seed=s)))
+                                                                      modalities=["text"], temperature=1.0, seed=s)))
     kinds = [[r for r in requests if r.kind == k] for k in ("image", "speech", "question")]
     mixed = [r for group in zip(kinds[0][::2], kinds[0][1::2], kinds[1], kinds[2]) for r in group]
     return mixed  # image, image, speech, question, image, ...: any prefix is a mix
