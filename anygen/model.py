@@ -121,6 +121,19 @@ class AnyGen(nn.Module):
         extend_vocab(llm, vocab.size)
         return cls(llm, vocab, text_tokenizer, tokenizers)
 
+    def replace_tokenizer(self, name: str, tokenizer: ModalityTokenizer) -> None:
+        """Tokenize modality ``name`` with ``tokenizer`` from now on, e.g. a retrained audio codec.
+
+        The new tokenizer must lay out the same ids (``codebook_size`` x ``num_codebooks``); the core keeps its
+        rows for them, which mean something else now, so the model needs training on the new codes. A decoder of
+        that modality conditions on the old codes and is dropped."""
+        if name not in self.vocab.modality_names[1:]:
+            raise InvalidArgumentError(f"no modality {name!r} to replace; valid: {self.vocab.modality_names[1:]}")
+        _check_tokenizers(self.vocab, self.text_tokenizer, {**self.tokenizers, name: tokenizer})
+        self.tokenizers[name] = tokenizer
+        self.processor = Processor(self.vocab, self.text_tokenizer, self.tokenizers)
+        self.decoders.pop(name, None)
+
     def span_rules(self, item_shapes: Mapping[str, Any]) -> list[SpanRule]:
         """Grammar rules for generation, e.g. ``model.span_rules({"image": (64, 64), "audio": 48000})``."""
         return span_rules(self.vocab, self.tokenizers, item_shapes)

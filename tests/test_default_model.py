@@ -96,3 +96,12 @@ def test_the_diffusion_decoder_steps_have_a_progress_bar(pipe: anygen.AnyGenPipe
         pipe.set_progress_bar_config()
     err = capsys.readouterr().err
     assert "text_to_image" in err and "diffusion decoder" in err and "2/2" in err
+
+
+def test_replacing_a_tokenizer_drops_the_decoder_of_its_codes() -> None:
+    model = anygen.AnyGen.from_pretrained(DEFAULT_MODEL)
+    assert "image" in model.decoders
+    model.replace_tokenizer("image", model.tokenizers["image"])
+    assert "image" not in model.decoders and model.processor.tokenizers["image"] is model.tokenizers["image"]
+    with pytest.raises(InvalidArgumentError, match="no modality 'video'.*valid: \\['image', 'audio'\\]"):
+        model.replace_tokenizer("video", model.tokenizers["audio"])

@@ -268,6 +268,27 @@ def test_bad_config_values_name_the_key(tmp_path, override, key):
         smoke_config(tmp_path, *extra, override)
 
 
+def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layout(tmp_path):
+    first = recipe.main(smoke_config(tmp_path / "a", "optim.steps=2"))
+    init = f"model.init_from={first.final_dir}"
+    codec = "{kind: mulaw, options: {sample_rate: 16000, frame_size: 800, codebook_size: 16, max_pitch: 500.0}}"
+    config = smoke_config(tmp_path / "b", init, f"model.replace_tokenizers.audio={codec}", "optim.steps=2")
+    start = recipe.build_model(config, None)
+    saved = AnyGen.from_pretrained(first.final_dir)
+    assert (start.tokenizers["audio"].max_pitch, saved.tokenizers["audio"].max_pitch) == (500.0, 1000.0)
+    assert start.processor.tokenizers["audio"] is start.tokenizers["audio"]
+    for key, value in saved.core.state_dict().items():  # the core goes on from the saved weights
+        torch.testing.assert_close(start.core.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    second = recipe.main(config)
+    assert second.complete and AnyGen.from_pretrained(second.final_dir).tokenizers["audio"].max_pitch == 500.0
+
+    other_layout = codec.replace("codebook_size: 16", "codebook_size: 32")
+    with pytest.raises(InvalidArgumentError, match=r"model\.replace_tokenizers\.audio: .*codebook_size"):
+        recipe.main(smoke_config(tmp_path / "c", init, f"model.replace_tokenizers.audio={other_layout}"))
+    with pytest.raises(InvalidArgumentError, match=r"model\.replace_tokenizers.*needs model\.init_from"):
+        smoke_config(tmp_path / "d", f"model.replace_tokenizers.audio={codec}")
+
+
 def test_a_context_shorter_than_the_longest_row_is_refused_before_training(tmp_path):
     with pytest.raises(InvalidArgumentError, match="max_position_embeddings=64"):
         recipe.main(smoke_config(tmp_path, "model.core.max_position_embeddings=64"))

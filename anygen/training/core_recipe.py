@@ -121,18 +121,26 @@ def _default_tokenizers() -> dict[str, TokenizerSpec]:
 @dataclass
 class ModelSection:
     """The model: modality tokenizers, a BPE of ``text_vocab_size`` trained on the corpus' texts, and the core.
-    With ``init_from`` (a saved AnyGen directory) training continues from it and the rest of this section is unused."""
+    With ``init_from`` (a saved AnyGen directory) training continues from it and the rest of this section is unused,
+    except ``replace_tokenizers``: modality tokenizers that replace the saved model's (e.g. a retrained audio codec;
+    same codebook layout, see :meth:`AnyGen.replace_tokenizer`)."""
 
     tokenizers: dict[str, TokenizerSpec] = field(default_factory=_default_tokenizers)
     text_vocab_size: int = 2048
     core: CoreConfig = field(default_factory=CoreConfig)
     init_from: str | None = None
     attn_implementation: Literal["sdpa", "eager", "xformers"] = "sdpa"
+    replace_tokenizers: dict[str, TokenizerSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("model.text_vocab_size", self.text_vocab_size, 257, 1_000_000)
         for name, spec in self.tokenizers.items():
             spec.check(f"model.tokenizers.{name}", name)
+        if self.replace_tokenizers and self.init_from is None:
+            raise InvalidArgumentError("model.replace_tokenizers replaces tokenizers of a saved model and needs "
+                                       "model.init_from")
+        for name, spec in self.replace_tokenizers.items():
+            spec.check(f"model.replace_tokenizers.{name}", name)
 
 
 @dataclass
@@ -377,6 +385,13 @@ def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
     section = config.model
     if section.init_from is not None:
         model = AnyGen.from_pretrained(section.init_from, section.attn_implementation)
+        for name, spec in section.replace_tokenizers.items():
+            key = f"model.replace_tokenizers.{name}"
+            tokenizer = spec.build(key)
+            try:
+                model.replace_tokenizer(name, tokenizer)
+            except (CheckpointError, InvalidArgumentError) as err:
+                raise InvalidArgumentError(f"{key}: {err}") from err
     else:
         tokenizers = {name: spec.build(f"model.tokenizers.{name}") for name, spec in section.tokenizers.items()}
         torch.manual_seed(config.train.seed)
@@ -425,10 +440,13 @@ def _fingerprint(config: CoreTrainConfig) -> str:
     section = config.model
     paths = {f"model.tokenizers.{name}.path": spec.path for name, spec in section.tokenizers.items()}
     paths["model.init_from"] = section.init_from
+    paths |= {f"model.replace_tokenizers.{name}.path": spec.path for name, spec in section.replace_tokenizers.items()}
     data = {"source": config.data.source, "corpus": to_dict(config.data.corpus),
             "text_vocab_size": section.text_vocab_size,
             "tokenizers": {k: asdict(v) for k, v in section.tokenizers.items()},
             "files": {key: directory_digest(Path(path), key) for key, path in paths.items() if path is not None}}
+    if section.replace_tokenizers:  # absent otherwise, so runs saved before the option existed still resume
+        data["replace_tokenizers"] = {k: asdict(v) for k, v in section.replace_tokenizers.items()}
     return _without_paths(json.dumps(data, sort_keys=True))
 
 
@@ -436,7 +454,7 @@ def _without_paths(fingerprint: str) -> str:
     """A fingerprint without the tokenizers' paths: their files' digests stand for them, so a run resumes after the
     repository (or the package) moved. Also applied to fingerprints saved with paths."""
     data = json.loads(fingerprint)
-    for spec in data["tokenizers"].values():
+    for spec in [*data["tokenizers"].values(), *data.get("replace_tokenizers", {}).values()]:
         spec.pop("path", None)
     return json.dumps(data, sort_keys=True)
 
