@@ -29,7 +29,7 @@ class PipelineBase:
 
         return push_to_hub(self.model, repo_id, **kwargs)
 
-    def to(self, *args: str | torch.device | torch.dtype | None) -> AnyGenPipeline:
+    def to(self, *args: str | torch.device | torch.dtype | None) -> "PipelineBase":
         """Move to a device and/or cast, as ``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)`` or both.
 
         The dtype applies to the core (the transformer); the media tokenizers and decoders stay in float32, the

@@ -27,7 +27,6 @@ from anygen.training import core_recipe as recipe
 from anygen.training.checkpoint import (
     committed_checkpoints,
     latest_checkpoint,
-    load_checkpoint,
 )
 from anygen.training.core_data import (
     RowKey,
