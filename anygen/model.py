@@ -121,18 +121,47 @@ class AnyGen(nn.Module):
         extend_vocab(llm, vocab.size)
         return cls(llm, vocab, text_tokenizer, tokenizers)
 
-    def replace_tokenizer(self, name: str, tokenizer: ModalityTokenizer) -> None:
+    def replace_tokenizer(self, name: str, tokenizer: ModalityTokenizer, align_with: Any = None) -> None:
         """Tokenize modality ``name`` with ``tokenizer`` from now on, e.g. a retrained audio codec.
 
-        The new tokenizer must lay out the same ids (``codebook_size`` x ``num_codebooks``); the core keeps its
-        rows for them, which mean something else now, so the model needs training on the new codes. A decoder of
-        that modality conditions on the old codes and is dropped."""
+        The new tokenizer must lay out the same ids (``codebook_size`` x ``num_codebooks``). Without
+        ``align_with`` the core keeps its rows for them, which mean something else now. With ``align_with``, a
+        media batch both tokenizers encode (e.g. ``(B, samples)`` audio clips), each new code's embedding (and
+        untied output) row becomes the mean of the rows of the old codes it shares frames with in that batch, so
+        training on the new codes starts from what the core knew about the same sounds or patches; codes the batch
+        never produces keep their rows. Either way the model needs training on the new codes. A decoder of that
+        modality conditions on the old codes and is dropped."""
         if name not in self.vocab.modality_names[1:]:
             raise InvalidArgumentError(f"no modality {name!r} to replace; valid: {self.vocab.modality_names[1:]}")
         _check_tokenizers(self.vocab, self.text_tokenizer, {**self.tokenizers, name: tokenizer})
+        if align_with is not None:
+            with torch.no_grad():
+                self._align_rows(name, self.vocab.to_global(name, self.tokenizers[name].encode(align_with)),
+                                 self.vocab.to_global(name, tokenizer.encode(align_with)))
         self.tokenizers[name] = tokenizer
         self.processor = Processor(self.vocab, self.text_tokenizer, self.tokenizers)
         self.decoders.pop(name, None)
+
+    def _align_rows(self, name: str, old_ids: torch.Tensor, new_ids: torch.Tensor) -> None:
+        """Set each id of ``new_ids`` (B, N') to the mean row of the ``old_ids`` (B, N) on the same frames."""
+        k = self.vocab.spec(name).num_codebooks
+        old_frames, new_frames = old_ids.view(old_ids.shape[0], -1, k), new_ids.view(new_ids.shape[0], -1, k)
+        if old_frames.shape[1] == 0 or new_frames.shape[1] == 0:
+            raise InvalidArgumentError(f"align_with gives no {name} frames to align the new codes with")
+        # frame j of the new codes covers the same time / place as frame j * F / F' of the old ones
+        at = torch.arange(new_frames.shape[1]) * old_frames.shape[1] // new_frames.shape[1]
+        old_flat, new_flat = old_frames[:, at].reshape(-1), new_frames.reshape(-1)
+        tables = [self.core.get_input_embeddings().weight]
+        if not self.core.config.tie_word_embeddings and self.core.get_output_embeddings() is not None:
+            tables.append(self.core.get_output_embeddings().weight)
+        for table in tables:
+            new_at, old_at = new_flat.to(table.device), old_flat.to(table.device)
+            count = torch.zeros(table.shape[0], device=table.device).index_add_(0, new_at, torch.ones_like(
+                new_at, dtype=torch.float32))
+            sums = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+            sums.index_add_(0, new_at, table[old_at].float())
+            seen = count > 0
+            table[seen] = (sums[seen] / count[seen, None]).to(table.dtype)
 
     def span_rules(self, item_shapes: Mapping[str, Any]) -> list[SpanRule]:
         """Grammar rules for generation, e.g. ``model.span_rules({"image": (64, 64), "audio": 48000})``."""

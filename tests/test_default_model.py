@@ -105,3 +105,46 @@ def test_replacing_a_tokenizer_drops_the_decoder_of_its_codes() -> None:
     assert "image" not in model.decoders and model.processor.tokenizers["image"] is model.tokenizers["image"]
     with pytest.raises(InvalidArgumentError, match="no modality 'video'.*valid: \\['image', 'audio'\\]"):
         model.replace_tokenizer("video", model.tokenizers["audio"])
+
+
+class _Renamed:
+    """A codec with its code ids permuted: the same tokenizer under other names."""
+
+    def __init__(self, inner, perm: torch.Tensor) -> None:
+        self.inner, self.perm, self.inverse = inner, perm, torch.argsort(perm)
+        for key in ("modality", "codebook_size", "num_codebooks", "variable_length"):
+            setattr(self, key, getattr(inner, key))
+
+    def tokens_for(self, shape):
+        return self.inner.tokens_for(shape)
+
+    def encode(self, batch):
+        return self.perm[self.inner.encode(batch)]
+
+    def decode(self, codes, **kwargs):
+        return self.inner.decode(self.inverse[codes], **kwargs)
+
+
+def test_aligning_a_replaced_codec_carries_the_rows_over_to_the_codes_of_the_same_sounds() -> None:
+    model = anygen.AnyGen.from_pretrained(DEFAULT_MODEL).float()
+    codec, span = model.tokenizers["audio"], model.vocab.span("audio")
+    clips = torch.randn(4, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    old_ids = model.vocab.to_global("audio", codec.encode(clips))
+    table = model.core.get_input_embeddings().weight
+    before = table.detach().clone()
+    perm = torch.randperm(codec.codebook_size, generator=torch.Generator().manual_seed(1))
+    model.replace_tokenizer("audio", _Renamed(codec, perm), align_with=clips)
+    new_ids = model.vocab.to_global("audio", model.tokenizers["audio"].encode(clips))
+    torch.testing.assert_close(table[new_ids], before[old_ids])  # the renamed codes took their old rows
+    unseen = torch.ones(table.shape[0], dtype=torch.bool)
+    unseen[new_ids.unique()] = False
+    assert torch.equal(table[unseen], before[unseen]) and unseen[span.start:span.stop].any()
+    # the core predicts the renamed codes as it predicted the old ones, in the renamed order
+    prompt = torch.cat([torch.tensor([[model.vocab.bos_id, model.vocab.begin_id("audio")]]), new_ids[:1, :8]], 1)
+    was = torch.cat([prompt[:, :2], old_ids[:1, :8]], 1)
+    with torch.no_grad():
+        now = model(prompt).logits[0, -1, span.start:span.stop]
+        model.core.get_input_embeddings().weight.copy_(before)
+        then = model(was).logits[0, -1, span.start:span.stop]
+    seen_codes = (~unseen[span.start:span.stop]).nonzero().squeeze(1)
+    torch.testing.assert_close(now[seen_codes], then[perm.argsort()[seen_codes]])

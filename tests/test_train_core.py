@@ -271,13 +271,22 @@ def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layou
     first = recipe.main(smoke_config(tmp_path / "a", "optim.steps=2"))
     init = f"model.init_from={first.final_dir}"
     codec = "{kind: mulaw, options: {sample_rate: 16000, frame_size: 800, codebook_size: 16, max_pitch: 500.0}}"
-    config = smoke_config(tmp_path / "b", init, f"model.replace_tokenizers.audio={codec}", "optim.steps=2")
+    config = smoke_config(tmp_path / "b", init, f"model.replace_tokenizers.audio={codec}", "optim.steps=2",
+                          "model.align_items=0")
     start = recipe.build_model(config, None)
     saved = AnyGen.from_pretrained(first.final_dir)
     assert (start.tokenizers["audio"].max_pitch, saved.tokenizers["audio"].max_pitch) == (500.0, 1000.0)
     assert start.processor.tokenizers["audio"] is start.tokenizers["audio"]
     for key, value in saved.core.state_dict().items():  # the core goes on from the saved weights
         torch.testing.assert_close(start.core.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # aligned: only rows of audio codes move, each to the mean of saved audio rows
+    aligned = recipe.build_model(smoke_config(tmp_path / "e", init, f"model.replace_tokenizers.audio={codec}",
+                                              "model.align_items=4"), None).core.get_input_embeddings().weight
+    table, audio = saved.core.get_input_embeddings().weight, saved.vocab.mask("audio")
+    moved = (aligned != table).any(1)
+    assert moved.any() and audio[moved].all()
+    lo, hi = table[audio].min(0).values, table[audio].max(0).values
+    assert ((aligned[moved] >= lo - 1e-6) & (aligned[moved] <= hi + 1e-6)).all()
     second = recipe.main(config)
     assert second.complete and AnyGen.from_pretrained(second.final_dir).tokenizers["audio"].max_pitch == 500.0
 
@@ -286,6 +295,8 @@ def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layou
         recipe.main(smoke_config(tmp_path / "c", init, f"model.replace_tokenizers.audio={other_layout}"))
     with pytest.raises(InvalidArgumentError, match=r"model\.replace_tokenizers.*needs model\.init_from"):
         smoke_config(tmp_path / "d", f"model.replace_tokenizers.audio={codec}")
+    with pytest.raises(InvalidArgumentError, match=r"model\.align_items=-1.*\[0, 100000\]"):
+        smoke_config(tmp_path / "d", init, "model.align_items=-1")
 
 
 def test_a_context_shorter_than_the_longest_row_is_refused_before_training(tmp_path):

@@ -45,6 +45,7 @@ from anygen.errors import CheckpointError, InvalidArgumentError, check_range
 from anygen.model import AnyGen
 from anygen.processor import Batch
 from anygen.tokenizers.text import TextTokenizer
+from anygen.training import sources
 from anygen.training.checkpoint import (
     capture_rng_state,
     checkpoint_step,
@@ -113,6 +114,13 @@ class TokenizerSpec:
             raise InvalidArgumentError(f"{key}.options={self.options}: {err}") from err
 
 
+# items both the old and the new tokenizer of a modality encode to align their codes: (count, image side, seed)
+ALIGN_SOURCES: dict[str, Any] = {
+    "image": lambda n, side, seed: sources.image_batch({"scenes": 1.0}, n, (side, side), seed, 0),
+    "audio": lambda n, side, seed: sources.audio_batch({"speech": 1.0, "melodies": 1.0}, n, 2 * sources.SAMPLE_RATE,
+                                                       seed, 0)}
+
+
 def _default_tokenizers() -> dict[str, TokenizerSpec]:
     return {"image": TokenizerSpec("grid", options={"cell": 8}),
             "audio": TokenizerSpec("mulaw", options={"sample_rate": 16000})}
@@ -123,7 +131,9 @@ class ModelSection:
     """The model: modality tokenizers, a BPE of ``text_vocab_size`` trained on the corpus' texts, and the core.
     With ``init_from`` (a saved AnyGen directory) training continues from it and the rest of this section is unused,
     except ``replace_tokenizers``: modality tokenizers that replace the saved model's (e.g. a retrained audio codec;
-    same codebook layout, see :meth:`AnyGen.replace_tokenizer`)."""
+    same codebook layout, see :meth:`AnyGen.replace_tokenizer`), and ``align_items``: how many generated items
+    (scenes for ``image``; speech and melody clips of 2 s for ``audio``) both tokenizers encode so each new code
+    starts from the rows of the old codes on the same frames (0: the new codes keep the old codes' rows)."""
 
     tokenizers: dict[str, TokenizerSpec] = field(default_factory=_default_tokenizers)
     text_vocab_size: int = 2048
@@ -131,9 +141,15 @@ class ModelSection:
     init_from: str | None = None
     attn_implementation: Literal["sdpa", "eager", "xformers"] = "sdpa"
     replace_tokenizers: dict[str, TokenizerSpec] = field(default_factory=dict)
+    align_items: int = 2048
 
     def __post_init__(self) -> None:
         check_range("model.text_vocab_size", self.text_vocab_size, 257, 1_000_000)
+        check_range("model.align_items", self.align_items, 0, 100_000)
+        unaligned = sorted(set(self.replace_tokenizers) - set(ALIGN_SOURCES)) if self.align_items else []
+        if unaligned:
+            raise InvalidArgumentError(f"model.align_items={self.align_items}: no generated items to align "
+                                       f"{unaligned} with (only {sorted(ALIGN_SOURCES)}); set it to 0")
         for name, spec in self.tokenizers.items():
             spec.check(f"model.tokenizers.{name}", name)
         if self.replace_tokenizers and self.init_from is None:
@@ -388,8 +404,10 @@ def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
         for name, spec in section.replace_tokenizers.items():
             key = f"model.replace_tokenizers.{name}"
             tokenizer = spec.build(key)
+            items = (ALIGN_SOURCES[name](section.align_items, config.data.corpus.image_size, config.train.seed)
+                     if section.align_items else None)
             try:
-                model.replace_tokenizer(name, tokenizer)
+                model.replace_tokenizer(name, tokenizer, align_with=items)
             except (CheckpointError, InvalidArgumentError) as err:
                 raise InvalidArgumentError(f"{key}: {err}") from err
     else:
