@@ -400,7 +400,7 @@ class AnyGenPipeline(PipelineBase):
                     image_guidance_scale: float, generator: Generators, params: SamplingParams,
                     callback: StepCallback | None) -> Sampled:
         """New image codes for each (image, instruction) pair, ``num_images`` each, with both guidance terms."""
-        rows = [[ImageSegment(x), TextSegment(t)] for x, t in zip(images, instructions) for _ in range(num_images)]
+        rows = [[TextSegment(t), ImageSegment(x)] for x, t in zip(images, instructions) for _ in range(num_images)]
         uncond = [drop_condition(r) for r in rows]
         uncond_all = [drop_condition(r, ("text", "image")) for r in rows]
         return self._sample(rows, "image", {"image": params}, guidance=(uncond, guidance_scale),

@@ -44,6 +44,23 @@ def test_text_to_image_types_sizes_and_determinism(pipe: AnyGenPipeline) -> None
     assert wide.shape == (1, 3, 16, 48)
 
 
+
+def test_edits_are_asked_in_the_order_the_training_items_use(pipe: AnyGenPipeline, monkeypatch) -> None:
+    from anygen.data.corpus import DataConfig, build_item
+
+    item = build_item(DataConfig(image_size=32), "train", "edit", np.random.default_rng(0))
+    asked = []
+
+    def record(rows, *args, **kwargs):
+        asked.extend(rows)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(pipe, "_sample", record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        pipe.edit_image(Image.new("RGB", (32, 32)), "make it blue")
+    # the instruction, then the source picture, whose codes the target's then follow at a fixed offset
+    assert [s.modality for s in asked[0]] == [s.modality for s in item["prompt"]] == ["text", "image"]
+
 def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     source = Image.new("RGB", (40, 40), "red")  # resized to the model's size
     (edited,) = pipe.edit_image(source, "make it blue", generator=seed(0)).images

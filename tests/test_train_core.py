@@ -160,7 +160,7 @@ def test_condition_dropout_gives_the_unconditional_prompts(edit_corpus):
             assert corpus.uncond[i] is None
         if task == "edit":
             assert corpus.uncond_all[i] == encode(drop_condition(item["prompt"], ("text", "image"))) == []
-            assert corpus.uncond[i] == encode(item["prompt"][:1]) and corpus.uncond[i] != corpus.prompt[i]
+            assert corpus.uncond[i] == encode(item["prompt"][1:]) and corpus.uncond[i] != corpus.prompt[i]  # the image
     kinds = {"prompt": 0, "uncond": 0, "uncond_all": 0}
     edits = corpus.indices("edit")
     for step in range(150):

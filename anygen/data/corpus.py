@@ -109,8 +109,10 @@ def _image_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str
 def _edit_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str) -> Item:
     edit = sample_edit(rng, EDIT_OPS[int(rng.integers(len(EDIT_OPS)))], split)
     meta = {"op": edit.op, "params": edit.params, "source": edit.source.to_dict(), "target": edit.target.to_dict()}
-    return {"task": task, "prompt": [ImageSegment(render_scene(edit.source, cfg.image_size)),
-                                     TextSegment(edit.instruction)],
+    # instruction first, so the source's codes end right before the target's: code i of the target sits a fixed
+    # distance after code i of the source in every row, whatever the instruction's length (copying is one offset)
+    return {"task": task, "prompt": [TextSegment(edit.instruction),
+                                     ImageSegment(render_scene(edit.source, cfg.image_size))],
             "target": [ImageSegment(render_scene(edit.target, cfg.image_size))], "meta": meta}
 
 
