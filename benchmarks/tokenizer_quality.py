@@ -68,6 +68,24 @@ def timed(fn, repeats: int = 3) -> float:
     return best
 
 
+def edit_locality(model: ImageVQ, per_op: int = 20) -> tuple[float, int, int]:
+    """Share of codes an edit leaves alone where it leaves the pixels alone: held-out (test) edits, each source and
+    target encoded; over the grid cells whose pixel block is identical in both, the fraction with the same code.
+    1.0 for codes that depend only on their own block; an edit of a picture is then a copy of most of its codes."""
+    from anygen.data.edits import EDIT_OPS, sample_edit
+    from anygen.data.scenes import render_scene
+    from anygen.image import to_tensor
+
+    size, f = tuple(model.config.image_size), model.config.downsample
+    edits = [sample_edit(np.random.default_rng([EVAL_SEED, i]), op, "test") for op in EDIT_OPS for i in range(per_op)]
+    source = to_tensor([render_scene(e.source, size[0]) for e in edits])
+    target = to_tensor([render_scene(e.target, size[0]) for e in edits])
+    same_codes = (model.encode(source) == model.encode(target)).view(len(edits), size[0] // f, size[1] // f)
+    same_block = ((source - target).abs().amax(1) == 0).unflatten(1, (size[0] // f, f)).unflatten(3, (size[1] // f, f))
+    still = same_block.all(4).all(2)  # (B, H/f, W/f): cells whose pixels the edit did not touch
+    return float(same_codes[still].float().mean()), int(still.sum()), len(edits)
+
+
 def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
     from anygen.data.scenes import render_scene
     from anygen.evaluation.shapes import ShapesEval
@@ -83,6 +101,7 @@ def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
     original_pass = suite.score(to_pil(scenes)).overall
     recon_pass = suite.score(to_pil(scene_rec)).overall
     used, perplexity = codebook_usage(torch.cat([scene_codes.flatten(), photo_codes.flatten()]), model.codebook_size)
+    kept, cells, n_edits = edit_locality(model)
     batch = photos[:32]
     encode_s = timed(lambda: model.encode(batch))
     decode_s = timed(lambda: model.decode(model.encode(batch), size))
@@ -95,6 +114,8 @@ def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
         Row("PSNR, held-out photo crops", f"{psnr(photo_rec, photos):.2f} dB", f"{len(photos)} crops of coffee / flower"),
         Row("SSIM, held-out photo crops", f"{ssim(photo_rec, photos):.4f}", ""),
         Row("codebook usage", f"{100 * used:.1f} %", f"perplexity {perplexity:.0f} of {model.codebook_size}"),
+        Row("codes kept where an edit keeps the pixels", f"{100 * kept:.1f} %",
+            f"{cells} untouched cells of {n_edits} held-out one-object edits"),
         Row("ShapesEval pass, originals", f"{original_pass:.3f}", ""),
         Row("ShapesEval pass, reconstructions", f"{recon_pass:.3f}",
             f"{100 * recon_pass / max(original_pass, 1e-9):.1f} % of the originals' rate (target >= 95 %)"),

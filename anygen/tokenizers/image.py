@@ -40,6 +40,10 @@ class ImageVQConfig:
         latent_dim: width of the vectors handed to the quantiser.
         image_size: default ``(H, W)`` used by :meth:`ImageVQ.encode` for PIL inputs of another size.
         quantizer: the quantiser's settings.
+        local: encode each ``f x f`` block of pixels by itself, so a code depends on its own block only (the
+            decoder still sees every code). An edit then leaves the codes of every block it does not touch as
+            they were, and the core can copy them; with ``False`` each code sees the whole image (the encoder's
+            receptive field and its GroupNorm statistics span it).
     """
 
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
@@ -47,6 +51,7 @@ class ImageVQConfig:
     latent_dim: int = 64
     image_size: list[int] = field(default_factory=lambda: [64, 64])
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    local: bool = False
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 8 or any(c % 8 for c in self.channels):
@@ -193,8 +198,13 @@ class ImageVQ(nn.Module):
         return next(self.parameters()).device
 
     def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        latents = self.encoder(pixels * 2.0 - 1.0)  # (B, D, h, w)
-        return rearrange(latents, "b d h w -> b (h w) d")
+        x = pixels * 2.0 - 1.0
+        if self.config.local:  # every f x f block through the encoder alone: (B*h*w, 3, f, f) -> (B*h*w, D, 1, 1)
+            f = self.config.downsample
+            h, w = x.shape[-2] // f, x.shape[-1] // f
+            blocks = rearrange(x, "b c (h p) (w q) -> (b h w) c p q", p=f, q=f)
+            return rearrange(self.encoder(blocks), "(b h w) d 1 1 -> b (h w) d", h=h, w=w)
+        return rearrange(self.encoder(x), "b d h w -> b (h w) d")  # (B, D, h, w) -> (B, h*w, D)
 
     def _pixels(self, vectors: torch.Tensor, h: int, w: int) -> torch.Tensor:
         grid = rearrange(vectors, "b (h w) d -> b d h w", h=h, w=w)
