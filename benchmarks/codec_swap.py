@@ -1,9 +1,11 @@
-"""How far from trained a saved model starts on a new codec: the loss of its audio tasks (text -> speech,
-speech -> text, text -> melody, melody -> text) on fresh validation rows, on its own codec and after
-``model.replace_tokenizers`` swaps in ``--codec`` with its rows kept or aligned on 256 / 2,048 clips
-(``model.align_items``). Writes the ``codec-swap`` section of benchmarks/RESULTS.md (docs/tokenizers.md quotes it).
+"""How far from trained a saved model starts on a new tokenizer of one modality: the loss of the tasks of that
+modality (audio: text -> speech, speech -> text, text -> melody, melody -> text; image: text -> image, image ->
+text, edit) on fresh validation rows, on its own tokenizer and after ``model.replace_tokenizers`` swaps in
+``--codec`` with its rows kept or aligned on 256 / 2,048 generated items (``model.align_items``). Writes the
+``codec-swap-<modality>`` section of benchmarks/RESULTS.md (docs/tokenizers.md quotes it).
 
     python benchmarks/codec_swap.py --codec runs/tokenizers/audio-v5-fsq/final --threads 2
+    python benchmarks/codec_swap.py --modality image --codec runs/tokenizers/image-local/final --threads 2
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from anygen.training import core_recipe as recipe  # noqa: E402
 from anygen.training.core_data import RowKey, collate  # noqa: E402
 from anygen.training.stream import StreamRows  # noqa: E402
 
-AUDIO_TASKS = {"text_to_speech": 1.0, "speech_to_text": 1.0, "text_to_melody": 1.0, "melody_to_text": 1.0}
+TASKS = {"audio": ("text_to_speech", "speech_to_text", "text_to_melody", "melody_to_text"),
+         "image": ("text_to_image", "image_to_text", "edit")}
+KINDS = {"audio": "audio_codec", "image": "image_vq"}
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-v5.yaml"
 
 
-def task_losses(model: recipe.AnyGen, config: recipe.CoreTrainConfig, batches: int, rows: int) -> dict[str, float]:
-    """Mean loss per target modality over ``batches`` batches of fresh validation rows of the audio tasks."""
-    source = StreamRows(config.data.corpus, model.processor, AUDIO_TASKS, 0.0, rows, 99,
+def task_losses(model: recipe.AnyGen, config: recipe.CoreTrainConfig, tasks: tuple[str, ...], batches: int,
+                rows: int) -> dict[str, float]:
+    """Mean loss per target modality over ``batches`` batches of fresh validation rows of ``tasks``."""
+    source = StreamRows(config.data.corpus, model.processor, dict.fromkeys(tasks, 1.0), 0.0, rows, 99,
                         model.core.config.max_position_embeddings, split="validation")
     sums: dict[str, list[float]] = {}
     model.eval()
@@ -46,33 +51,35 @@ def task_losses(model: recipe.AnyGen, config: recipe.CoreTrainConfig, batches: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pkg://anygen-tiny", help="saved model (default: the shipped one)")
-    parser.add_argument("--codec", required=True, help="the new audio codec's directory (same codebook layout)")
+    parser.add_argument("--modality", choices=sorted(TASKS), default="audio")
+    parser.add_argument("--codec", required=True, help="the new tokenizer's directory (same codebook layout)")
     parser.add_argument("--batches", type=int, default=4, help="batches of 16 rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    swap = f"model.replace_tokenizers.audio={{kind: audio_codec, path: {args.codec}}}"
-    starts = [("its own codec", []), ("new codec, rows kept (`align_items=0`)", [swap, "model.align_items=0"]),
-              ("new codec, aligned on 256 clips", [swap, "model.align_items=256"]),
-              ("new codec, aligned on 2,048 clips (the default)", [swap, "model.align_items=2048"])]
-    lines = ["| start | audio-token loss | text-token loss | build time |", "|---|---|---|---|"]
+    m = args.modality
+    swap = f"model.replace_tokenizers.{m}={{kind: {KINDS[m]}, path: {args.codec}}}"
+    starts = [("its own tokenizer", []), ("new tokenizer, rows kept (`align_items=0`)", [swap, "model.align_items=0"]),
+              ("new tokenizer, aligned on 256 items", [swap, "model.align_items=256"]),
+              ("new tokenizer, aligned on 2,048 items (the default)", [swap, "model.align_items=2048"])]
+    lines = [f"| start | {m}-token loss | text-token loss | build time |", "|---|---|---|---|"]
     for label, overrides in starts:
         config = load_config(recipe.CoreTrainConfig, CONFIG,
                              [f"model.init_from={args.model}", "train.out_dir=unused", *overrides])
         began = time.perf_counter()
         model = recipe.build_model(config, None)
         seconds = time.perf_counter() - began
-        losses = task_losses(model, config, args.batches, 16)
-        lines.append(f"| {label} | {losses['audio']:.2f} | {losses['text']:.2f} | {seconds:.0f} s |")
+        losses = task_losses(model, config, TASKS[m], args.batches, 16)
+        lines.append(f"| {label} | {losses[m]:.2f} | {losses['text']:.2f} | {seconds:.0f} s |")
         print(lines[-1], flush=True)
     body = "\n".join([
-        "## Swapping in a new codec (`model.replace_tokenizers`)", "",
+        f"## Swapping in a new {m} tokenizer (`model.replace_tokenizers`)", "",
         f"`python benchmarks/codec_swap.py {shlex.join(argv if argv is not None else sys.argv[1:])}`: the "
-        f"loss of {args.model}'s audio tasks on {16 * args.batches} fresh validation rows, {args.threads} "
-        "thread(s). A uniform guess over 1,024 codes costs 6.93.", "", *lines])
+        f"loss of {args.model}'s {m} tasks ({', '.join(TASKS[m])}) on {16 * args.batches} fresh validation rows, "
+        f"{args.threads} thread(s). A uniform guess over 1,024 codes costs 6.93.", "", *lines])
     if not args.no_write:
-        write_section("codec-swap", body)
+        write_section(f"codec-swap-{m}", body)
     print(body)
 
 

@@ -108,17 +108,18 @@ def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
     params = sum(p.numel() for p in model.parameters())
     return [
         Row("tokens per image", f"{model.tokens_for(size)}", f"{size[0]}x{size[1]} px, codebook {model.codebook_size}"),
-        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
         Row("PSNR, held-out shape scenes", f"{psnr(scene_rec, scenes):.2f} dB", f"{len(scenes)} ShapesEval test scenes"),
         Row("SSIM, held-out shape scenes", f"{ssim(scene_rec, scenes):.4f}", ""),
         Row("PSNR, held-out photo crops", f"{psnr(photo_rec, photos):.2f} dB", f"{len(photos)} crops of coffee / flower"),
         Row("SSIM, held-out photo crops", f"{ssim(photo_rec, photos):.4f}", ""),
-        Row("codebook usage", f"{100 * used:.1f} %", f"perplexity {perplexity:.0f} of {model.codebook_size}"),
+        Row("codebook usage", f"{100 * used:.1f} % (perplexity {perplexity:.0f})", f"of {model.codebook_size} codes"),
         Row("codes kept where an edit keeps the pixels", f"{100 * kept:.1f} %",
             f"{cells} untouched cells of {n_edits} held-out one-object edits"),
         Row("ShapesEval pass, originals", f"{original_pass:.3f}", ""),
-        Row("ShapesEval pass, reconstructions", f"{recon_pass:.3f}",
-            f"{100 * recon_pass / max(original_pass, 1e-9):.1f} % of the originals' rate (target >= 95 %)"),
+        Row("ShapesEval pass, reconstructions",
+            f"{recon_pass:.3f} ({100 * recon_pass / max(original_pass, 1e-9):.1f} % of the originals' rate)",
+            "target >= 95 % of the originals' rate"),
         Row("image encode throughput", f"{32 / encode_s:.0f} images/s", "batch 32"),
         Row("image encode + decode throughput", f"{32 / decode_s:.0f} images/s", "batch 32"),
     ]
@@ -197,7 +198,7 @@ def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
         Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
             f"({config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size})"),
         Row("front end", front_end, "log power, 100 frames/s"),
-        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
         Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
             f"{len(speech)} clips, held-out voices; natural-log units, after Griffin-Lim"),
         Row("log-mel L1, Griffin-Lim of the true spectrogram", f"{np.mean([mel_l1(s.waveform, g) for s, g in zip(speech, gl_only)]):.3f}",
@@ -249,7 +250,7 @@ def waveform_rows(codec: WaveformCodec, n_per_word: int, n_music: int) -> list[R
     return [
         Row("tokens per second of audio", f"{codec.tokens_for(16000)}",
             f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
-        Row("parameters", f"{params / 1e6:.2f} M", f"{2 * params / 1e6:.1f} MB in fp16"),
+        Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
         Row("SI-SNR, held-out speech", f"{snr(speech, speech_rec):.2f} dB", f"{len(speech)} clips, held-out voices"),
         Row("SI-SNR, held-out melodies / chords", f"{snr(music, music_rec):.2f} dB", f"{len(music)} clips, test timbres"),
         Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
@@ -282,8 +283,9 @@ def render_columns(tables: list[list[Row]], names: list[str], title: str) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=("image", "audio"), default=["image", "audio"])
-    parser.add_argument("--image", default="pkg://anygen-tiny/tokenizers/image",
-                        help="an ImageVQ directory (pkg:// names one shipped inside the package)")
+    parser.add_argument("--image", nargs="+", default=["pkg://anygen-tiny/tokenizers/image"],
+                        help="one or more ImageVQ directories, measured side by side (pkg:// names one shipped "
+                             "inside the package)")
     parser.add_argument("--audio", nargs="+", default=["pkg://anygen-tiny/tokenizers/audio"],
                         help="one or more AudioCodec directories, measured side by side")
     parser.add_argument("--front-ends", action="store_true", help="also judge Griffin-Lim of the exact front ends")
@@ -303,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     header = f"Command: `{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__})."
     # No global inference_mode: the keyword classifier is fitted with autograd; the tokenizers run under no_grad.
     if "image" in args.parts:
-        body = "\n".join(["## Tokenizers", "", header, "", render(
-            image_rows(ImageVQ.from_pretrained(resolve_path(args.image)), args.scenes_per_category, args.photos),
-            f"Image tokenizer (`{args.image}`)")])
+        tables = [image_rows(ImageVQ.from_pretrained(resolve_path(d)), args.scenes_per_category, args.photos)
+                  for d in args.image]
+        body = "\n".join(["## Tokenizers", "", header, "", render_columns(tables, args.image, "Image tokenizers")])
         _publish("tokenizers", body, args.no_write)
     if "audio" in args.parts:
         tables = [audio_rows(AudioCodec.from_pretrained(resolve_path(d)), args.words, args.music) for d in args.audio]

@@ -38,10 +38,11 @@ def test_round_trip_shapes_dtypes_and_ranges(kind):
 
 
 
-def test_a_local_encoder_keeps_the_codes_of_every_block_an_edit_leaves_alone(tmp_path):
+@pytest.mark.parametrize("margin", [0, 2])
+def test_a_local_encoder_keeps_the_codes_of_every_block_an_edit_leaves_alone(tmp_path, margin):
     torch.manual_seed(0)
     model = ImageVQ(ImageVQConfig(channels=[16, 32, 32], latent_dim=8, image_size=[16, 16], local=True,
-                                  quantizer=QuantizerConfig(codebook_size=64, codebook_dim=4)))
+                                  local_margin=margin, quantizer=QuantizerConfig(codebook_size=64, codebook_dim=4)))
     images = torch.rand(4, 3, 16, 24)
     model(images)  # initialise the codebook
     model.eval()
@@ -50,11 +51,15 @@ def test_a_local_encoder_keeps_the_codes_of_every_block_an_edit_leaves_alone(tmp
     before, after = (model.encode(x).view(4, 4, 6) for x in (images, edited))
     untouched = torch.ones(4, 6, dtype=torch.bool)
     untouched[1, 3] = False
+    if margin:  # the blocks around it see the change within their margin
+        untouched[0:3, 2:5] = False
     assert torch.equal(before[:, untouched], after[:, untouched]) and not torch.equal(before, after)
     assert model.decode(after.flatten(1), size=(16, 24)).shape == (4, 3, 16, 24)
     model.save_pretrained(tmp_path)
     loaded = ImageVQ.from_pretrained(tmp_path)
     assert loaded.config.local and torch.equal(loaded.encode(edited), model.encode(edited))
+    with pytest.raises(InvalidArgumentError, match="local_margin=3"):
+        ImageVQConfig(channels=[16, 32, 32], local=True, local_margin=3)
 
 def test_pil_inputs_are_resized_and_decode_to_pil():
     model = tiny().eval()

@@ -44,6 +44,9 @@ class ImageVQConfig:
             decoder still sees every code). An edit then leaves the codes of every block it does not touch as
             they were, and the core can copy them; with ``False`` each code sees the whole image (the encoder's
             receptive field and its GroupNorm statistics span it).
+        local_margin: with ``local``, pixels of context around each block that its code also sees (replicated at
+            the image's border; ``2 * local_margin`` a multiple of the downsampling factor). An edit then changes
+            only the codes of the blocks within ``local_margin`` pixels of the pixels it changes.
     """
 
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
@@ -52,6 +55,7 @@ class ImageVQConfig:
     image_size: list[int] = field(default_factory=lambda: [64, 64])
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     local: bool = False
+    local_margin: int = 0
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 8 or any(c % 8 for c in self.channels):
@@ -61,6 +65,9 @@ class ImageVQConfig:
         factor = 2 ** (len(self.channels) - 1)
         if len(self.image_size) != 2 or any(s < factor or s % factor for s in self.image_size):
             raise InvalidArgumentError(f"image_size={self.image_size} must be [H, W], multiples of {factor}")
+        if self.local_margin < 0 or (2 * self.local_margin) % factor or (self.local_margin and not self.local):
+            raise InvalidArgumentError(f"local_margin={self.local_margin} must be >= 0 with 2 * local_margin a "
+                                       f"multiple of {factor}, and needs local=true")
         if isinstance(self.quantizer, dict):
             self.quantizer = from_dict(QuantizerConfig, self.quantizer, prefix="quantizer.")
 
@@ -199,11 +206,13 @@ class ImageVQ(nn.Module):
 
     def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels * 2.0 - 1.0
-        if self.config.local:  # every f x f block through the encoder alone: (B*h*w, 3, f, f) -> (B*h*w, D, 1, 1)
-            f = self.config.downsample
+        if self.config.local:  # every f x f block (and its margin) through the encoder alone, averaged to one vector
+            f, m = self.config.downsample, self.config.local_margin
             h, w = x.shape[-2] // f, x.shape[-1] // f
-            blocks = rearrange(x, "b c (h p) (w q) -> (b h w) c p q", p=f, q=f)
-            return rearrange(self.encoder(blocks), "(b h w) d 1 1 -> b (h w) d", h=h, w=w)
+            padded = torch.nn.functional.pad(x, (m, m, m, m), mode="replicate") if m else x
+            windows = padded.unfold(2, f + 2 * m, f).unfold(3, f + 2 * m, f)  # (B, 3, h, w, f+2m, f+2m)
+            blocks = rearrange(windows, "b c h w p q -> (b h w) c p q")
+            return rearrange(self.encoder(blocks).mean((2, 3)), "(b h w) d -> b (h w) d", h=h, w=w)
         return rearrange(self.encoder(x), "b d h w -> b (h w) d")  # (B, D, h, w) -> (B, h*w, D)
 
     def _pixels(self, vectors: torch.Tensor, h: int, w: int) -> torch.Tensor:
