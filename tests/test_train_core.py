@@ -267,7 +267,7 @@ def test_bad_config_values_name_the_key(tmp_path, override, key):
         smoke_config(tmp_path, *extra, override)
 
 
-def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layout(tmp_path):
+def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layout(tmp_path, monkeypatch):
     first = recipe.main(smoke_config(tmp_path / "a", "optim.steps=2"))
     init = f"model.init_from={first.final_dir}"
     codec = "{kind: mulaw, options: {sample_rate: 16000, frame_size: 800, codebook_size: 16, max_pitch: 500.0}}"
@@ -297,6 +297,16 @@ def test_replace_tokenizers_trains_a_saved_core_on_a_new_codec_of_the_same_layou
         smoke_config(tmp_path / "d", f"model.replace_tokenizers.audio={codec}")
     with pytest.raises(InvalidArgumentError, match=r"model\.align_items=-1.*\[0, 100000\]"):
         smoke_config(tmp_path / "d", init, "model.align_items=-1")
+
+    # a resumed run loads its own weights: it does not align again
+    aligned_run = (init, f"model.replace_tokenizers.audio={codec}", "model.align_items=4", "train.checkpoint_every=1")
+    recipe.main(smoke_config(tmp_path / "f", *aligned_run, "optim.steps=1"))
+
+    def no_second_alignment(*args):
+        raise AssertionError("aligned again on resume")
+
+    monkeypatch.setitem(recipe.ALIGN_SOURCES, "audio", no_second_alignment)
+    assert recipe.main(smoke_config(tmp_path / "f", *aligned_run, "optim.steps=2")).complete
 
 
 def test_a_context_shorter_than_the_longest_row_is_refused_before_training(tmp_path):

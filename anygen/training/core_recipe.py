@@ -396,8 +396,9 @@ def train_loop(accelerator: Accelerator, model: AnyGen, optimizer: torch.optim.O
 
 
 # ---- 2. model and corpus ---------------------------------------------------------------------------------------
-def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
-    """The model to train: ``model.init_from`` loaded, or a new one (seeded) from the model section."""
+def build_model(config: CoreTrainConfig, text: TextTokenizer | None, align: bool = True) -> AnyGen:
+    """The model to train: ``model.init_from`` loaded, or a new one (seeded) from the model section. ``align=False``
+    skips aligning replaced tokenizers' rows (a resumed run loads its own weights over them)."""
     section = config.model
     if section.init_from is not None:
         model = AnyGen.from_pretrained(section.init_from, section.attn_implementation)
@@ -405,7 +406,7 @@ def build_model(config: CoreTrainConfig, text: TextTokenizer | None) -> AnyGen:
             key = f"model.replace_tokenizers.{name}"
             tokenizer = spec.build(key)
             items = (ALIGN_SOURCES[name](section.align_items, config.data.corpus.image_size, config.train.seed)
-                     if section.align_items else None)
+                     if section.align_items and align else None)
             try:
                 model.replace_tokenizer(name, tokenizer, align_with=items)
             except (CheckpointError, InvalidArgumentError) as err:
@@ -429,7 +430,7 @@ def model_and_rows(config: CoreTrainConfig, root: Path, show_progress: bool) -> 
         if _without_paths(state["fingerprint"]) != fingerprint:
             raise InvalidArgumentError(f"{root} holds data prepared for another data / model config; use a "
                                        f"new train.out_dir or delete {root}")
-        model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])))
+        model = build_model(config, TextTokenizer(Tokenizer.from_str(state["text_tokenizer"])), align=False)
         corpus = TokenizedCorpus.from_state(state["corpus"]) if "corpus" in state else None
     else:
         fresh_bpe = config.model.init_from is None
