@@ -112,6 +112,57 @@ def test_a_request_gets_the_same_tokens_alone_and_among_others(setup) -> None:
     assert together == alone
 
 
+def test_a_block_runs_only_the_rows_in_use_and_keeps_each_jobs_tokens(tiny_model: AnyGen) -> None:
+    """A lone job runs on the smallest checked row count; as others join, the block grows; every job's tokens equal
+    its tokens alone."""
+    model, rules = tiny_model, AnyGenPipeline(tiny_model, max_audio_seconds=1.0)._rules()
+    scheduler = Scheduler(model.core, model.vocab, block_rows=16, blocks=1, cache_len=256)
+    try:
+        assert scheduler.row_sizes[-1] == 16 and scheduler.row_sizes == sorted(scheduler.row_sizes)
+        ran: list[int] = []
+        for n, step in list(scheduler._fast[0].items()):
+            scheduler._fast[0][n] = lambda *args, n=n, step=step: ran.append(n) or step(*args)
+        bos, image_begin = model.vocab.bos_id, model.vocab.begin_id("image")
+        guided = ([p + [image_begin] for p in prompts_for(model, ["a red circle"])],
+                  {"max_new_tokens": 20, "guidance": Guidance([[bos, image_begin]], 2.0, modalities=("image",))})
+        texts = [(prompts_for(model, [t]), {"max_new_tokens": 12 + 4 * i})
+                 for i, t in enumerate(["say hello", "a blue square", "two stars", "hello", "red", "a green star"])]
+        specs = [guided, *texts]
+
+        def run(i: int) -> list[list[int]]:
+            prompts, kwargs = specs[i]
+            return scheduler.generate(model.core, model.vocab, rules, prompts, generator=seeded(i), **kwargs).sequences
+
+        alone = [run(i) for i in range(len(specs))]
+        smallest = lambda rows: min(n for n in scheduler.row_sizes if n >= rows)  # noqa: E731
+        assert set(ran) == {smallest(2), smallest(1)}  # the guided job's two rows, then one row at a time
+        ran.clear()
+        together: dict[int, list[list[int]]] = {}
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, run(i))) for i in range(len(specs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [together[i] for i in range(len(specs))] == alone
+        assert set(ran) <= set(scheduler.row_sizes)
+    finally:
+        scheduler.close()
+
+
+def test_row_counts_that_compute_otherwise_are_never_run(tiny_model: AnyGen, monkeypatch) -> None:
+    from anygen.generation import fast_decode
+
+    call = fast_decode.LlamaDecodeStep.__call__
+    # A step whose rows depend on how many rows share the call (as a BLAS kernel chosen by shape may).
+    monkeypatch.setattr(fast_decode.LlamaDecodeStep, "__call__",
+                        lambda self, tokens, *args: call(self, tokens, *args) + 1e-6 * tokens.shape[0])
+    scheduler = Scheduler(tiny_model.core, tiny_model.vocab, block_rows=16, blocks=1, cache_len=128)
+    try:
+        assert scheduler.row_sizes == [16]
+    finally:
+        scheduler.close()
+
+
 def test_jobs_sampled_as_one_batch_get_the_tokens_they_get_alone(setup) -> None:
     """The scheduler samples the rows of jobs with the same span rules in one batch (guidance per job, then one
     grammar mask and one draw over all rows); each job's tokens and grammar states equal its own step alone."""

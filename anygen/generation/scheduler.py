@@ -12,10 +12,13 @@ token. Between two decoding steps the scheduler thread
    it gets alone), hands the step to the caller and frees the slots of the rows that finished,
 4. runs the core once over every block of slots that holds a row.
 
-Every row keeps its own cache columns and positions, and the batch is always run in blocks of ``block_rows`` rows
-(blocks without rows are skipped), so the core sees the same shapes and a row the same numbers whatever else is
-running: a job's tokens are identical to the same job's served alone with the same seed. (They can differ from the
-eager loop's in the last bits of the logits, since the eager loop runs a differently shaped batch.)
+Every row keeps its own cache columns and positions, and the batch is run in blocks of ``block_rows`` rows (blocks
+without rows are skipped), so a row gets the same numbers whatever else is running: a job's tokens are identical to
+the same job's served alone with the same seed. A block whose rows sit in its first few slots runs only those (new
+rows take the lowest free slots), rounded up to a power of two, but only among the row counts that this machine's
+kernels were checked, when the scheduler started, to compute bit for bit as the full block does (the BLAS picks its
+kernel by the shape; on x86 with MKL, 4 rows and more agree, fewer do not): a lone request does not pay for 32 rows.
+(Tokens can differ from the eager loop's in the last bits of the logits, since the eager loop runs another shape.)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -128,7 +132,8 @@ class Scheduler:
     Args:
         core: the transformers causal LM (``model.core``); only the scheduler thread runs it.
         vocab: the model's vocab.
-        block_rows: rows the core runs at once; the batch is ``blocks`` such blocks.
+        block_rows: rows the core runs at once at most; the batch is ``blocks`` such blocks. A block whose rows
+            all sit in its first ``n`` slots runs ``n`` rows where ``n`` is in :attr:`row_sizes`.
         blocks: so ``block_rows * blocks`` rows (guidance branches count) decode together.
         max_queue: jobs that may wait for free rows; one more is refused with :class:`SchedulerBusy`.
         cache_len: KV-cache columns per row, i.e. the longest prompt + ``max_new_tokens`` (default: the core's
@@ -164,8 +169,12 @@ class Scheduler:
         self._caches = [slot_cache(core, block_rows, self.cache_len, w) for w in self._write_at]
         # Llama cores decode through the lean step of fast_decode (the same function, less Python per step); with
         # ``compile`` a compiled step takes over once a background trace on a scratch cache has finished.
-        self._fast = [fast_decode.LlamaDecodeStep(core, c) for c in self._caches] if fast_decode.supports(core) \
-            else None
+        # Row counts a block may run on (the eager fast step only; a compiled step keeps one shape), and a fast step
+        # over the first rows of each block's cache for each.
+        fast = fast_decode.supports(core)
+        self.row_sizes = self._alike_row_counts() if fast and not compile else [block_rows]
+        self._fast = [{n: fast_decode.LlamaDecodeStep(core, _first_rows(c, n)) for n in self.row_sizes}
+                      for c in self._caches] if fast else None
         self.compiled = False  # True once decoding runs through the compiled step
         if compile and self._fast is not None:
             threading.Thread(target=self._compile, daemon=True, name="anygen-compile").start()
@@ -449,23 +458,50 @@ class Scheduler:
             tokens = self._tokens[first: first + self.block_rows, None].to(self.device)
             positions = length[:, None].to(self.device)
             if self._fast is not None:
-                # The fast step reads only the columns the block's rows use (rounded up, for few compiled shapes).
+                # The fast step reads only the columns the block's rows use (rounded up, for few compiled shapes),
+                # and runs only its first n rows, n the smallest allowed row count that covers every held slot.
                 used = min(self.cache_len, -(-(int(length.max()) + 1) // COLUMN_BUCKET) * COLUMN_BUCKET)
                 mask = (columns[None, :used] <= positions)[:, None, None, :]  # (R, 1, 1, used)
-                step = self._compiled[block] if self.compiled else self._fast[block]
-                out = step(tokens, positions, self._write_at[block], mask)  # (R, V)
+                if self.compiled:
+                    out = self._compiled[block](tokens, positions, self._write_at[block], mask)  # (R, V)
+                else:
+                    top = max(s - first for s in slots if held[s]) + 1
+                    n = next(size for size in self.row_sizes if size >= top)
+                    out = self._fast[block][n](tokens[:n], positions[:n], self._write_at[block][:n], mask[:n])
             else:
                 mask = (columns[None, :] <= positions)[:, None, None, :]  # (R, 1, 1, C)
                 out = self.core(input_ids=tokens, position_ids=positions, attention_mask=mask,
                                 **{self._cache_key: self._caches[block]}, use_cache=True).logits[:, -1]
             for row, slot in enumerate(slots):
-                if held[slot]:
+                if held[slot]:  # (rows past out's are not held)
                     logits[slot] = out[row]
                     self._length[slot] += 1
         for job in list(self._active):
             for i, slot in enumerate(job.slots):
                 if slot is not None and slot in logits:
                     job.logits[i] = logits[slot]
+
+    def _alike_row_counts(self) -> list[int]:
+        """The powers of two below ``block_rows`` whose rows the fast step computes bit for bit as it computes the
+        same rows within the full block (checked on random keys, values and tokens: kernels are chosen by shape, not
+        by value), then ``block_rows``."""
+        rows, width = self.block_rows, min(self.cache_len, COLUMN_BUCKET)
+        generator = torch.Generator().manual_seed(0)
+        scratch = slot_cache(self.core, rows, width, torch.zeros(rows, dtype=torch.long, device=self.device))
+        for layer in scratch.layers:
+            for tensor in (layer.keys, layer.values):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+        tokens = torch.randint(0, self.core.config.vocab_size, (rows, 1), generator=generator).to(self.device)
+        positions = torch.randint(0, width, (rows, 1), generator=generator).to(self.device)
+        mask = (torch.arange(width, device=self.device)[None, :] <= positions)[:, None, None, :]
+        sizes = []
+        with torch.inference_mode():
+            full = fast_decode.LlamaDecodeStep(self.core, scratch)(tokens, positions, positions[:, 0], mask)
+            for n in (2 ** i for i in range(rows.bit_length())):
+                if n < rows and torch.equal(fast_decode.LlamaDecodeStep(self.core, _first_rows(scratch, n))(
+                        tokens[:n], positions[:n], positions[:n, 0], mask[:n]), full[:n]):
+                    sizes.append(n)
+        return [*sizes, rows]
 
     def _compile(self) -> None:
         """Trace the compiled step on a scratch cache of the blocks' shape, then switch decoding to it. Decoding
@@ -512,6 +548,12 @@ class Scheduler:
         if not job.done:
             job.done = True
             job._put(err)
+
+
+def _first_rows(cache: Any, rows: int) -> SimpleNamespace:
+    """The first ``rows`` rows of a static cache's layers, as views (a fast step over them writes the cache)."""
+    return SimpleNamespace(layers=[SimpleNamespace(keys=layer.keys[:rows], values=layer.values[:rows])
+                                   for layer in cache.layers])
 
 
 def _has_gated_adapters(core: torch.nn.Module) -> bool:
