@@ -146,3 +146,23 @@ def test_category_weights_reweight_training_scenes_only():
         DataConfig(category_weights={"pose": 1.0})
     with pytest.raises(InvalidArgumentError, match="category_weights.counting"):
         DataConfig(category_weights={"counting": -1.0})
+
+
+def test_chat_edits_ask_after_the_picture_drawn_for_a_request():
+    from anygen.data.language import parse_text, satisfies
+    from anygen.data.scenes import Scene
+    from anygen.data.shapes import allowed_combo
+
+    cfg = DataConfig(sizes={"chat_edit": 12}, eval_fraction=1.0)
+    assert "chat_edit" not in DataConfig().sizes  # the default corpus has none
+    for split in ("train", "test"):
+        for item in build_task(cfg, split, "chat_edit"):
+            request, picture, instruction = item["prompt"]
+            assert [type(s) for s in item["prompt"]] == [TextSegment, ImageSegment, TextSegment]
+            assert [type(s) for s in item["target"]] == [ImageSegment]
+            source = Scene.from_dict(item["meta"]["source"])
+            assert satisfies(source, parse_text(request.text), exact_counts=True)  # the picture is what was asked
+            assert instruction.text and instruction.text != request.text
+            pairs = {(o.color, o.shape) for o in source.objects}
+            if split == "train":  # the held-out (colour, shape) pairs stay out of training
+                assert all(allowed_combo(c, s, "train") for c, s in pairs)

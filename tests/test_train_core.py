@@ -213,6 +213,15 @@ def test_the_stream_depends_only_on_seed_step_and_process(edit_corpus):
     assert len(set(targets)) == len(targets)
 
 
+def test_the_stream_serves_chat_edits_with_the_picture_inside_the_prompt(edit_corpus):
+    _, model, _ = edit_corpus
+    begin, end = model.vocab.begin_id("image"), model.vocab.end_id("image")
+    for prompt, target in stream(model, weights={"chat_edit": 1.0}).rows(RowKey(0, 0)):
+        # request text, <image> codes </image>, instruction text; the target is one picture
+        assert prompt.count(begin) == prompt.count(end) == 1 and prompt.index(begin) > 0
+        assert prompt.index(end) < len(prompt) - 1 and target.count(begin) == 1
+
+
 def test_the_stream_drops_conditions_like_the_corpus(edit_corpus):
     _, model, _ = edit_corpus
     source = stream(model, weights={"edit": 1.0})

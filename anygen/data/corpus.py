@@ -21,7 +21,9 @@ import numpy as np
 from anygen.data.digits import digit_caption, sample_digit
 from anygen.data.edits import EDIT_OPS, sample_edit
 from anygen.data.interleaved import sample_document
+from anygen.data.language import scene_spec
 from anygen.data.melody import sample_chord, sample_melody
+from anygen.data.phrasing import phrase_prompt, wording_rng
 from anygen.data.scenes import render_scene
 from anygen.data.shapes import CATEGORIES, SPLITS, check_split, sample_category, sample_shape_scene
 from anygen.data.speech import KEYWORDS, render_many, sample_voice
@@ -29,10 +31,10 @@ from anygen.errors import InvalidArgumentError, check_range
 from anygen.types import AudioSegment, ImageSegment, TextSegment
 
 TASKS: tuple[str, ...] = ("text_to_image", "image_to_text", "edit", "text_to_speech", "speech_to_text",
-                          "text_to_melody", "melody_to_text", "interleaved", "text")
+                          "text_to_melody", "melody_to_text", "interleaved", "text", "chat_edit")
 DEFAULT_SIZES: dict[str, int] = {"text_to_image": 2000, "image_to_text": 1000, "edit": 600, "text_to_speech": 300,
                                  "speech_to_text": 300, "text_to_melody": 300, "melody_to_text": 300,
-                                 "interleaved": 200, "text": 500}
+                                 "interleaved": 200, "text": 500}  # chat_edit: none unless asked for
 Item = dict[str, Any]
 
 
@@ -116,6 +118,18 @@ def _edit_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str)
             "target": [ImageSegment(render_scene(edit.target, cfg.image_size))], "meta": meta}
 
 
+def _chat_edit_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str) -> Item:
+    """An edit asked the way a chat asks it: a prompt, the picture drawn for it, then the instruction (the reverse of
+    an ``edit`` item's order, which a conversation cannot choose)."""
+    edit = sample_edit(rng, EDIT_OPS[int(rng.integers(len(EDIT_OPS)))], split)
+    request = phrase_prompt(wording_rng(rng), scene_spec(edit.source))
+    meta = {"op": edit.op, "params": edit.params, "source": edit.source.to_dict(), "target": edit.target.to_dict(),
+            "request": request}
+    return {"task": task, "prompt": [TextSegment(request), ImageSegment(render_scene(edit.source, cfg.image_size)),
+                                     TextSegment(edit.instruction)],
+            "target": [ImageSegment(render_scene(edit.target, cfg.image_size))], "meta": meta}
+
+
 def _melody_item(rng: np.random.Generator, split: str, cfg: DataConfig, task: str) -> Item:
     sample = sample_chord(rng, split) if rng.random() < cfg.chord_fraction else sample_melody(rng, split)
     audio = AudioSegment(sample.waveform, sample.sample_rate)
@@ -151,7 +165,7 @@ def _speech_items(rng: np.random.Generator, split: str, n: int, task: str) -> li
 
 _BUILDERS = {"text_to_image": _image_item, "image_to_text": _image_item, "edit": _edit_item,
              "text_to_melody": _melody_item, "melody_to_text": _melody_item, "interleaved": _interleaved_item,
-             "text": _text_item}
+             "text": _text_item, "chat_edit": _chat_edit_item}
 
 
 def build_item(cfg: DataConfig, split: str, task: str, rng: np.random.Generator) -> Item:

@@ -32,7 +32,7 @@ from anygen.vocab import Vocab
 TASK_MODALITIES: dict[str, tuple[str, ...]] = {
     "text_to_image": ("image",), "image_to_text": ("image",), "edit": ("image",),
     "text_to_speech": ("audio",), "speech_to_text": ("audio",), "text_to_melody": ("audio",),
-    "melody_to_text": ("audio",), "interleaved": ("image", "audio"), "text": ()}
+    "melody_to_text": ("audio",), "interleaved": ("image", "audio"), "text": (), "chat_edit": ("image",)}
 # Condition dropout: which prompt modalities are dropped (as the pipelines' guidance drops them at inference).
 DROP: dict[str, tuple[str, ...]] = {"text_to_image": ("text",), "text_to_speech": ("text",),
                                     "text_to_melody": ("text",), "edit": ("text",)}
