@@ -157,7 +157,7 @@ def test_chat_edits_ask_after_the_picture_drawn_for_a_request():
     assert "chat_edit" not in DataConfig().sizes  # the default corpus has none
     for split in ("train", "test"):
         for item in build_task(cfg, split, "chat_edit"):
-            request, picture, instruction = item["prompt"]
+            request, _, instruction = item["prompt"]
             assert [type(s) for s in item["prompt"]] == [TextSegment, ImageSegment, TextSegment]
             assert [type(s) for s in item["target"]] == [ImageSegment]
             source = Scene.from_dict(item["meta"]["source"])
