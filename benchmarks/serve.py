@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     costs = block_costs(model, [2, 8, 16, 32], args.repeats)
     say("timed the core calls")
     process, url = start_server(args.model, args.block_rows, args.blocks, args.threads, args.compile)
-    say("server up")
+    row_sizes = httpx.get(url + "/health").json()["row_sizes"]
+    say(f"server up; a block runs {row_sizes} rows")
     try:
         names = ["one at a time", *[f"server, {c} clients" for c in args.clients]]
         run = {"one at a time": lambda: one_at_a_time(pipe, sampler, requests),
@@ -265,24 +266,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.terminate()
         process.wait(30)
-    body = table(args, argv, requests, tallies, load) + "\n\n" + cost_table(costs)
+    body = table(args, argv, requests, tallies, load, row_sizes) + "\n\n" + cost_table(costs)
     print(body)
-    if not args.no_write:
-        write_section("serve", body)
+    if not args.no_write:  # one section per thread count
+        write_section("serve" if args.threads == 1 else f"serve-threads-{args.threads}", body)
     return 0
 
 
 def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Request], tallies: dict[str, Tally],
-          load: list[float]) -> str:
+          load: list[float], row_sizes: list[int]) -> str:
     base = tallies["one at a time"].rates("tokens")
     kinds = {k: sum(r.kind == k for r in requests) for k in ("image", "speech", "question")}
     lines = [
-        "## Serving: continuous batching vs one request at a time",
+        "## Serving: continuous batching vs one request at a time"
+        + ("" if args.threads == 1 else f" ({args.threads} torch threads per process)"),
         "",
         f"`python benchmarks/serve.py {shlex.join(argv or sys.argv[1:])}` on {platform.processor() or 'CPU'} "
         f"({os.cpu_count()} cores, {args.threads} torch thread(s) per process), torch {torch.__version__}, model "
         f"`{args.model}`; the server batches "
-        f"{args.blocks} blocks of {args.block_rows} rows. A pass is {len(requests)} requests: "
+        f"{args.blocks} blocks of {args.block_rows} rows (a block runs only its first rows in use, rounded up to "
+        f"one of {row_sizes}). A pass is {len(requests)} requests: "
         f"{kinds['image']} text-to-image (guidance 2: two rows each), {kinds['speech']} speech (guidance 2), "
         f"{kinds['question']} questions about a picture (32 tokens). Median (min-max) of {args.repeats} passes per "
         f"contender, contenders alternated; p99 of a pass of {len(requests)} requests is about its slowest one. "

@@ -263,14 +263,14 @@ class Scheduler:
                    max_new_tokens, scope=current_scope(), generated=[0] * b, min_new_tokens=min_new_tokens,
                    group=(tuple(grammar.rules), tables["filtered"]))
 
-    def stats(self) -> dict[str, int | bool]:
+    def stats(self) -> dict[str, int | bool | list[int]]:
         """``active_rows`` (slots holding a row), ``active_jobs``, ``waiting`` (queued jobs), ``steps`` (decoding
         steps run since the start), ``tokens`` (tokens generated since the start, guidance branches not
-        counted) and ``compiled`` (whether decoding runs through the compiled step yet)."""
+        counted), ``compiled`` (whether decoding runs through the compiled step yet) and ``row_sizes``."""
         with self._cond:
             return {"active_rows": sum(o is not None for o in self._owner), "active_jobs": len(self._active),
                     "waiting": len(self._waiting), "steps": self._steps, "tokens": self._tokens_out,
-                    "compiled": self.compiled}
+                    "compiled": self.compiled, "row_sizes": list(self.row_sizes)}
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the thread; jobs still running or waiting end with a :class:`GenerationError`."""
