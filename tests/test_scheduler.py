@@ -277,7 +277,7 @@ def test_jobs_that_can_never_fit_are_refused_before_queueing(setup) -> None:
     with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
         scheduler.submit(rules, prompts[:1], max_new_tokens=0)
     assert scheduler.stats() == {"active_rows": 0, "active_jobs": 0, "waiting": 0, "steps": 0, "tokens": 0,
-                                 "compiled": False}
+                                 "compiled": False, "row_sizes": scheduler.row_sizes}
 
 
 def test_a_closed_scheduler_fails_its_jobs(tiny_model: AnyGen) -> None:
