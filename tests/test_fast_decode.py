@@ -99,6 +99,52 @@ def test_the_fast_step_writes_the_same_cache_as_the_forward() -> None:
         torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=1e-5)
 
 
+def test_a_step_told_which_ids_may_follow_computes_only_their_logits() -> None:
+    core, prompts = llama(), [[1, 5, 9, 200], [1, 250]]
+    full, narrow = KVRunner(core, prompts, 0, 3), KVRunner(core, prompts, 0, 3)
+    ids = slice(120, 180)
+    with torch.inference_mode():
+        tokens = full.prefill().argmax(-1)
+        narrow.prefill()
+        expected, got = full.decode(tokens), narrow.decode(tokens, ids)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got[:, ids], expected[:, ids], atol=2e-5, rtol=2e-5)
+    assert torch.isneginf(got[:, :120]).all() and torch.isneginf(got[:, 180:]).all()
+
+
+def test_inside_a_span_the_loop_computes_only_the_spans_logits_and_samples_the_same(tiny_model: AnyGen,
+                                                                                      monkeypatch) -> None:
+    """Steps in an image span ask the core for the code logits (and the end id's) alone; the sampled codes are
+    those of a loop that computes every logit, with and without guidance."""
+    from anygen.generation import loop
+
+    vocab, rules = tiny_model.vocab, AnyGenPipeline(tiny_model)._rules()
+    begin = vocab.begin_id("image")
+    prompt = [vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle")]), begin]
+    decode, asked = KVRunner.decode, []
+
+    def recording(self, tokens, ids=None):
+        asked.append(ids)
+        return decode(self, tokens, ids)
+
+    monkeypatch.setattr(KVRunner, "decode", recording)
+    for guidance in (None, Guidance([[vocab.bos_id, begin]], 3.0)):
+        kwargs = dict(max_new_tokens=80, guidance=guidance, sampling={"image": SamplingParams(temperature=0.9)})
+        asked.clear()
+        narrow = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(4),
+                          **kwargs)
+        codes = vocab.span("image")
+        inside = [ids for ids, token in zip(asked, narrow.sequences[0][1:]) if token in codes]  # ids for a code
+        assert len(inside) >= 8 and len(inside) == sum(token in codes for token in narrow.sequences[0]) - 1
+        assert all(ids is not None and codes.start <= ids.start and ids.stop <= codes.stop for ids in inside)
+        monkeypatch.setattr(loop, "allowed_columns", lambda allowed: None)
+        full = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(4),
+                        **kwargs)
+        monkeypatch.undo()
+        monkeypatch.setattr(KVRunner, "decode", recording)
+        assert narrow.sequences == full.sequences
+
+
 def test_the_shipped_model_decodes_through_the_fast_step(tiny_model: AnyGen) -> None:
     assert fast_decode.supports(tiny_model.core)
     prompt = [tiny_model.vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle")])]

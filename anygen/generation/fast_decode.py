@@ -71,9 +71,16 @@ class LlamaDecodeStep:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.scaling = self.layers[0].self_attn.scaling if self.layers else self.head_dim ** -0.5
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits ``(R, V)``.
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor,
+                 head: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits ``(R, V)``: :meth:`hidden` times ``head`` (default: the core's whole output matrix;
+        a caller that knows which ids a step may emit passes those rows of it and gets ``(R, len(head))``)."""
+        return F.linear(self.hidden(tokens, positions, columns, mask),
+                        self.core.lm_head.weight if head is None else head)
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's normalised output ``(R, H)``, the input of the output matrix.
 
         Args:
             tokens: ``(R, 1)`` ids; positions: ``(R, 1)`` their rotary positions.
@@ -105,19 +112,22 @@ class LlamaDecodeStep:
             h = _rms_norm(x, layer.post_attention_layernorm)
             x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
                              mlp.down_proj.weight)
-        x = _rms_norm(x, model.norm)
-        return F.linear(x[:, -1], self.core.lm_head.weight)  # (R, V)
+        return _rms_norm(x[:, -1], model.norm)  # (R, H)
 
 
-_compiled_call = None
+_compiled_hidden = None
 
 
 def compiled_step(core: nn.Module, cache: object) -> Callable[..., torch.Tensor]:
-    """A :class:`LlamaDecodeStep` whose call is ``torch.compile``-d. Every step shares one compiled function, so a
-    trace is reused by every later step and call with the same core (after a second batch size or cache length,
+    """A :class:`LlamaDecodeStep` whose :meth:`~LlamaDecodeStep.hidden` is ``torch.compile``-d (the output matrix,
+    whole or the rows a caller passes as ``head=``, runs eagerly after it). Every step shares one compiled function,
+    so a trace is reused by every later step and call with the same core (after a second batch size or cache length,
     torch traces once more with symbolic sizes, which then serves them all)."""
-    global _compiled_call
-    if _compiled_call is None:
-        _compiled_call = torch.compile(LlamaDecodeStep.__call__)  # a second shape makes the trace shape-generic
+    global _compiled_hidden
+    if _compiled_hidden is None:
+        _compiled_hidden = torch.compile(LlamaDecodeStep.hidden)  # a second shape makes the trace shape-generic
     step = LlamaDecodeStep(core, cache)
-    return lambda *args: _compiled_call(step, *args)
+
+    def call(*args: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(_compiled_hidden(step, *args), core.lm_head.weight if head is None else head)
+    return call

@@ -12,6 +12,7 @@ the seed.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -83,14 +84,25 @@ class KVRunner:
                         cache_position=torch.arange(self.prompt_len, device=self.device))
         return out.logits[:, -1]  # (R, V)
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row ``(R,)``; returns next-token logits ``(R, V)``."""
+    def decode(self, tokens: torch.Tensor, ids: slice | None = None) -> torch.Tensor:
+        """Feed one token per row ``(R,)``; returns next-token logits ``(R, V)``.
+
+        ``ids``: the only ids the next token may be (e.g. an image span's codes). The lean step then multiplies
+        the output matrix's rows for those ids alone, and the other logits are ``-inf``; it is the largest matrix
+        of a small core, so a modality span's steps read a good part fewer weight bytes. Other cores compute
+        every logit."""
         slot = torch.tensor([self.prompt_len + self.step_index], device=self.device)
         self.step_index += 1
         self.positions = self.positions + 1
         if self.fast:
             mask = (self.key_mask & (self.columns <= slot))[:, None, None, :]  # (R, 1, 1, total)
-            return self.step(tokens[:, None].to(self.device), self.positions[:, None], slot.expand(len(mask)), mask)
+            args = (tokens[:, None].to(self.device), self.positions[:, None], slot.expand(len(mask)), mask)
+            if ids is None:
+                return self.step(*args)
+            head = self.core.lm_head.weight
+            logits = head.new_full((len(mask), head.shape[0]), -math.inf)
+            logits[:, ids] = self.step(*args, head=head[ids])
+            return logits
         return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
                             self.cache, slot, self.cache_key)
 
@@ -208,7 +220,9 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
     with torch.inference_mode():
         runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
         logits = runner.prefill()
+        allowed = eos_after(grammar.allowed(state, max_new_tokens), vocab.eos_id, 0, min_new_tokens)
     noise = NoiseSource(b, generator)
+    ids = None  # the ids whose logits this step computed (None: all)
     for index in range(max_new_tokens):
         remaining = max_new_tokens - index
         with torch.inference_mode():
@@ -216,10 +230,9 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             step_logits = logits[:b]
             if branches > 1:
                 step_logits = _guide(logits, b, branches, guidance, state, guided_modes)
-            allowed = eos_after(grammar.allowed(state, remaining), vocab.eos_id, index, min_new_tokens)
             mode = state.mode
             scaled = scale_logits(step_logits, allowed, tables["temperature"][mode])
-            _check_finite(logits, scaled, allowed, index, guidance)
+            _check_finite(logits if ids is None else logits[:, ids], scaled, allowed, index, guidance)
             greedy = tables["greedy"][mode]
             draws = None if bool(greedy.all()) else noise(index, scaled.shape[-1])  # greedy steps draw nothing
             tokens = pick_tokens(scaled, allowed, tables["top_k"][mode], tables["top_p"][mode], greedy, draws,
@@ -230,7 +243,18 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
         if index + 1 == max_new_tokens or bool((state.mode == grammar.done_mode).all()):
             return
         with torch.inference_mode():
-            logits = runner.decode(tokens if branches == 1 else tokens.repeat(branches))
+            allowed = eos_after(grammar.allowed(state, remaining - 1), vocab.eos_id, index + 1, min_new_tokens)
+            ids = allowed_columns(allowed)
+            logits = runner.decode(tokens if branches == 1 else tokens.repeat(branches), ids)
+
+
+def allowed_columns(allowed: torch.Tensor) -> slice | None:
+    """The narrowest range of ids that holds every id ``allowed`` (``(B, V)``) lets some row emit, when it is at
+    most half the vocabulary (inside a modality span: its codes, or its end id); else ``None``."""
+    ids = allowed.any(0).nonzero()
+    if len(ids) == 0 or int(ids[-1]) + 1 - int(ids[0]) > allowed.shape[1] // 2:
+        return None
+    return slice(int(ids[0]), int(ids[-1]) + 1)
 
 
 def eos_after(allowed: torch.Tensor, eos_id: int, index: int, min_new_tokens: int) -> torch.Tensor:
