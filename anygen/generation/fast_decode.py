@@ -9,9 +9,10 @@ boolean mask, and the SwiGLU MLP. The weights are read in place, never copied, s
 calls is seen as it is now.
 
 It applies only where it is provably the same computation (:func:`supports`): a ``LlamaForCausalLM`` whose
-projections are plain ``nn.Linear`` without bias and no module carries a forward hook, SiLU activation, ``sdpa`` or ``eager`` attention. Anything else
-(hooks such as gated adapters, other architectures, wrapped cores) decodes through the core's ``forward``. Logits equal the
-transformers forward to float rounding (``tests/test_fast_decode.py``).
+projections are plain ``nn.Linear`` without bias, no module carrying a forward hook, SiLU activation, ``sdpa`` or
+``eager`` attention. Anything else (hooks such as gated adapters, other architectures, wrapped cores) decodes through
+the core's ``forward``. Logits equal the transformers forward to float rounding (``tests/test_fast_decode.py``). A
+caller that knows which ids may come next passes those rows of the output matrix (``head=``) and reads no others.
 """
 
 from __future__ import annotations
