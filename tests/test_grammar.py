@@ -126,6 +126,33 @@ def test_an_open_span_that_cannot_fit_the_budget_is_an_error(tiny_model: AnyGen)
         grammar.initial_state([[vocab.bos_id, vocab.begin_id("image")]], 10)
 
 
+def test_states_with_equal_mask_keys_get_equal_masks(tiny_model: AnyGen) -> None:
+    """The decoding loop keeps its last mask while ``mask_key`` stays the same: over random walks through text,
+    image and audio spans down to budgets too small to open a span, one key never maps to two masks."""
+    vocab = tiny_model.vocab
+    grammar = Grammar(vocab, tiny_model.span_rules({"image": IMAGE_SHAPE, "audio": AUDIO_SAMPLES}))
+    prompts = [[vocab.bos_id], [vocab.bos_id, vocab.begin_id("image")], [vocab.bos_id, vocab.begin_id("audio")]]
+    seen: dict[str, torch.Tensor] = {}
+    repeats = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        for prompt in prompts:
+            state = grammar.initial_state([prompt], 45)
+            for step in range(45):
+                remaining = 45 - step
+                allowed = grammar.allowed(state, remaining)
+                key = repr(grammar.mask_key(state, remaining))
+                if key in seen:
+                    repeats += 1
+                    assert torch.equal(seen[key], allowed), key
+                seen[key] = allowed
+                tokens = sample_tokens(mock_model_logits(vocab, 1, g), allowed, torch.ones(1),
+                                       torch.zeros(1, dtype=torch.long), torch.ones(1), torch.zeros(1, dtype=torch.bool),
+                                       NoiseSource(1, g)(step, vocab.size), False)
+                state = grammar.advance(state, tokens, remaining)
+    assert repeats > 100 and len(seen) > 20  # many states recur (text rows), and many differ
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
     ({"temperature": float("inf")}, r"temperature=inf is outside the valid range \[0.0001, 100.0\]"),

@@ -172,6 +172,7 @@ class Grammar:
             self.forced[i, : len(r.forced)] = torch.tensor(r.forced, dtype=torch.long)
         allowed = names if open_modalities is None else list(open_modalities)
         self.may_open = torch.tensor([n in allowed for n in names], dtype=torch.bool)
+        self._open_costs = (self.min_len[1:-1] + 2).tolist()  # tokens a span needs to open: begin, codes, end
 
     def mode_of(self, modality: str) -> int:
         return self.vocab.modality_names.index(modality)
@@ -232,6 +233,13 @@ class Grammar:
         fits = (self.may_open if may_open is None else may_open) & (self.min_len[1:-1] + 2 <= left)  # (M,) / (B, M)
         allowed[:, self.begin_ids] = (mode == 0)[:, None] & fits
         return allowed
+
+    def mask_key(self, state: GrammarState, remaining: int) -> tuple:
+        """Everything :meth:`allowed` ``(state, remaining)`` depends on, as plain Python values: equal keys give
+        equal masks, so a decoding loop keeps its last mask while the key stays the same (a text row keeps it from
+        one step to the next until its budget gets too small to open a span)."""
+        return (state.mode.tolist(), state.pos.tolist(), state.limit.tolist(),
+                [cost <= remaining for cost in self._open_costs])
 
     def advance(self, state: GrammarState, tokens: torch.Tensor, remaining: int | torch.Tensor) -> GrammarState:
         """State after each row emitted ``tokens`` (``(B,)``), ``remaining`` (one count, or one per row) counting
