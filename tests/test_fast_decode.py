@@ -145,6 +145,45 @@ def test_inside_a_span_the_loop_computes_only_the_spans_logits_and_samples_the_s
         assert narrow.sequences == full.sequences
 
 
+def test_the_loop_narrows_a_step_to_the_allowed_range_when_it_saves_a_sixteenth_of_the_vocabulary() -> None:
+    from anygen.generation.loop import allowed_columns
+
+    allowed = torch.zeros(2, 1000, dtype=torch.bool)
+    allowed[0, :800] = True  # text ids (a vocabulary whose appended codes are a fifth of it)
+    allowed[1, 805] = True  # a special after them
+    assert allowed_columns(allowed) == slice(0, 806)
+    allowed[1, 950] = True  # the range would leave out less than a sixteenth: every logit is computed
+    assert allowed_columns(allowed) is None
+    image = torch.zeros(1, 1000, dtype=torch.bool)
+    image[0, 900:964] = True
+    assert allowed_columns(image) == slice(900, 964)
+
+
+def test_text_steps_of_a_vocabulary_with_appended_codes_ask_for_the_text_ids_alone(tiny_model: AnyGen,
+                                                                                    monkeypatch) -> None:
+    """The shipped model's text rows: only the ids before the first modality's codes are computed, and the text
+    sampled is that of a loop that computes every logit."""
+    from anygen.generation import loop
+
+    vocab, rules = tiny_model.vocab, AnyGenPipeline(tiny_model)._rules()
+    prompt = [vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle and")])]
+    decode, asked = KVRunner.decode, []
+
+    def recording(self, tokens, ids=None):
+        asked.append(ids)
+        return decode(self, tokens, ids)
+
+    monkeypatch.setattr(KVRunner, "decode", recording)
+    kwargs = dict(max_new_tokens=12, min_new_tokens=12, open_modalities=[],
+                  sampling={"text": SamplingParams(temperature=1.0)})
+    narrow = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(2), **kwargs)
+    first_code = min(vocab.span(name).start for name in vocab.modality_names[1:])
+    assert len(asked) == 11 and all(ids is not None and ids.stop <= first_code for ids in asked)
+    monkeypatch.setattr(loop, "allowed_columns", lambda allowed: None)
+    full = generate(tiny_model.core, vocab, rules, [prompt], generator=torch.Generator().manual_seed(2), **kwargs)
+    assert narrow.sequences == full.sequences
+
+
 def test_the_shipped_model_decodes_through_the_fast_step(tiny_model: AnyGen) -> None:
     assert fast_decode.supports(tiny_model.core)
     prompt = [tiny_model.vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle")])]

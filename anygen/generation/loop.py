@@ -253,10 +253,11 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
 
 
 def allowed_columns(allowed: torch.Tensor) -> slice | None:
-    """The narrowest range of ids that holds every id ``allowed`` (``(B, V)``) lets some row emit, when it is at
-    most half the vocabulary (inside a modality span: its codes, or its end id); else ``None``."""
+    """The narrowest range of ids that holds every id ``allowed`` (``(B, V)``) lets some row emit, when it leaves
+    out at least a sixteenth of the vocabulary (inside a modality span: its codes, or its end id; in text: the text
+    ids and specials, without the codes of the modalities appended after them); else ``None``."""
     ids = allowed.any(0).nonzero()
-    if len(ids) == 0 or int(ids[-1]) + 1 - int(ids[0]) > allowed.shape[1] // 2:
+    if len(ids) == 0 or int(ids[-1]) + 1 - int(ids[0]) > allowed.shape[1] - allowed.shape[1] // 16:
         return None
     return slice(int(ids[0]), int(ids[-1]) + 1)
 
