@@ -195,8 +195,9 @@ def main() -> None:
         f"each of {args.repeats} rounds (transformers `generate`, anygen eager, anygen compiled, then a read-"
         "bandwidth measurement); rates are medians, ratios are medians of the per-round ratios with their range. "
         "The bandwidth floor is weight bytes per token over the measured read bandwidth; floor / generate is the "
-        "most any decoder that reads every weight once per token from memory could gain over `generate`. Inside an "
-        "image span anygen reads only the output-matrix rows of the image codes, so it may pass that floor.",
+        "most any decoder that reads every weight once per token from memory could gain over `generate`. anygen reads "
+        "only the output-matrix rows of the ids the grammar allows (the codes in an image span, the text ids and "
+        "specials in text), so it may pass that floor.",
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
         "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |",
