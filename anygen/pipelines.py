@@ -23,6 +23,7 @@ import torch
 
 from anygen.audio import AudioInput, read_audio, resample
 from anygen.chat_template import ChatTemplate, Message
+from anygen.decoders.base import VQDecoder
 from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.generation.loop import decode_steps
@@ -37,6 +38,11 @@ from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_
                                     image_tensors, mask_tensor)
 from anygen.processor import drop_condition
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
+
+CANDIDATES = 8
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: on ShapesEval's validation prompts the
+model's own pick of 8 samples passes far more often than one sample, and about as often as its pick of 16
+(benchmarks/candidates.py)."""
 
 StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
 """``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
@@ -113,7 +119,8 @@ class AnyGenPipeline(PipelineBase):
                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, height: int | None = None,
                       width: int | None = None, decoder: str = "vq", num_inference_steps: int | None = None,
                       decoder_guidance_scale: float = 1.0, output_type: OutputType = "pil", return_dict: bool = True,
-                      callback_on_step_end: StepCallback | None = None) -> ImagePipelineOutput | tuple:
+                      callback_on_step_end: StepCallback | None = None,
+                      num_candidates: int = CANDIDATES) -> ImagePipelineOutput | tuple:
         """``num_images_per_prompt`` images for each prompt, prompts in order.
 
         ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``: one, or
@@ -122,6 +129,11 @@ class AnyGenPipeline(PipelineBase):
         ``decoder_guidance_scale``) instead of the tokenizer's.
         ``height`` / ``width``: only the size of the images returned with ``decoder`` (:meth:`output_size`) is
         accepted.
+        ``num_candidates``: each returned image is the one of this many sampled in one batch whose prompt the model
+        itself finds the likeliest description of it (:meth:`caption_likelihood`); ``1`` returns the first sample
+        as it is. Candidates of a prompt share one batch, so 8 cost little more than 1 for a small model
+        (MODEL_CARD.md). An empty prompt has nothing to rank by and keeps its first sample. With a list of
+        generators, each one seeds the candidates of its image; ``callback_on_step_end`` sees every candidate row.
         """
         prompts = as_list(prompt, "prompt")
         negatives = [None] * len(prompts) if negative_prompt is None else as_list(negative_prompt, "negative_prompt")
@@ -130,16 +142,22 @@ class AnyGenPipeline(PipelineBase):
         if len(negatives) != len(prompts):
             raise InvalidArgumentError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
         check_count("num_images_per_prompt", num_images_per_prompt)
+        check_count("num_candidates", num_candidates)
         check_image_size(height, width, self.output_size(decoder))
         size = self.image_size
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale,
                                            output_type=output_type), size)
-        n = num_images_per_prompt
-        rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(n)]
-        uncond = [[TextSegment(q)] if q else [] for q in negatives for _ in range(n)]
+        n, k = num_images_per_prompt, num_candidates
+        rows = [[TextSegment(p)] if p.strip() else [] for p in prompts for _ in range(n * k)]
+        uncond = [[TextSegment(q)] if q else [] for q in negatives for _ in range(n * k)]
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
-                               guidance=(uncond, guidance_scale), generator=generator,
+                               guidance=(uncond, guidance_scale), generator=_per_candidate(generator, len(rows), k),
                                desc="text_to_image", callback=callback_on_step_end)
+        if k > 1:  # ranked as the tokenizer reads each picture back, the input the captioner was trained on
+            pixels = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
+            encode = self.model.processor.encode
+            sampled = self._best_candidates(sampled, [p for p in prompts for _ in range(n)], k,
+                                            [encode([ImageSegment(x)]) for x in pixels])
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
@@ -212,17 +230,70 @@ class AnyGenPipeline(PipelineBase):
                             "caption", callback_on_step_end)
         return _out(TextPipelineOutput(texts), return_dict)
 
+    def caption_likelihood(self, image: ImageInput | Sequence[ImageInput], text: str | Sequence[str]) -> list[float]:
+        """How likely the model finds each ``text`` as its description of ``image``: the log-likelihood (natural
+        log, summed over the text's tokens and the closing ``<|eos|>``) of the text after the image, one per image.
+
+        ``text``: one for every image, or one per image. Higher is likelier; scores of the same text compare
+        images (what :meth:`text_to_image` ranks its candidates by), scores of one image compare texts (a zero-shot
+        classifier: ``max(labels, key=...)``).
+        """
+        pixels = image_tensors(image, self.image_size)
+        texts = as_list(text, "text")
+        if len(texts) == 1 < len(pixels):
+            texts *= len(pixels)
+        if len(texts) != len(pixels):
+            raise InvalidArgumentError(f"got {len(pixels)} images but {len(texts)} texts")
+        encode = self.model.processor.encode
+        return self._description_scores([encode([ImageSegment(x)]) for x in pixels], texts)
+
+    @torch.inference_mode()
+    def _description_scores(self, spans: list[list[int]], texts: list[str], rows_per_pass: int = 16) -> list[float]:
+        """Log-likelihood of ``texts[i]`` and ``<|eos|>`` after ``<|bos|>`` and the span ids ``spans[i]``."""
+        vocab, encode, core = self.model.vocab, self.model.processor.encode, self.model.core
+        device = core.get_input_embeddings().weight.device
+        scores = []
+        for start in range(0, len(spans), rows_per_pass):
+            chunk = list(zip(spans[start:start + rows_per_pass], texts[start:start + rows_per_pass]))
+            heads = [[vocab.bos_id, *span] for span, _ in chunk]
+            tails = [[*encode([TextSegment(t)]), vocab.eos_id] for _, t in chunk]
+            width = max(len(h) + len(t) for h, t in zip(heads, tails))
+            ids = torch.full((len(chunk), width), vocab.pad_id, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            scored = torch.zeros(len(chunk), width, dtype=torch.bool)  # the positions whose id is predicted
+            for row, (head, tail) in enumerate(zip(heads, tails)):
+                ids[row, : len(head) + len(tail)] = torch.tensor(head + tail)
+                mask[row, : len(head) + len(tail)] = 1
+                scored[row, len(head): len(head) + len(tail)] = True
+            logits = core(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float().cpu()
+            picked = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+            scores += (picked * scored[:, 1:]).sum(1).tolist()
+        return scores
+
+    def _best_candidates(self, sampled: Sampled, texts: list[str], k: int,
+                         spans: list[list[int]] | None = None) -> Sampled:
+        """Keep, of each run of ``k`` rows, the one whose span (``spans[i]``, default the sampled row) the model
+        finds likeliest to be described by its text (:meth:`_description_scores`); an empty text keeps the first."""
+        scores = self._description_scores(sampled.rows if spans is None else spans,
+                                          [t for t in texts for _ in range(k)])
+        keep = [i * k + (max(range(k), key=lambda j: scores[i * k + j]) if t.strip() else 0)
+                for i, t in enumerate(texts)]
+        return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
+
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
               temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None,
-              return_dict: bool = True,
-              callback_on_step_end: StepCallback | None = None) -> AudioPipelineOutput | tuple:
+              return_dict: bool = True, callback_on_step_end: StepCallback | None = None,
+              num_candidates: int = 1) -> AudioPipelineOutput | tuple:
         """Speech (or a melody, for note names) for each text: ``.audios`` (one waveform ``(T,)`` each) at
         ``.sample_rate``.
 
         ``guidance_scale`` is classifier-free guidance against the empty text. The defaults (2.0, temperature 0.7)
         were chosen on the validation split: anygen-tiny's spoken keywords are read right 0.7-0.9 of the time
         with them, 0.4-0.57 with plain sampling (``guidance_scale=1.0, temperature=1.0``); MODEL_CARD.md has the
-        table.
+        table. ``num_candidates``: as in :meth:`text_to_image`, each clip is the one of that many samples whose
+        codes the model finds likeliest to say its text (as it would transcribe them). The default, 1, keeps the
+        first: for anygen-tiny the pick of 8 did not speak better and played melodies only a little better
+        (MODEL_CARD.md, benchmarks/candidates.py).
         """
         texts = as_list(text, "text")
         if any(not t.strip() for t in texts):
@@ -230,11 +301,15 @@ class AnyGenPipeline(PipelineBase):
         tok = self._tokenizer("audio")
         seconds = self.max_audio_seconds if max_seconds is None else max_seconds
         check_range("max_seconds", seconds, 0.0, None, low_inclusive=False)
-        sampled = self._sample([[TextSegment(t)] for t in texts], "audio",
-                               {"audio": SamplingParams(temperature, top_k, top_p)},
-                               guidance=([[]] * len(texts), guidance_scale), generator=generator,
+        check_count("num_candidates", num_candidates)
+        rows = [[TextSegment(t)] for t in texts for _ in range(num_candidates)]
+        sampled = self._sample(rows, "audio", {"audio": SamplingParams(temperature, top_k, top_p)},
+                               guidance=([[]] * len(rows), guidance_scale),
+                               generator=_per_candidate(generator, len(rows), num_candidates),
                                audio_samples=int(seconds * tok.sample_rate), desc="speak",
                                callback=callback_on_step_end)
+        if num_candidates > 1:
+            sampled = self._best_candidates(sampled, texts, num_candidates)
         waves = [self._segments(row)[0].waveform.detach().cpu() for row in sampled.rows]
         return _out(AudioPipelineOutput(waves, int(tok.sample_rate)), return_dict)
 
@@ -411,9 +486,11 @@ class AnyGenPipeline(PipelineBase):
         """Check the decoder choice, its settings and the output type before anything is sampled."""
         return check_rendering(rendering, size, self._tokenizer("image"), self.model.decoders)
 
+    def _image_codes(self, sampled: Sampled) -> torch.Tensor:
+        return torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
+
     def _images(self, sampled: Sampled, size: tuple[int, int], rendering: Rendering, generator: Generators):
-        codes = torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])
-        return self._render(codes, size, rendering, generator)
+        return self._render(self._image_codes(sampled), size, rendering, generator)
 
     def _render(self, codes: torch.Tensor, size: tuple[int, int], rendering: Rendering, generator: Generators):
         return render(codes, size, rendering, self._tokenizer("image"), self.model.decoders, generator,
@@ -479,6 +556,17 @@ def _on_cpu(segment: Any) -> Any:
     if isinstance(segment, AudioSegment):
         return AudioSegment(segment.waveform.detach().cpu(), segment.sample_rate)
     return segment
+
+
+def _per_candidate(generator: Generators, rows: int, k: int) -> Generators:
+    """A task's generators (one, or one per output) for ``rows`` sampled rows, ``k`` candidates per output: a list
+    gives each output's candidates draws of that output's generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if len(generator) * k != rows:
+        raise InvalidArgumentError(f"generator is a list of {len(generator)} but the call makes {rows // k} outputs; "
+                                   "pass one per output")
+    return [g for g in generator for _ in range(k)]
 
 
 def check_guidance_scales(guidance_scale: float, image_guidance_scale: float) -> None:

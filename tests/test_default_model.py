@@ -40,6 +40,22 @@ def test_every_task_returns_the_documented_types_deterministically(pipe: anygen.
     assert isinstance(pipe.transcribe(wave, speech.sample_rate).texts[0], str)
 
 
+def test_caption_likelihood_ranks_the_true_description_of_a_picture_first(pipe: anygen.AnyGenPipeline) -> None:
+    """What ``num_candidates`` ranks by: for rendered one-object scenes of the validation split ("a green
+    square"), the scene's own description scores higher than the descriptions of the other scenes."""
+    from anygen.data.scenes import render_scene
+    from anygen.evaluation.shapes import shapes_prompts
+
+    samples = [s for s in shapes_prompts(6, 0, "validation") if s.category == "colors"]
+    texts = sorted({s.prompt for s in samples})
+    assert len(texts) >= 4
+    right = 0
+    for sample in samples:
+        scores = pipe.caption_likelihood([render_scene(sample.scene)] * len(texts), texts)
+        right += texts[max(range(len(texts)), key=scores.__getitem__)] == sample.prompt
+    assert right >= len(samples) - 1
+
+
 def test_the_shipped_diffusion_decoder_renders_deterministically(pipe: anygen.AnyGenPipeline) -> None:
     assert "image" in pipe.model.decoders
     seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731

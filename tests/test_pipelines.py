@@ -45,6 +45,52 @@ def test_text_to_image_types_sizes_and_determinism(pipe: AnyGenPipeline) -> None
 
 
 
+def test_caption_likelihood_is_the_log_likelihood_of_the_caption_after_the_image(pipe: AnyGenPipeline) -> None:
+    """Against transformers' own loss on the training layout of a caption row; a batch with texts of other
+    lengths (padded) scores each row as it scores alone."""
+    image = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", num_candidates=1).images
+    texts = ["a red circle", "two green triangles above a small blue square", "x"]
+    scores = pipe.caption_likelihood(image.expand(3, -1, -1, -1), texts)
+    for text, score in zip(texts, scores):
+        batch = pipe.model.processor([[ImageSegment(image[0])]], [[TextSegment(text)]])
+        with torch.no_grad():
+            loss = pipe.model.core(input_ids=batch.input_ids, labels=batch.labels).loss
+        predicted = int((batch.labels[:, 1:] >= 0).sum())  # the text's tokens and <|eos|>
+        assert score == pytest.approx(-loss.item() * predicted, rel=1e-4)
+        assert pipe.caption_likelihood(image, text) == pytest.approx([score], rel=1e-5)
+
+
+def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
+    """``num_candidates=k`` samples the k images ``num_images_per_prompt=k`` would (same seeds) and keeps the one
+    whose prompt :meth:`caption_likelihood` scores highest; an empty prompt keeps its first."""
+    picked_later = 0
+    for prompt in ("a red circle", "two green triangles", "a blue square below a star"):
+        candidates = pipe.text_to_image(prompt, num_images_per_prompt=4, num_candidates=1, generator=seed(3),
+                                        output_type="pt").images
+        scores = pipe.caption_likelihood(candidates, prompt)
+        best = max(range(4), key=scores.__getitem__)
+        (image,) = pipe.text_to_image(prompt, num_candidates=4, generator=seed(3), output_type="pt").images
+        assert torch.equal(image, candidates[best])
+        picked_later += best > 0
+    assert picked_later  # the ranking chose something other than the first sample at least once
+    unconditional = pipe.text_to_image("", num_images_per_prompt=3, num_candidates=1, generator=seed(4),
+                                       output_type="pt").images
+    (first,) = pipe.text_to_image("", num_candidates=3, generator=seed(4), output_type="pt").images
+    assert torch.equal(first, unconditional[0])
+
+
+def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidates of ``speak(text, num_candidates=3)`` are the clips of ``speak([text] * 3)`` (same seeds); the
+    one kept is the one whose codes score highest (a fixed scorer here, to isolate the choice)."""
+    candidates = pipe.speak(["say hello"] * 3, num_candidates=1, generator=seed(4)).audios
+    assert not torch.equal(candidates[0], candidates[1])
+    (clip,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
+    assert any(torch.equal(clip, c) for c in candidates)
+    monkeypatch.setattr(pipe, "_description_scores", lambda spans, texts: [0.0, -1.0, 2.0][: len(spans)])
+    (picked,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
+    assert torch.equal(picked, candidates[2])
+
+
 def test_edits_are_asked_in_the_order_the_training_items_use(pipe: AnyGenPipeline, monkeypatch) -> None:
     from anygen.data.corpus import DataConfig, build_item
 
@@ -95,6 +141,8 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.text_to_image("a", decoder="diffusion"), "decoder"),
     (lambda p: p.text_to_image("a", output_type="jpeg"), "output_type"),
     (lambda p: p.text_to_image(["a", 3]), "prompt"),
+    (lambda p: p.text_to_image("a", num_candidates=0), "num_candidates"),
+    (lambda p: p.caption_likelihood([Image.new("RGB", (32, 32))] * 3, ["a", "b"]), "3 images but 2 texts"),
     (lambda p: p.edit_image([Image.new("RGB", (32, 32))] * 2, "x"), "2 images but 1 instructions"),
     (lambda p: p.speak("   "), "non-empty"),
     (lambda p: p.speak("hi", max_seconds=0.0), "max_seconds"),
@@ -132,8 +180,10 @@ def test_edit_guidance_scales_are_refused_before_the_image_is_read(pipe: AnyGenP
 
 
 def test_a_generator_list_of_the_wrong_length_is_refused(pipe: AnyGenPipeline) -> None:
-    with pytest.raises(InvalidArgumentError, match="one per row"):
+    with pytest.raises(InvalidArgumentError, match="one per output"):
         pipe.text_to_image("a", generator=[seed(0)] * 3)
+    with pytest.raises(InvalidArgumentError, match="one per row"):
+        pipe.caption([Image.new("RGB", (32, 32))], generator=[seed(0)] * 2)
 
 
 def test_bad_media_and_misspelled_keywords(pipe: AnyGenPipeline) -> None:
@@ -222,9 +272,9 @@ def test_callback_on_step_end_sees_every_token(pipe: AnyGenPipeline) -> None:
         seen.append((index, kwargs["tokens"].clone()))
         return kwargs
 
-    pipe.text_to_image(["a", "b"], generator=seed(0), callback_on_step_end=callback)
+    pipe.text_to_image(["a", "b"], generator=seed(0), callback_on_step_end=callback, num_candidates=3)
     assert [i for i, _ in seen] == list(range(17))  # 16 codes and the end token
-    assert all(tokens.shape == (2,) for _, tokens in seen)
+    assert all(tokens.shape == (6,) for _, tokens in seen)  # every candidate row
 
 
 def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:

@@ -295,10 +295,12 @@ def test_a_pipeline_with_the_scheduler_returns_what_the_eager_pipeline_returns(t
     scheduler = Scheduler(tiny_model.core, tiny_model.vocab, block_rows=4, blocks=2)
     try:
         served = AnyGenPipeline(tiny_model, max_audio_seconds=1.0, sampler=scheduler.decode_steps)
-        images = [pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seeded(3)).images
-                  for pipe in (eager, served)]
+        images = [pipe.text_to_image("a red circle", num_images_per_prompt=2, generator=seeded(3),
+                                     num_candidates=2).images for pipe in (eager, served)]
         assert [x.tobytes() for x in images[0]] == [x.tobytes() for x in images[1]]
-        assert torch.equal(eager.speak("say hello", generator=seeded(4)).audios[0],
-                           served.speak("say hello", generator=seeded(4)).audios[0])
+        assert torch.equal(eager.speak("say hello", generator=seeded(4), num_candidates=2).audios[0],
+                           served.speak("say hello", generator=seeded(4), num_candidates=2).audios[0])
+        with pytest.raises(InvalidArgumentError, match="num_candidates"):  # 8 x 2 rows do not fit in 8
+            served.text_to_image("a red circle", generator=seeded(3))
     finally:
         scheduler.close()

@@ -136,6 +136,10 @@ def test_images_generations_are_pngs_and_follow_the_seed(client) -> None:
     other = client.images.generate(model=MODEL, prompt="a red circle", n=2, extra_body={"seed": 2})
     assert [d.b64_json for d in again.data] == [d.b64_json for d in first.data]
     assert [d.b64_json for d in other.data] != [d.b64_json for d in first.data]
+    # two candidates under seed 1 are the two images n=2 gives under seed 1; the server returns the one ranked first
+    (picked,) = client.images.generate(model=MODEL, prompt="a red circle",
+                                       extra_body={"seed": 1, "num_candidates": 2}).data
+    assert picked.b64_json in [d.b64_json for d in first.data]
 
 
 def test_images_edits(client) -> None:
@@ -269,6 +273,9 @@ BAD_JSON = [  # (endpoint, body, status, param)
     ("images/generations", {"prompt": "a red circle", "response_format": "url"}, 400, "response_format"),
     ("images/generations", {"prompt": "a red circle", "guidance_scale": -1}, 400, "guidance_scale"),
     ("images/generations", {"n": 1}, 400, "prompt"),
+    ("images/generations", {"prompt": "a red circle", "n": 2, "num_candidates": 2}, 400, "num_candidates"),
+    ("images/generations", {"prompt": "a red circle", "num_candidates": 0}, 400, "num_candidates"),
+    ("audio/speech", {"model": MODEL, "input": "hi", "voice": "x", "num_candidates": 3}, 400, "num_candidates"),
     ("audio/speech", {"model": MODEL, "input": "hi", "voice": "x", "response_format": "mp3"}, 400,
      "response_format"),
     ("audio/speech", {"model": MODEL, "input": "hi", "voice": "x", "speed": 2.0}, 400, "speed"),

@@ -225,12 +225,16 @@ def create_app(server: Server) -> Any:
         body = await parse_json(request, ImageGenerationRequest)
         server.check_model(body.model)
         server.check_count(body.n)
+        if body.n * body.num_candidates > server.limits.max_images:
+            raise bad_request(f"n={body.n} images of num_candidates={body.num_candidates} each is more than this "
+                              f"server samples per request ({server.limits.max_images})", "num_candidates",
+                              "n_too_large")
         server.check_prompt(body.prompt, "prompt")
         height, width = server.image_size(body.size)
         out = await server.run(request, lambda: pipe.text_to_image(
             body.prompt, body.negative_prompt, num_images_per_prompt=body.n, guidance_scale=body.guidance_scale,
             generator=server.generator(body.seed), temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-            height=height, width=width))
+            height=height, width=width, num_candidates=body.num_candidates))
         return _images_response(out.images)
 
     @app.post("/v1/images/edits")
@@ -264,9 +268,10 @@ def create_app(server: Server) -> Any:
         if seconds > pipe.max_audio_seconds:
             raise bad_request(f"max_seconds={seconds:g} is more than this server generates "
                               f"({pipe.max_audio_seconds:g})", "max_seconds")
+        server.check_count(body.num_candidates, "num_candidates")
         out = await server.run(request, lambda: pipe.speak(
             body.input, guidance_scale=body.guidance_scale, generator=server.generator(body.seed),
-            temperature=body.temperature, max_seconds=seconds))
+            temperature=body.temperature, max_seconds=seconds, num_candidates=body.num_candidates))
         wave = out.audios[0]
         if body.response_format == "pcm":
             return Response(pcm_bytes(wave), media_type="audio/pcm", headers={"X-Sample-Rate": str(out.sample_rate)})

@@ -167,6 +167,9 @@ class ImageFields(Strict):
 class ImageGenerationRequest(ImageFields):
     negative_prompt: str | None = None
     style: str | None = None
+    # anygen's extension: sample this many per image and return the one the model ranks first (text_to_image's
+    # num_candidates). 1 by default here: candidates take rows of the batch that every request shares.
+    num_candidates: int = Field(1, ge=1)
 
 
 class ImageEditRequest(ImageFields):
@@ -197,6 +200,7 @@ class SpeechRequest(Strict):
     stream_format: Literal["audio"] = "audio"
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     guidance_scale: float = Field(2.0, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
+    num_candidates: int = Field(1, ge=1)  # anygen's extension, as for images
     temperature: float = Field(0.7, ge=1e-4, le=2.0)
     max_seconds: float | None = Field(None, gt=0.0)
 

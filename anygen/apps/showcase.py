@@ -2,7 +2,9 @@
 
 The requests (:mod:`anygen.apps.showcase_requests`) were fixed before the shipped model was trained. Every sample
 drawn is shown, each is judged by the evaluator of its task (:mod:`anygen.evaluation`), and each section prints its
-pass rate over exactly the samples on the page, so the page shows what the model does, not what it does best.
+pass rate over exactly the samples on the page, so the page shows what the model does, not what it does best. Each
+text-to-image sample is what ``text_to_image`` returns by default: the one of its ``num_candidates`` samples that
+the model itself ranks first (no judge and no person picks).
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from anygen.evaluation.melody import parse_music_text, score_music_audio
 from anygen.evaluation.shapes import score_image
 from anygen.evaluation.speech import KeywordClassifier, default_classifier
 from anygen.paths import check_output_dir
-from anygen.pipelines import DECODERS, AnyGenPipeline, load
+from anygen.pipelines import CANDIDATES, DECODERS, AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
 IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
+PICKED = f"Each image is the model's own pick of {CANDIDATES} samples (text_to_image's default num_candidates)."
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -68,11 +71,12 @@ class Page:
         save_audio(self.out / name, waveform, rate)
         return f'<audio controls src="{name}"></audio>'
 
-    def add(self, title: str, verdicts: list[bool], body: str, seconds: float) -> None:
-        """A section with its pass rate over ``verdicts`` (one per sample shown)."""
+    def add(self, title: str, verdicts: list[bool], body: str, seconds: float, note: str = "") -> None:
+        """A section with its pass rate over ``verdicts`` (one per sample shown) and an optional ``note``."""
         rate = f"passed {sum(verdicts)} of {len(verdicts)} ({sum(verdicts) / max(1, len(verdicts)):.0%})"
+        note = f"<p>{html.escape(note)}</p>" if note else ""
         self.sections.append(f"<section><h2>{html.escape(title)}</h2><p class=r>{rate}</p>"
-                             f"<p class=t>{seconds:.1f} s</p>{body}</section>")
+                             f"<p class=t>{seconds:.1f} s</p>{note}{body}</section>")
 
     def write(self, model_name: str) -> Path:
         style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}img{image-rendering:pixelated;"
@@ -120,7 +124,8 @@ def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator,
         category, prompt = requests.IMAGE_PROMPTS[i // n]
         verdicts.append(bool(score_image(image, parse_text(prompt), category)["passed"]))
         body += figure(page.image(image, f"t2i-{i}.png"), f"{prompt} ({category})", verdicts[-1])
-    page.add("Text to image", verdicts, body, time.perf_counter() - start)
+    page.add("Text to image", verdicts, body, time.perf_counter() - start,
+             note=PICKED)
 
 
 def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int, decoder: str) -> None:
