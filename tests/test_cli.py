@@ -132,6 +132,8 @@ EXTEND = ["extend", "--model", "anygen-tiny", "--modality", "signal", "--config"
     (["eval", "--model", "anygen-tiny", "--json", "afile/results.json"], "--json='afile/results.json'"),
     (["eval", "--model", "nowhere"], "--model='nowhere'"),
     (["eval", "--ground-truth", "--n", "0"], "--n=0"),
+    (["eval", "--model", "anygen-tiny", "--num-candidates", "0"], "--num-candidates=0"),
+    (["eval", "--ground-truth", "--num-candidates", "2"], "--num-candidates"),
     (["demo", "--port", "-1"], "--port=-1"),
     (["demo", "--port", "70000"], "--port=70000"),
     (["demo", "--port", "x"], "--port"),

@@ -211,7 +211,8 @@ def test_load_without_a_shipped_model_names_the_fix(monkeypatch: pytest.MonkeyPa
         anygen.load()
 
 
-def test_anygen_eval_runs_every_suite_on_a_saved_model(pipe: AnyGenPipeline, tmp_path) -> None:
+def test_anygen_eval_runs_every_suite_on_a_saved_model(pipe: AnyGenPipeline, tmp_path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluators drive a real pipeline end to end (a random model scores near zero, but every suite runs)."""
     import json
 
@@ -223,6 +224,13 @@ def test_anygen_eval_runs_every_suite_on_a_saved_model(pipe: AnyGenPipeline, tmp
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert "caption" in json.dumps(result)
+    asked, real = [], AnyGenPipeline.text_to_image
+    monkeypatch.setattr(AnyGenPipeline, "text_to_image",
+                        lambda self, *a, **k: asked.append(k.get("num_candidates")) or real(self, *a, **k))
+    for option, expected in (([], None), (["--num-candidates", "2"], 2)):  # None: the pipeline's default
+        asked.clear()
+        assert main(["eval", "--model", str(tmp_path / "m"), "--suite", "shapes", "--n", "1", *option]) == 0
+        assert asked == [expected] * 6  # one prompt per category
 
 
 def test_stream_can_be_resumed_on_other_threads(pipe: AnyGenPipeline) -> None:

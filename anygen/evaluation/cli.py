@@ -35,25 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=12, help="items per category (speech: n // 10 per keyword)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the item sets and of sampling")
     parser.add_argument("--split", default="test", choices=list(SPLITS), help="split the items come from")
+    parser.add_argument("--num-candidates", type=int, default=None,
+                        help="text_to_image's num_candidates (default: the pipeline's, the model's pick of 8; "
+                             "1 scores single samples)")
     parser.add_argument("--keyword-model", default=None,
                         help="safetensors file of the keyword classifier (fitted and saved here when missing)")
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write all results to this JSON file (its folder must exist)")
 
 
-def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
+def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) -> ModelCallables:
     """Adapt an AnyGenPipeline to the evaluators' callables.
 
     Every sampling call gets its own generator, seeded from ``seed`` and the call's index: the runs are
     reproducible, and the items' samples are independent (one shared seed would give every prompt the same noise,
-    so a whole suite would pass or fail together with that one draw).
+    so a whole suite would pass or fail together with that one draw). ``num_candidates`` is passed to
+    ``text_to_image`` when given.
     """
+    candidates = {} if num_candidates is None else {"num_candidates": num_candidates}
     calls = itertools.count()
     gen = lambda: torch.Generator().manual_seed(seed * 1_000_003 + next(calls))  # noqa: E731
     pipe.set_progress_bar_config(disable=True)  # one bar per item would bury the evaluation's own output
 
     def text_to_image(prompts: list[str]) -> list:
-        return [pipe.text_to_image(p, generator=gen()).images[0] for p in prompts]
+        return [pipe.text_to_image(p, generator=gen(), **candidates).images[0] for p in prompts]
 
     def edit(image: Any, instruction: str) -> Any:
         return pipe.edit_image(image, instruction, generator=gen()).images[0]
@@ -78,14 +83,14 @@ def pipeline_callables(pipe: Any, seed: int) -> ModelCallables:
                           generate=generate)
 
 
-def load_model(name_or_path: str, seed: int) -> ModelCallables:
+def load_model(name_or_path: str, seed: int, num_candidates: int | None = None) -> ModelCallables:
     """Load a saved pipeline lazily; a clear error when pipelines are unavailable or the path is wrong."""
     path = model_dir(name_or_path)
     try:
         from anygen.pipelines import AnyGenPipeline
     except ImportError as exc:
         raise InvalidArgumentError(f"anygen.pipelines is not available ({exc}); use --ground-truth") from exc
-    return pipeline_callables(AnyGenPipeline.from_pretrained(path), seed)
+    return pipeline_callables(AnyGenPipeline.from_pretrained(path), seed, num_candidates)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -120,8 +125,12 @@ def format_table(results: list[EvalResult]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run ``anygen eval``. Returns the exit status."""
     check_range("--n", args.n, 1, 100_000)
+    if args.num_candidates is not None:
+        if args.ground_truth:
+            raise InvalidArgumentError("--num-candidates applies to --model, not to --ground-truth")
+        check_range("--num-candidates", args.num_candidates, 1, 64)
     check_outputs(args)
-    model = None if args.ground_truth else load_model(args.model, args.seed)
+    model = None if args.ground_truth else load_model(args.model, args.seed, args.num_candidates)
     classifier = keyword_classifier(args.keyword_model)
     results = run_suite(args.suite, args.n, args.seed, args.split, model, classifier)
     print(format_table(results))
