@@ -40,9 +40,9 @@ from anygen.processor import drop_condition
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
 CANDIDATES = 8
-"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: on ShapesEval's validation prompts the
-model's own pick of 8 samples passes far more often than one sample, and about as often as its pick of 16
-(benchmarks/candidates.py)."""
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: anygen-tiny's pick of 8 samples passes
+ShapesEval more often than one sample on both splits (MODEL_CARD.md, benchmarks/candidates.py); 16 gain a little
+more for twice the rows."""
 
 StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
 """``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
