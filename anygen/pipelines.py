@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from anygen.audio import AudioInput, read_audio, resample
 from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.base import VQDecoder
 from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
-from anygen.generation.loop import decode_steps
+from anygen.generation.loop import cache_argument, decode_steps
+from anygen.generation.ranking import RankingTexts, edit_ranking_texts, ranking_texts
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
 from anygen.image import ImageInput
@@ -36,13 +38,13 @@ from anygen.outputs import (AudioPipelineOutput, GenerationPipelineOutput, Image
 from anygen.pipeline_base import PipelineBase
 from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_count, check_image_size,
                                     image_tensors, mask_tensor)
-from anygen.processor import drop_condition
+from anygen.processor import drop_condition, pad_rows
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
 CANDIDATES = 8
-"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: anygen-tiny's pick of 8 samples passes
-ShapesEval more often than one sample on both splits (MODEL_CARD.md, benchmarks/candidates.py); 16 gain a little
-more for twice the rows."""
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image` and :meth:`AnyGenPipeline.edit_image`:
+anygen-tiny's pick of 8 samples passes ShapesEval, the free-text prompts and the edit judge more often than one
+sample on both splits (MODEL_CARD.md, benchmarks/candidates.py)."""
 
 StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
 """``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
@@ -129,10 +131,11 @@ class AnyGenPipeline(PipelineBase):
         ``decoder_guidance_scale``) instead of the tokenizer's.
         ``height`` / ``width``: only the size of the images returned with ``decoder`` (:meth:`output_size`) is
         accepted.
-        ``num_candidates``: each returned image is the one of this many sampled in one batch whose prompt the model
-        itself finds the likeliest description of it (:meth:`caption_likelihood`); ``1`` returns the first sample
-        as it is. Candidates of a prompt share one batch, so for a small model 8 cost far less than 8 single
-        calls (anygen-tiny: ~1.6x one sample, MODEL_CARD.md). An empty prompt has nothing to rank by and keeps its first sample. With a list of
+        ``num_candidates``: each returned image is the best of this many sampled in one batch, as the model itself
+        judges them (:meth:`candidate_scores`: captions of what the prompt asks for, and its sentence against near
+        misses such as another colour or one object more); ``1`` returns the first sample as it is. Candidates of a
+        prompt share one batch, so for a small model 8 cost far less than 8 single calls (MODEL_CARD.md has the
+        cost). An empty prompt has nothing to rank by and keeps its first sample. With a list of
         generators, each one seeds the candidates of its image; ``callback_on_step_end`` sees every candidate row.
         """
         prompts = as_list(prompt, "prompt")
@@ -153,11 +156,9 @@ class AnyGenPipeline(PipelineBase):
         sampled = self._sample(rows, "image", {"image": SamplingParams(temperature, top_k, top_p)},
                                guidance=(uncond, guidance_scale), generator=_per_candidate(generator, len(rows), k),
                                desc="text_to_image", callback=callback_on_step_end)
-        if k > 1:  # ranked as the tokenizer reads each picture back, the input the captioner was trained on
-            pixels = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
-            encode = self.model.processor.encode
-            sampled = self._best_candidates(sampled, [p for p in prompts for _ in range(n)], k,
-                                            [encode([ImageSegment(x)]) for x in pixels])
+        if k > 1:
+            sampled = self._best_candidates(sampled, [ranking_texts(p) for p in prompts for _ in range(n)], k,
+                                            self._read_back(sampled, size))
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
@@ -165,12 +166,17 @@ class AnyGenPipeline(PipelineBase):
                    generator: Generators = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    decoder: str = "vq", strength: float = 1.0, num_inference_steps: int | None = None,
                    decoder_guidance_scale: float = 1.0, output_type: OutputType = "pil", return_dict: bool = True,
-                   callback_on_step_end: StepCallback | None = None) -> ImagePipelineOutput | tuple:
+                   callback_on_step_end: StepCallback | None = None,
+                   num_candidates: int = CANDIDATES) -> ImagePipelineOutput | tuple:
         """Apply each ``instruction`` to its ``image``; guidance as in InstructPix2Pix (text and image scales).
 
         ``image``: one image or a batch, of any kind :func:`anygen.image.as_image_tensor` reads (PIL, tensor,
         numpy, path, bytes). With ``decoder="diffusion"``, ``strength < 1`` renders SDEdit-style: the input is
         re-noised to the matching timestep and denoised under the new codes, so more of it survives.
+        ``num_candidates``: as in :meth:`text_to_image`, each result is the best of this many samples as the model
+        judges them, against what the edited picture should show: its own caption of the source with the
+        instruction applied (:func:`~anygen.generation.ranking.edit_ranking_texts`; an instruction it cannot read
+        keeps the first sample). ``1`` returns the first sample as it is.
         """
         size = self.image_size
         check_guidance_scales(guidance_scale, image_guidance_scale)  # before the images are read and encoded
@@ -179,13 +185,19 @@ class AnyGenPipeline(PipelineBase):
         if len(instructions) != len(pixels):
             raise InvalidArgumentError(f"got {len(pixels)} images but {len(instructions)} instructions")
         check_count("num_images_per_prompt", num_images_per_prompt)
+        check_count("num_candidates", num_candidates)
+        n, k = num_images_per_prompt, num_candidates
         out_size = self.output_size(decoder)  # a larger diffusion decoder starts from the input at its own size
-        start = (pixels if out_size == size else image_tensors(image, out_size)).repeat_interleave(
-            num_images_per_prompt, dim=0)
+        start = (pixels if out_size == size else image_tensors(image, out_size)).repeat_interleave(n, dim=0)
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale, strength, start,
                                            output_type=output_type), size)
-        sampled = self._edit_codes(pixels, instructions, num_images_per_prompt, guidance_scale, image_guidance_scale,
-                                   generator, SamplingParams(temperature, top_k, top_p), callback_on_step_end)
+        sampled = self._edit_codes(pixels, instructions, n * k, guidance_scale, image_guidance_scale,
+                                   _per_candidate(generator, len(pixels) * n * k, k),
+                                   SamplingParams(temperature, top_k, top_p), callback_on_step_end)
+        if k > 1:
+            rankings = [edit_ranking_texts(c, t) for c, t in zip(self.caption(pixels).texts, instructions)]
+            sampled = self._best_candidates(sampled, [r for r in rankings for _ in range(n)], k,
+                                            self._read_back(sampled, size))
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def inpaint(self, image: ImageInput, mask_image: ImageInput, prompt: str, guidance_scale: float = 2.0,
@@ -247,37 +259,76 @@ class AnyGenPipeline(PipelineBase):
         encode = self.model.processor.encode
         return self._description_scores([encode([ImageSegment(x)]) for x in pixels], texts)
 
-    @torch.inference_mode()
-    def _description_scores(self, spans: list[list[int]], texts: list[str], rows_per_pass: int = 16) -> list[float]:
+    def candidate_scores(self, image: ImageInput | Sequence[ImageInput], prompt: str) -> list[float]:
+        """The score :meth:`text_to_image` ranks a prompt's candidates by, one per image (higher is better).
+
+        A prompt in the scene language is scored by captions of what it asks for and by how much likelier the model
+        finds its sentence than each near miss (one colour, shape, count or relation changed); any other prompt by
+        :meth:`caption_likelihood`. :mod:`anygen.generation.ranking` has the details.
+        """
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError(
+                f"prompt must be one string (the images are its candidates), got {type(prompt).__name__}")
+        pixels = image_tensors(image, self.image_size)
+        ranking = ranking_texts(prompt)
+        encode = self.model.processor.encode
+        scores = self._text_scores([encode([ImageSegment(x)]) for x in pixels], [ranking.texts] * len(pixels))
+        return [ranking.score(row) for row in scores]
+
+    def _description_scores(self, spans: list[list[int]], texts: list[str]) -> list[float]:
         """Log-likelihood of ``texts[i]`` and ``<|eos|>`` after ``<|bos|>`` and the span ids ``spans[i]``."""
+        return [row[0] for row in self._text_scores(spans, [[t] for t in texts])]
+
+    @torch.inference_mode()
+    def _text_scores(self, spans: list[list[int]], texts: list[Sequence[str]], rows_per_pass: int = 64
+                     ) -> list[list[float]]:
+        """``out[i][j]``: the log-likelihood of ``texts[i][j]`` and ``<|eos|>`` after ``<|bos|>`` and ``spans[i]``.
+
+        Each span is read once (spans of one length together); its keys and values serve all of its texts, which
+        are scored right-padded in passes of ``rows_per_pass`` rows (a text never attends to the padding after it).
+        """
         vocab, encode, core = self.model.vocab, self.model.processor.encode, self.model.core
         device = core.get_input_embeddings().weight.device
-        scores = []
-        for start in range(0, len(spans), rows_per_pass):
-            chunk = list(zip(spans[start:start + rows_per_pass], texts[start:start + rows_per_pass]))
-            heads = [[vocab.bos_id, *span] for span, _ in chunk]
-            tails = [[*encode([TextSegment(t)]), vocab.eos_id] for _, t in chunk]
-            width = max(len(h) + len(t) for h, t in zip(heads, tails))
-            ids = torch.full((len(chunk), width), vocab.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            scored = torch.zeros(len(chunk), width, dtype=torch.bool)  # the positions whose id is predicted
-            for row, (head, tail) in enumerate(zip(heads, tails)):
-                ids[row, : len(head) + len(tail)] = torch.tensor(head + tail)
-                mask[row, : len(head) + len(tail)] = 1
-                scored[row, len(head): len(head) + len(tail)] = True
-            logits = core(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float().cpu()
-            picked = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-            scores += (picked * scored[:, 1:]).sum(1).tolist()
-        return scores
+        cache_key = cache_argument(core)
+        tails = [[[*encode([TextSegment(t)]), vocab.eos_id] for t in row] for row in texts]
+        out = [[0.0] * len(row) for row in texts]
+        by_length: dict[int, list[int]] = {}
+        for i, span in enumerate(spans):
+            by_length.setdefault(len(span), []).append(i)
+        for members in by_length.values():
+            for start in range(0, len(members), rows_per_pass):
+                group = members[start:start + rows_per_pass]
+                prefix = DynamicCache(config=core.config)
+                heads = torch.tensor([[vocab.bos_id, *spans[i]] for i in group], device=device)
+                first = torch.log_softmax(core(input_ids=heads, **{cache_key: prefix}, use_cache=True,
+                                               logits_to_keep=1).logits[:, -1].float(), -1).cpu()
+                pairs = [(g, i, j) for g, i in enumerate(group) for j in range(len(tails[i]))]
+                for p in range(0, len(pairs), rows_per_pass):
+                    chunk = pairs[p:p + rows_per_pass]
+                    rows = torch.tensor([g for g, _, _ in chunk], device=device)
+                    ids = pad_rows([tails[i][j] for _, i, j in chunk], vocab.pad_id, "right")[0]
+                    cache = DynamicCache(config=core.config)
+                    for layer, source in enumerate(prefix.layers):
+                        cache.update(source.keys[rows], source.values[rows], layer)
+                    logits = core(input_ids=ids.to(device), **{cache_key: cache}, use_cache=True).logits
+                    picked = torch.log_softmax(logits[:, :-1].float(), -1).cpu().gather(-1, ids[:, 1:, None])[..., 0]
+                    for r, (g, i, j) in enumerate(chunk):
+                        tail = tails[i][j]
+                        out[i][j] = float(first[g, tail[0]] + picked[r, : len(tail) - 1].sum())
+        return out
 
-    def _best_candidates(self, sampled: Sampled, texts: list[str], k: int,
+    def _best_candidates(self, sampled: Sampled, rankings: list[RankingTexts], k: int,
                          spans: list[list[int]] | None = None) -> Sampled:
-        """Keep, of each run of ``k`` rows, the one whose span (``spans[i]``, default the sampled row) the model
-        finds likeliest to be described by its text (:meth:`_description_scores`); an empty text keeps the first."""
-        scores = self._description_scores(sampled.rows if spans is None else spans,
-                                          [t for t in texts for _ in range(k)])
-        keep = [i * k + (max(range(k), key=lambda j: scores[i * k + j]) if t.strip() else 0)
-                for i, t in enumerate(texts)]
+        """Keep, of each run of ``k`` rows, the one whose span (``spans[i]``, default the sampled row) scores highest
+        on its output's texts (:class:`~anygen.generation.ranking.RankingTexts`); blank texts keep the first."""
+        spans = sampled.rows if spans is None else spans
+        scores = self._text_scores(spans, [r.texts for r in rankings for _ in range(k)])
+        keep = []
+        for i, ranking in enumerate(rankings):
+            if not any(t.strip() for t in ranking.texts):
+                keep.append(i * k)
+                continue
+            keep.append(i * k + max(range(k), key=lambda j: ranking.score(scores[i * k + j])))
         return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
 
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
@@ -309,7 +360,7 @@ class AnyGenPipeline(PipelineBase):
                                audio_samples=int(seconds * tok.sample_rate), desc="speak",
                                callback=callback_on_step_end)
         if num_candidates > 1:
-            sampled = self._best_candidates(sampled, texts, num_candidates)
+            sampled = self._best_candidates(sampled, [RankingTexts((t,), 1) for t in texts], num_candidates)
         waves = [self._segments(row)[0].waveform.detach().cpu() for row in sampled.rows]
         return _out(AudioPipelineOutput(waves, int(tok.sample_rate)), return_dict)
 
@@ -485,6 +536,12 @@ class AnyGenPipeline(PipelineBase):
     def _rendering(self, rendering: Rendering, size: tuple[int, int]) -> Rendering:
         """Check the decoder choice, its settings and the output type before anything is sampled."""
         return check_rendering(rendering, size, self._tokenizer("image"), self.model.decoders)
+
+    def _read_back(self, sampled: Sampled, size: tuple[int, int]) -> list[list[int]]:
+        """Each sampled picture's ids as the tokenizer reads the decoded picture back: what candidates are ranked
+        on, the input the captioner was trained on."""
+        pixels = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
+        return [self.model.processor.encode([ImageSegment(x)]) for x in pixels]
 
     def _image_codes(self, sampled: Sampled) -> torch.Tensor:
         return torch.stack([self.model.vocab.to_local("image", torch.tensor(r[1:-1])) for r in sampled.rows])

@@ -208,3 +208,55 @@ def test_music_and_digit_requests_keep_their_content():
 def test_a_colour_after_the_only_shape_is_the_new_colour() -> None:
     assert parse_edit("make the square red") == EditRequest("recolor", None, "square", "red")
     assert parse_edit("make the blue square red") == EditRequest("recolor", "blue", "square", "red")
+
+
+@pytest.mark.parametrize("text", ["a red circle", "three stars", "two blue squares to the left of a green star",
+                                  "a pink triangle and a yellow circle"])
+def test_near_misses_are_one_change_away_and_read_back(text: str) -> None:
+    from anygen.data.language import describe, near_misses
+
+    spec = parse_text(text)
+    misses = near_misses(spec)
+    assert len(misses) == len(set(misses)) and spec not in misses
+    for miss in misses:
+        assert parse_text(describe(miss)) == miss
+        changed = [(a, b) for a, b in zip(spec.objects, miss.objects) if a != b]
+        swapped = len(changed) == 2 and [a.color for a, _ in changed] == [b.color for _, b in changed][::-1]
+        assert len(changed) == 1 or swapped or (not changed and miss.relation != spec.relation)
+        for before, after in changed if len(changed) == 1 else []:
+            fields = [f for f in ("color", "shape", "count") if getattr(before, f) != getattr(after, f)]
+            assert len(fields) == 1 and (fields != ["count"] or abs(before.count - after.count) == 1)
+    colours = sum(o.color is not None for o in spec.objects)
+    expected = (5 * colours + 3 * len(spec.objects) + sum((o.count > 1) + (o.count < 5) for o in spec.objects)
+                + (3 if spec.relation else 0) + (1 if colours == 2 and len(spec.objects) == 2 else 0))
+    assert len(misses) == expected
+
+
+@pytest.mark.parametrize(("instruction", "after"), [
+    ("make the red circle blue", "a blue circle and a green square"),
+    ("make the circle blue", "a blue circle and a green square"),  # no colour named: the circle of any colour
+    ("turn the green square into a star", "a red circle and a green star"),
+    ("remove the red circle", "a green square"),
+    ("add a pink triangle", "a red circle, a green square and a pink triangle"),
+    ("move the circle to the left", "a red circle and a green square"),
+    ("remove the yellow star", "a red circle and a green square"),  # nothing of that kind: unchanged
+])
+def test_apply_edit_says_what_the_edited_scene_holds(instruction: str, after: str) -> None:
+    from anygen.data.instructions import apply_edit
+    from anygen.data.language import describe
+
+    source = parse_text("a red circle and a green square")
+    assert describe(apply_edit(source, parse_edit(instruction))) == after
+
+
+def test_apply_edit_agrees_with_the_edit_judge_on_generated_edits() -> None:
+    from anygen.data.instructions import apply_edit
+    from anygen.data.language import scene_spec
+
+    rng = np.random.default_rng(5)
+    for op in EDIT_OPS:
+        for _ in range(10):
+            sample = sample_edit(rng, op, "train")
+            edited = apply_edit(scene_spec(sample.source), parse_edit(sample.instruction))
+            kinds = Counter({(o.color, o.shape): o.count for o in edited.objects})
+            assert kinds == expected_kinds(sample.source, parse_edit(sample.instruction))

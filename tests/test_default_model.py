@@ -56,6 +56,26 @@ def test_caption_likelihood_ranks_the_true_description_of_a_picture_first(pipe: 
     assert right >= len(samples) - 1
 
 
+def test_the_candidate_ranking_prefers_a_picture_over_its_recoloured_variants(pipe: anygen.AnyGenPipeline) -> None:
+    """What ``text_to_image`` picks by (:meth:`candidate_scores`): for rendered colour scenes of the
+    validation split ("a green square", "a red circle and a blue star"), the true picture outscores every copy with
+    one object recoloured, none of which satisfies the prompt."""
+    from dataclasses import replace
+
+    from anygen.data.scenes import COLORS, Scene, render_scene
+    from anygen.evaluation.shapes import shapes_prompts
+
+    samples = [s for s in shapes_prompts(6, 0, "validation") if s.category in ("colors", "color_attr")]
+    right = 0
+    for sample in samples:
+        objects = sample.scene.objects
+        variants = [Scene([replace(o, color=c) if j == i else o for j, o in enumerate(objects)])
+                    for i in range(len(objects)) for c in COLORS if c != objects[i].color]
+        scores = pipe.candidate_scores([render_scene(scene) for scene in [sample.scene, *variants]], sample.prompt)
+        right += max(range(len(scores)), key=scores.__getitem__) == 0
+    assert len(samples) == 12 and right >= len(samples) - 1
+
+
 def test_the_shipped_diffusion_decoder_renders_deterministically(pipe: anygen.AnyGenPipeline) -> None:
     assert "image" in pipe.model.decoders
     seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731

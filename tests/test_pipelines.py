@@ -13,6 +13,7 @@ import anygen
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
+from anygen.generation.ranking import edit_ranking_texts, ranking_texts
 from anygen.generation.streaming import RowDone
 from anygen.types import ImageSegment, TextSegment
 
@@ -62,12 +63,16 @@ def test_caption_likelihood_is_the_log_likelihood_of_the_caption_after_the_image
 
 def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
     """``num_candidates=k`` samples the k images ``num_images_per_prompt=k`` would (same seeds) and keeps the one
-    whose prompt :meth:`caption_likelihood` scores highest; an empty prompt keeps its first."""
+    :meth:`candidate_scores` scores highest: the prompt's ranking texts (:func:`ranking_texts`), each scored by
+    :meth:`caption_likelihood`; a prompt without shapes is ranked by itself, an empty one keeps its first."""
     picked_later = 0
-    for prompt in ("a red circle", "two green triangles", "a blue square below a star"):
+    for prompt in ("a red circle", "two green triangles", "a blue square below a star", "a cat"):
         candidates = pipe.text_to_image(prompt, num_images_per_prompt=4, num_candidates=1, generator=seed(3),
                                         output_type="pt").images
-        scores = pipe.caption_likelihood(candidates, prompt)
+        scores = pipe.candidate_scores(candidates, prompt)
+        ranking = ranking_texts(prompt)
+        assert scores[0] == pytest.approx(
+            ranking.score(pipe.caption_likelihood([candidates[0]] * len(ranking.texts), list(ranking.texts))))
         best = max(range(4), key=scores.__getitem__)
         (image,) = pipe.text_to_image(prompt, num_candidates=4, generator=seed(3), output_type="pt").images
         assert torch.equal(image, candidates[best])
@@ -79,6 +84,40 @@ def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenP
     assert torch.equal(first, unconditional[0])
 
 
+def test_edit_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
+    """``edit_image(num_candidates=k)`` samples the k edits ``num_images_per_prompt=k`` would and keeps the one
+    :meth:`candidate_scores` ranks first for the model's own caption of the source with the instruction applied; an
+    instruction the scene language cannot read keeps the first sample."""
+    source = Image.new("RGB", (32, 32), "white")
+    for instruction in ("add a blue circle", "make it nicer"):
+        candidates = pipe.edit_image(source, instruction, num_images_per_prompt=4, num_candidates=1,
+                                     generator=seed(5), output_type="pt").images
+        ranking = edit_ranking_texts(pipe.caption(source).texts[0], instruction)
+        best = 0
+        if ranking.texts != ("",):
+            scores = pipe.candidate_scores(candidates, ranking.texts[ranking.captions])  # its canonical sentence
+            best = max(range(4), key=scores.__getitem__)
+        (edited,) = pipe.edit_image(source, instruction, num_candidates=4, generator=seed(5), output_type="pt").images
+        assert torch.equal(edited, candidates[best])
+
+
+def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPipeline) -> None:
+    """Spans of two lengths, several texts each, in passes of 2 rows: every score is the log-likelihood a
+    whole-row forward gives (the spans' cached keys and values serve their texts)."""
+    vocab, encode = pipe.model.vocab, pipe.model.processor.encode
+    image = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", num_candidates=1).images[0]
+    spans = [encode([ImageSegment(image)]), encode([TextSegment("hello there")]), encode([ImageSegment(image * 0.5)])]
+    texts = [["a red circle", "x"], ["two green triangles above a square"], ["a", "a blue star", "b c"]]
+    scores = pipe._text_scores(spans, texts, rows_per_pass=2)
+    for span, row, got in zip(spans, texts, scores):
+        for text, score in zip(row, got):
+            ids = torch.tensor([[vocab.bos_id, *span, *encode([TextSegment(text)]), vocab.eos_id]])
+            with torch.no_grad():
+                logits = pipe.model.core(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+            n = len(encode([TextSegment(text)])) + 1
+            assert score == pytest.approx(float(logits[-n:].gather(-1, ids[0, -n:, None]).sum()), rel=1e-4)
+
+
 def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """The candidates of ``speak(text, num_candidates=3)`` are the clips of ``speak([text] * 3)`` (same seeds); the
     one kept is the one whose codes score highest (a fixed scorer here, to isolate the choice)."""
@@ -86,7 +125,7 @@ def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monk
     assert not torch.equal(candidates[0], candidates[1])
     (clip,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
     assert any(torch.equal(clip, c) for c in candidates)
-    monkeypatch.setattr(pipe, "_description_scores", lambda spans, texts: [0.0, -1.0, 2.0][: len(spans)])
+    monkeypatch.setattr(pipe, "_text_scores", lambda spans, texts: [[0.0], [-1.0], [2.0]][: len(spans)])
     (picked,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
     assert torch.equal(picked, candidates[2])
 
@@ -143,6 +182,7 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.text_to_image(["a", 3]), "prompt"),
     (lambda p: p.text_to_image("a", num_candidates=0), "num_candidates"),
     (lambda p: p.caption_likelihood([Image.new("RGB", (32, 32))] * 3, ["a", "b"]), "3 images but 2 texts"),
+    (lambda p: p.candidate_scores([Image.new("RGB", (32, 32))] * 2, ["a", "b"]), "prompt must be one string"),
     (lambda p: p.edit_image([Image.new("RGB", (32, 32))] * 2, "x"), "2 images but 1 instructions"),
     (lambda p: p.speak("   "), "non-empty"),
     (lambda p: p.speak("hi", max_seconds=0.0), "max_seconds"),

@@ -146,6 +146,12 @@ def test_images_edits(client) -> None:
     out = client.images.edit(model=MODEL, image=("in.png", a_png(), "image/png"), prompt="make it blue", n=1,
                              extra_body={"seed": 3})
     assert png_of(out.data[0].b64_json).size == (32, 32)
+    # as for generations: two candidates under one seed are the two edits n=2 gives, and one of them comes back
+    both = client.images.edit(model=MODEL, image=("in.png", a_png(), "image/png"), prompt="add a blue circle", n=2,
+                              extra_body={"seed": 3})
+    (picked,) = client.images.edit(model=MODEL, image=("in.png", a_png(), "image/png"), prompt="add a blue circle",
+                                   extra_body={"seed": 3, "num_candidates": 2}).data
+    assert picked.b64_json in [d.b64_json for d in both.data]
 
 
 def test_audio_speech_is_wav_and_transcribes(client) -> None:
@@ -328,6 +334,8 @@ def test_malformed_bodies_and_uploads_are_refused_and_the_server_keeps_serving(h
                                                               "mask": ("m.png", a_png(), "image/png")}), 400, "mask")
     assert_error(http.post("/images/edits", data={**form, "n": "9"},
                            files={"image": ("a.png", a_png(), "image/png")}), 400, "n")
+    assert_error(http.post("/images/edits", data={**form, "n": "2", "num_candidates": "2"},
+                           files={"image": ("a.png", a_png(), "image/png")}), 400, "num_candidates")
     assert_error(http.post("/images/edits", json=form), 415, None)
     assert_error(http.post("/audio/transcriptions", data={"model": MODEL},
                            files={"file": ("a.wav", b"RIFF....WAVEnope", "audio/wav")}), 400, "file")

@@ -35,8 +35,8 @@ from anygen.apps.serve_chat import POLL_SECONDS, Answer, EventPump, chat_plan, s
 from anygen.apps.serve_http import BodyLimit, install_error_handlers, pydantic_param
 from anygen.apps.serve_io import (ApiError, Limits, audio_from_bytes, b64, bad_request, image_from_bytes, pcm_bytes,
                                   png_bytes, wav_bytes)
-from anygen.apps.serve_schemas import (ChatCompletionRequest, ImageEditRequest, ImageGenerationRequest, ModelCard,
-                                       ModelList, SpeechRequest, TranscriptionRequest)
+from anygen.apps.serve_schemas import (ChatCompletionRequest, ImageEditRequest, ImageFields, ImageGenerationRequest,
+                                       ModelCard, ModelList, SpeechRequest, TranscriptionRequest)
 from anygen.errors import InvalidArgumentError
 from anygen.generation.request_scope import RequestScope, request_scope
 from anygen.generation.scheduler import Scheduler, SchedulerBusy
@@ -220,15 +220,18 @@ def create_app(server: Server) -> Any:
         return JSONResponse({**head, "object": "chat.completion", "usage": usage(pump.scope), "choices": [
             {"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}]})
 
-    @app.post("/v1/images/generations")
-    async def images_generations(request: Request) -> dict:
-        body = await parse_json(request, ImageGenerationRequest)
-        server.check_model(body.model)
+    def check_image_count(body: ImageFields) -> None:
         server.check_count(body.n)
         if body.n * body.num_candidates > server.limits.max_images:
             raise bad_request(f"n={body.n} images of num_candidates={body.num_candidates} each is more than this "
                               f"server samples per request ({server.limits.max_images})", "num_candidates",
                               "n_too_large")
+
+    @app.post("/v1/images/generations")
+    async def images_generations(request: Request) -> dict:
+        body = await parse_json(request, ImageGenerationRequest)
+        server.check_model(body.model)
+        check_image_count(body)
         server.check_prompt(body.prompt, "prompt")
         height, width = server.image_size(body.size)
         out = await server.run(request, lambda: pipe.text_to_image(
@@ -241,7 +244,7 @@ def create_app(server: Server) -> Any:
     async def images_edits(request: Request) -> dict:
         body, uploads = await parse_form(request, ImageEditRequest, ("image", "mask"))
         server.check_model(body.model)
-        server.check_count(body.n)
+        check_image_count(body)
         server.check_prompt(body.prompt, "prompt")
         server.image_size(body.size)
         if "mask" in uploads:
@@ -254,7 +257,7 @@ def create_app(server: Server) -> Any:
         out = await server.run(request, lambda: pipe.edit_image(
             picture, body.prompt, guidance_scale=body.guidance_scale, image_guidance_scale=body.image_guidance_scale,
             num_images_per_prompt=body.n, generator=server.generator(body.seed), temperature=body.temperature,
-            top_k=body.top_k, top_p=body.top_p))
+            top_k=body.top_k, top_p=body.top_p, num_candidates=body.num_candidates))
         return _images_response(out.images)
 
     @app.post("/v1/audio/speech")

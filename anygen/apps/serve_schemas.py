@@ -162,14 +162,14 @@ class ImageFields(Strict):
     temperature: float = Field(1.0, ge=1e-4, le=2.0)
     top_k: int = Field(0, ge=0, le=2**31 - 1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # anygen's extension: sample this many per image and return the one the model ranks first (the pipelines'
+    # num_candidates). 1 by default here: candidates take rows of the batch that every request shares.
+    num_candidates: int = Field(1, ge=1)
 
 
 class ImageGenerationRequest(ImageFields):
     negative_prompt: str | None = None
     style: str | None = None
-    # anygen's extension: sample this many per image and return the one the model ranks first (text_to_image's
-    # num_candidates). 1 by default here: candidates take rows of the batch that every request shares.
-    num_candidates: int = Field(1, ge=1)
 
 
 class ImageEditRequest(ImageFields):

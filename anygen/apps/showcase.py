@@ -3,8 +3,8 @@
 The requests (:mod:`anygen.apps.showcase_requests`) were fixed before the shipped model was trained. Every sample
 drawn is shown, each is judged by the evaluator of its task (:mod:`anygen.evaluation`), and each section prints its
 pass rate over exactly the samples on the page, so the page shows what the model does, not what it does best. Each
-text-to-image sample is what ``text_to_image`` returns by default: the one of its ``num_candidates`` samples that
-the model itself ranks first (no judge and no person picks).
+text-to-image and edit sample is what ``text_to_image`` / ``edit_image`` return by default: the one of their
+``num_candidates`` samples that the model itself ranks first (no judge and no person picks).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
 IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
-PICKED = f"Each image is the model's own pick of {CANDIDATES} samples (text_to_image's default num_candidates)."
+PICKED = f"Each image is the model's own pick of {CANDIDATES} samples (the pipelines' default num_candidates)."
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -139,7 +139,7 @@ def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: i
         verdicts.append(bool(score_edit(before, after, sample)["passed"]))
         body += figure(page.image(before, f"edit-{i}-source.png") + page.image(after, f"edit-{i}-result.png"),
                        instruction, verdicts[-1])
-    page.add("Image editing", verdicts, body, time.perf_counter() - start)
+    page.add("Image editing", verdicts, body, time.perf_counter() - start, note=PICKED)
 
 
 def _captions(page: Page, pipe: AnyGenPipeline, size: int) -> None:

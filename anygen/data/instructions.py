@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anygen.data.language import colour_names_next_noun, shape_of, words_of
+from anygen.data.language import ObjectReq, Spec, colour_names_next_noun, shape_of, words_of
 from anygen.data.scenes import COLORS, SHAPES
 from anygen.errors import InvalidArgumentError
 
@@ -171,3 +171,28 @@ def parse_edit(text: str) -> EditRequest:
         # "make the square red": the only colour follows the only shape, so it is the new colour.
         return EditRequest("recolor", None, shape, color)
     raise InvalidArgumentError(f"instruction={text!r} must name a new colour or a new shape")
+
+
+def apply_edit(spec: Spec, request: EditRequest) -> Spec:
+    """What ``spec`` (a scene's full description) becomes under ``request``: one object of the named kind (any
+    colour when the request names none) recoloured, reshaped or removed, or the new object added; a move, or a
+    request for an object ``spec`` lacks, leaves it as it is. The relation, if any, is dropped (an edit's result is
+    described by its objects, as captions are)."""
+    kinds: dict[tuple[str | None, str], int] = {}  # in the order the description names them
+    for obj in spec.objects:
+        kinds[(obj.color, obj.shape)] = kinds.get((obj.color, obj.shape), 0) + obj.count
+    if request.op == "add":
+        color, shape = request.new.split()
+        kinds[(color, shape)] = kinds.get((color, shape), 0) + 1
+    elif request.op in ("remove", "recolor", "reshape"):
+        named = [k for k in kinds if k[1] == request.shape and request.color in (None, k[0])]
+        if named:
+            color, shape = named[0]
+            new = {"recolor": (request.new, shape), "reshape": (color, request.new)}.get(request.op)
+            edited: dict[tuple[str | None, str], int] = {}
+            for kind, count in kinds.items():  # the changed object takes the place of the one it was
+                edited[kind] = edited.get(kind, 0) + count - (kind == named[0])
+                if kind == named[0] and new is not None:
+                    edited[new] = edited.get(new, 0) + 1
+            kinds = edited
+    return Spec(tuple(ObjectReq(shape, color, count) for (color, shape), count in kinds.items() if count > 0))

@@ -97,6 +97,28 @@ def describe(spec: Spec) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def near_misses(spec: Spec) -> list[Spec]:
+    """Every request one change away from ``spec``: one object in another colour, as another shape or one more or
+    fewer of it (1-5), the relation turned another way, or two objects' colours swapped. What a picture that
+    almost matches ``spec`` shows instead (``text_to_image`` ranks its candidates against them)."""
+    def with_object(index: int, **change) -> Spec:
+        objects = spec.objects
+        return replace(spec, objects=tuple(replace(o, **change) if i == index else o for i, o in enumerate(objects)))
+
+    misses = []
+    for i, obj in enumerate(spec.objects):
+        if obj.color is not None:
+            misses += [with_object(i, color=c) for c in COLORS if c != obj.color]
+        misses += [with_object(i, shape=s) for s in SHAPES if s != obj.shape]
+        misses += [with_object(i, count=obj.count + d) for d in (-1, 1) if 1 <= obj.count + d <= max(COUNT_NAMES)]
+    if spec.relation is not None:
+        misses += [replace(spec, relation=replace(spec.relation, relation=r)) for r in RELATIONS
+                   if r != spec.relation.relation]
+    if len(spec.objects) == 2 and None not in (a := spec.objects[0].color, b := spec.objects[1].color) and a != b:
+        misses.append(replace(spec, objects=(replace(spec.objects[0], color=b), replace(spec.objects[1], color=a))))
+    return [m for m in dict.fromkeys(misses) if describe(m) != describe(spec)]
+
+
 def shape_of(word: str) -> str | None:
     """The shape a noun names, singular or plural ("stars" -> "star"), or None."""
     for shape in SHAPES:

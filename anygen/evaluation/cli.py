@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the item sets and of sampling")
     parser.add_argument("--split", default="test", choices=list(SPLITS), help="split the items come from")
     parser.add_argument("--num-candidates", type=int, default=None,
-                        help="text_to_image's num_candidates (default: the pipeline's, the model's pick of 8; "
-                             "1 scores single samples)")
+                        help="num_candidates of text_to_image and edit_image (default: the pipelines', the "
+                             "model's pick of 8; 1 scores single samples)")
     parser.add_argument("--keyword-model", default=None,
                         help="safetensors file of the keyword classifier (fitted and saved here when missing)")
     parser.add_argument("--json", dest="json_path", default=None,
@@ -50,7 +50,7 @@ def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) 
     Every sampling call gets its own generator, seeded from ``seed`` and the call's index: the runs are
     reproducible, and the items' samples are independent (one shared seed would give every prompt the same noise,
     so a whole suite would pass or fail together with that one draw). ``num_candidates`` is passed to
-    ``text_to_image`` when given.
+    ``text_to_image`` and ``edit_image`` when given.
     """
     candidates = {} if num_candidates is None else {"num_candidates": num_candidates}
     calls = itertools.count()
@@ -61,7 +61,7 @@ def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) 
         return [pipe.text_to_image(p, generator=gen(), **candidates).images[0] for p in prompts]
 
     def edit(image: Any, instruction: str) -> Any:
-        return pipe.edit_image(image, instruction, generator=gen()).images[0]
+        return pipe.edit_image(image, instruction, generator=gen(), **candidates).images[0]
 
     def speak(text: str) -> tuple[torch.Tensor, int]:  # melodies use the same text -> audio span
         out = pipe.speak(text, generator=gen())

@@ -1,0 +1,49 @@
+"""How text_to_image scores its candidates: the texts a prompt is ranked by and how they combine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from anygen.data.language import describe, near_misses, parse_text
+from anygen.generation.ranking import NEAR_MISS_WEIGHT, PHRASINGS, RankingTexts, ranking_texts
+
+
+def test_a_parsed_prompt_is_ranked_by_captions_its_sentence_and_its_near_misses() -> None:
+    prompt = "Draw 2 circles that are red, left of one blue square!"
+    ranking = ranking_texts(prompt)
+    spec = parse_text(prompt)
+    assert ranking.captions == PHRASINGS
+    assert all(parse_text(c) == spec for c in ranking.texts[:PHRASINGS])
+    assert ranking.texts[PHRASINGS] == describe(spec) == "two red circles to the left of a blue square"
+    assert list(ranking.texts[PHRASINGS + 1:]) == [describe(m) for m in near_misses(spec)]
+    assert ranking_texts(prompt) == ranking  # the same texts every time
+
+
+@pytest.mark.parametrize("prompt", ["a cat on a mat", ""])
+def test_a_prompt_without_shapes_is_ranked_by_itself(prompt: str) -> None:
+    ranking = ranking_texts(prompt)
+    assert ranking == RankingTexts((prompt,), 1)
+    assert ranking.score([-3.5]) == -3.5
+
+
+def test_the_score_adds_the_weighted_share_of_the_sentence_among_its_near_misses() -> None:
+    ranking = RankingTexts(("c1", "c2", "canonical", "miss a", "miss b"), 2)
+    lls = [-4.0, -6.0, -2.0, -3.0, -2.0]
+    share = math.exp(-2.0) / (math.exp(-2.0) + math.exp(-3.0) + math.exp(-2.0))
+    assert ranking.score(lls) == pytest.approx(-5.0 + NEAR_MISS_WEIGHT * math.log(share))
+    # A picture the model would rather describe as a near miss loses to one it describes as asked.
+    assert ranking.score([-4.0, -6.0, -2.0, -1.0, -9.0]) < ranking.score([-4.0, -6.0, -2.0, -9.0, -9.0])
+    with pytest.raises(ValueError, match="4 log-likelihoods for 5 texts"):
+        ranking.score(lls[:4])
+
+
+def test_an_edit_is_ranked_by_the_caption_of_the_source_with_the_instruction_applied() -> None:
+    from anygen.generation.ranking import edit_ranking_texts
+
+    ranking = edit_ranking_texts("This picture shows a red circle and a green square.", "Make the red circle blue!")
+    assert ranking == ranking_texts("a blue circle and a green square")
+    assert edit_ranking_texts("a red circle", "make it nicer") == RankingTexts(("",), 1)  # the instruction is unread
+    assert edit_ranking_texts("a red circle", "remove the red circle") == RankingTexts(("",), 1)  # nothing is left
+    assert edit_ranking_texts("zzz", "add a blue star") == ranking_texts("a blue star")
