@@ -1,17 +1,26 @@
-"""How much does ``num_candidates`` buy? For each ShapesEval prompt and each text -> melody item (``--n`` per
-category, seed 0, like ``anygen eval``), the shipped model samples 16 candidates with ``num_candidates=1``, and the
-pipeline is asked again with ``num_candidates=K`` and the same seed (its K candidates draw the seeds of the first K
-of the 16; a smaller batch may round a few logits differently, so they can differ in places).
-Reports the pass rate of a single sample, of the model's own pick of K, and of "any of the K passes" (what a
-perfect ranker could reach). Writes the ``candidates`` section of benchmarks/RESULTS.md.
+"""How much does ``num_candidates`` buy, and how good is its ranking? Per item (``--n`` per category, seed 0, like
+``anygen eval``), the shipped model samples a pool of candidates with ``num_candidates=1``:
 
-    python benchmarks/candidates.py --splits validation test --threads 1
+- ``images``: ShapesEval and free-text prompts, 16 candidates; the pick of the first K by the pipeline's ranking
+  (``candidate_scores``: what ``text_to_image`` keeps), by the prompt's own likelihood as a caption
+  (``caption_likelihood``, the ranking before the near-miss one), and "any of the K passes" (a perfect ranker).
+- ``edits``: the edit suite (``--edit-n`` per operation), 8 candidates; the pipeline is asked again with
+  ``num_candidates=8`` and the same seed, whose 8 candidates are the pool (a paired comparison with the first).
+- ``melody``: text -> melody, 16 candidates; the pipeline is asked again with ``num_candidates=K`` and the same seed
+  (its K candidates draw the seeds of the first K of the 16).
+
+A smaller batch may round a few logits differently, so a re-asked pipeline's candidates can differ from the pool's
+in places. Each task writes its own section of benchmarks/RESULTS.md (``candidates-<task>``).
+
+    python benchmarks/candidates.py --tasks images edits melody --splits validation test --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Callable
+from functools import partial
 import sys
 from pathlib import Path
 
@@ -22,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402
 
 import anygen  # noqa: E402
+from anygen.data.scenes import render_scene  # noqa: E402
+from anygen.evaluation.edit import score_edit  # noqa: E402
 from anygen.evaluation.melody import score_music_audio  # noqa: E402
-from anygen.evaluation.shapes import score_image, shapes_prompts  # noqa: E402
+from anygen.evaluation.shapes import score_image  # noqa: E402
 from anygen.evaluation.suites import build_items  # noqa: E402
 
 POOL = 16
@@ -34,18 +45,19 @@ def seed(i: int) -> torch.Generator:
     return torch.Generator().manual_seed(10_000 + i)
 
 
-def run_images(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list[bool]]:
-    rows: dict[str, list[bool]] = {"one sample": [], **{f"pick of {k}": [] for k in PICKS},
-                                   **{f"any of {k}": [] for k in PICKS}}
-    for i, s in enumerate(tqdm(shapes_prompts(n, 0, split), desc=f"images ({split})")):
+def run_images(pipe: anygen.AnyGenPipeline, suite: str, split: str, n: int) -> dict[str, list[bool]]:
+    rows: dict[str, list[bool]] = {"one sample": []}
+    for i, s in enumerate(tqdm(build_items(suite, n, 0, split)["shapes"], desc=f"{suite} ({split})")):
         pool = pipe.text_to_image(s.prompt, num_images_per_prompt=POOL, num_candidates=1, generator=seed(i),
                                   output_type="pt").images
         passed = [score_image(x, s.spec, s.category)["passed"] for x in pool]
+        ranked = pipe.candidate_scores(pool, s.prompt)
+        likelihood = pipe.caption_likelihood(pool, s.prompt)
         rows["one sample"].append(passed[0])
         for k in PICKS:
-            (pick,) = pipe.text_to_image(s.prompt, num_candidates=k, generator=seed(i), output_type="pt").images
-            rows[f"pick of {k}"].append(score_image(pick, s.spec, s.category)["passed"])
-            rows[f"any of {k}"].append(any(passed[:k]))
+            for name, scores in ((f"pick of {k}", ranked), (f"pick of {k} by likelihood", likelihood)):
+                rows.setdefault(name, []).append(passed[max(range(k), key=scores.__getitem__)])
+            rows.setdefault(f"any of {k}", []).append(any(passed[:k]))
     return rows
 
 
@@ -63,39 +75,81 @@ def run_music(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list
     return rows
 
 
+def run_edits(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list[bool]]:
+    rows: dict[str, list[bool]] = {"one sample": [], "pick of 8": [], "any of 8": []}
+    for i, s in enumerate(tqdm(build_items("edit", n, 0, split)["edits"], desc=f"edits ({split})")):
+        source = render_scene(s.source, 64)
+        pool = pipe.edit_image(source, s.instruction, num_images_per_prompt=8, num_candidates=1, generator=seed(i),
+                               output_type="pt").images
+        passed = [score_edit(source, x, s)["passed"] for x in pool]
+        (pick,) = pipe.edit_image(source, s.instruction, num_candidates=8, generator=seed(i), output_type="pt").images
+        rows["one sample"].append(passed[0])
+        rows["pick of 8"].append(score_edit(source, pick, s)["passed"])
+        rows["any of 8"].append(any(passed))
+    return rows
+
+
+def table(pipe: anygen.AnyGenPipeline, runs: list[tuple[str, Callable]], columns: list[str], splits: list[str],
+          n: int) -> list[str]:
+    lines = [f"| suite | split | items | {' | '.join(columns)} |", "|---|---|---|" + "---|" * len(columns)]
+    for suite, run in runs:
+        for split in splits:
+            rows = run(split, n)
+            rates = " | ".join(f"{sum(rows[c]) / len(rows[c]):.3f}" for c in columns)
+            lines.append(f"| {suite} | {split} | {len(rows['one sample'])} | {rates} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["images", "edits", "melody"],
+                        choices=["images", "edits", "melody"])
     parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=["validation", "test"])
     parser.add_argument("--n", type=int, default=12, help="items per category / kind, as anygen eval --n")
+    parser.add_argument("--edit-n", type=int, default=24, help="edits per operation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = anygen.load()
     pipe.set_progress_bar_config(disable=True)
-    columns = ["one sample", *[f"pick of {k}" for k in PICKS], *[f"any of {k}" for k in PICKS]]
-    lines = [f"| task | split | items | {' | '.join(columns)} |", "|---|---|---|" + "---|" * len(columns)]
-    for task, run in (("text -> image (ShapesEval)", run_images), ("text -> melody", run_music)):
-        for split in args.splits:
-            rows = run(pipe, split, args.n)
-            rates = " | ".join(f"{sum(rows[c]) / len(rows[c]):.3f}" for c in columns)
-            lines.append(f"| {task} | {split} | {len(rows['one sample'])} | {rates} |")
-            print(lines[-1], flush=True)
-    command = "python benchmarks/candidates.py " + shlex.join(sys.argv[1:])
-    body = "\n".join([
-        "## Candidates (`num_candidates`)",
-        "",
-        f"`{command}` -- anygen-tiny, torch {torch.__version__}. Per item, {POOL} samples with `num_candidates=1` "
-        "and the pipeline's pick with `num_candidates=K` under the same seed (its candidates draw the seeds of the "
-        "pool's first K). *one sample*: the first sample passes; *pick of K*: the image or clip the pipeline returns "
-        "passes; *any of K*: at least one of the K passes (what a perfect ranker would reach). Judges as in "
-        "`anygen eval` (ShapesEval's pixel judge; pitch and chroma for melodies and chords).",
-        "",
-        *lines,
-    ])
-    print(body)
-    if not args.no_write:
-        write_section("candidates", body)
+    command = f"`python benchmarks/candidates.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch {torch.__version__}"
+    judges = "Judges as in `anygen eval`."
+    picks = [f"pick of {k}" for k in PICKS]
+    sections = {
+        "images": lambda: [
+            "## Candidates: text -> image (`num_candidates`)", "",
+            f"{command}. Per item, {POOL} samples with `num_candidates=1`; *one sample*: the first passes; *pick of "
+            "K*: the one of the first K that `candidate_scores` ranks first (what `text_to_image(num_candidates=K)` "
+            "keeps: captions of the request and its sentence against near misses); *by likelihood*: the one whose "
+            "prompt `caption_likelihood` scores highest (the ranking before); *any of K*: at least one of the first "
+            f"K passes (what a perfect ranker would reach). {judges}", "",
+            *table(pipe, [(suite, partial(run_images, pipe, suite)) for suite in ("shapes", "prompts")],
+                   ["one sample", *picks, *[f"{p} by likelihood" for p in picks], *[f"any of {k}" for k in PICKS]],
+                   args.splits, args.n)],
+        "edits": lambda: [
+            "## Candidates: edits (`num_candidates`)", "",
+            f"{command}. Per item, 8 edits with `num_candidates=1` (`num_images_per_prompt=8`); *one sample*: the "
+            "first passes; *pick of 8*: what `edit_image(num_candidates=8)` returns under the same seed (its "
+            "candidates are those 8, ranked against the model's caption of the source with the instruction "
+            f"applied); *any of 8*: at least one passes. {judges}", "",
+            *table(pipe, [("edit", partial(run_edits, pipe))], ["one sample", "pick of 8", "any of 8"], args.splits,
+                   args.edit_n)],
+        "melody": lambda: [
+            "## Candidates: text -> melody (`num_candidates`)", "",
+            f"{command}. Per item, {POOL} clips with `num_candidates=1`; *one sample*: the first passes; *pick of K*: "
+            "what `speak(num_candidates=K)` returns under the same seed (its candidates draw the seeds of the first "
+            "K; ranked by the text's likelihood after the sampled codes); *any of K*: at least one of the first K "
+            f"passes. {judges}", "",
+            *table(pipe, [("melody", partial(run_music, pipe))],
+                   ["one sample", *picks, *[f"any of {k}" for k in PICKS]], args.splits, args.n)],
+    }
+    for task in args.tasks:
+        body = "\n".join(sections[task]())
+        print(body)
+        if not args.no_write:
+            write_section(f"candidates-{task}", body)
 
 
 if __name__ == "__main__":

@@ -55,16 +55,22 @@ def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]
     out = [("text to image, 1 sample", f"{single:.2f} s",
             "`num_candidates=1`: 64 codes, CFG 2 (cond + uncond in one batch), VQ decoder"),
            ("text to image, 1 image", f"{one:.2f} s", f"the default: the model's pick of {k} samples, which "
-            f"decode together ({2 * k} rows with CFG) and are ranked by `caption_likelihood`"),
+            f"decode together ({2 * k} rows with CFG) and are ranked by `candidate_scores`"),
            ("text to image, batch of 8", f"{eight / 8:.3f} s per image", f"{eight:.2f} s for the batch "
             f"({8 * k} samples)")]
     if "image" in pipe.model.decoders:
         diff = median_seconds(lambda: pipe.text_to_image(prompt, generator=seed(), decoder="diffusion",
                                                          num_inference_steps=20), repeats)
         out.append(("text to image, diffusion decoder", f"{diff:.2f} s", "as above, then 20 DDIM steps"))
-    edit = median_seconds(lambda: pipe.edit_image(picture, "make the circle green", generator=seed()), repeats)
+    instruction = "make the circle green"
+    edit_single = median_seconds(lambda: pipe.edit_image(picture, instruction, generator=seed(), num_candidates=1),
+                                 repeats)
+    edit = median_seconds(lambda: pipe.edit_image(picture, instruction, generator=seed()), repeats)
     caption = median_seconds(lambda: pipe.caption(picture), repeats)
-    out += [("edit image", f"{edit:.2f} s", "text + image guidance: three branches in one batch"),
+    out += [("edit image, 1 sample", f"{edit_single:.2f} s",
+             "`num_candidates=1`: text + image guidance, three branches in one batch"),
+            ("edit image", f"{edit:.2f} s", f"the default: the pick of {k} samples ({3 * k} rows), ranked against "
+             "the model's caption of the source with the instruction applied"),
             ("caption", f"{caption:.2f} s", "greedy, up to 48 tokens")]
     speech = pipe.speak("hello", generator=seed())
     wave, rate = speech.audios[0], speech.sample_rate
