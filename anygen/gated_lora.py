@@ -142,6 +142,12 @@ class GatedAdapters(nn.Module):
         return hook
 
 
+def has_gated_adapters(core: nn.Module) -> bool:
+    """Whether ``core`` runs with :class:`GatedAdapters` attached. Their gates follow the token ids each KV cache
+    object has seen, so a cache must be continued by calls on the same object and rows (no copies of it)."""
+    return any(isinstance(getattr(h, "__self__", None), GatedAdapters) for h in core._forward_pre_hooks.values())
+
+
 def _cached_tokens(cache: Any, cache_position: torch.Tensor | None) -> int:
     """How many positions the cache held before this call (the first cache slot the call writes)."""
     if cache_position is not None:

@@ -27,6 +27,7 @@ from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.base import VQDecoder
 from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
+from anygen.gated_lora import has_gated_adapters
 from anygen.generation.loop import cache_argument, decode_steps
 from anygen.generation.ranking import RankingTexts, edit_ranking_texts, ranking_texts
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
@@ -286,10 +287,12 @@ class AnyGenPipeline(PipelineBase):
 
         Each span is read once (spans of one length together); its keys and values serve all of its texts, which
         are scored right-padded in passes of ``rows_per_pass`` rows (a text never attends to the padding after it).
+        A core with gated adapters reads each span again with each text: their gates follow the ids a cache object
+        has seen, which a copy of the span's cache would not carry.
         """
         vocab, encode, core = self.model.vocab, self.model.processor.encode, self.model.core
         device = core.get_input_embeddings().weight.device
-        cache_key = cache_argument(core)
+        cache_key, reuse = cache_argument(core), not has_gated_adapters(core)
         tails = [[[*encode([TextSegment(t)]), vocab.eos_id] for t in row] for row in texts]
         out = [[0.0] * len(row) for row in texts]
         by_length: dict[int, list[int]] = {}
@@ -298,23 +301,26 @@ class AnyGenPipeline(PipelineBase):
         for members in by_length.values():
             for start in range(0, len(members), rows_per_pass):
                 group = members[start:start + rows_per_pass]
-                prefix = DynamicCache(config=core.config)
                 heads = torch.tensor([[vocab.bos_id, *spans[i]] for i in group], device=device)
-                first = torch.log_softmax(core(input_ids=heads, **{cache_key: prefix}, use_cache=True,
-                                               logits_to_keep=1).logits[:, -1].float(), -1).cpu()
+                if reuse:
+                    prefix = DynamicCache(config=core.config)
+                    first = core(input_ids=heads, **{cache_key: prefix}, use_cache=True, logits_to_keep=1).logits
                 pairs = [(g, i, j) for g, i in enumerate(group) for j in range(len(tails[i]))]
                 for p in range(0, len(pairs), rows_per_pass):
                     chunk = pairs[p:p + rows_per_pass]
                     rows = torch.tensor([g for g, _, _ in chunk], device=device)
-                    ids = pad_rows([tails[i][j] for _, i, j in chunk], vocab.pad_id, "right")[0]
-                    cache = DynamicCache(config=core.config)
-                    for layer, source in enumerate(prefix.layers):
-                        cache.update(source.keys[rows], source.values[rows], layer)
-                    logits = core(input_ids=ids.to(device), **{cache_key: cache}, use_cache=True).logits
-                    picked = torch.log_softmax(logits[:, :-1].float(), -1).cpu().gather(-1, ids[:, 1:, None])[..., 0]
-                    for r, (g, i, j) in enumerate(chunk):
-                        tail = tails[i][j]
-                        out[i][j] = float(first[g, tail[0]] + picked[r, : len(tail) - 1].sum())
+                    ids = pad_rows([tails[i][j] for _, i, j in chunk], vocab.pad_id, "right")[0].to(device)
+                    if reuse:
+                        cache = DynamicCache(config=core.config)
+                        for layer, source in enumerate(prefix.layers):
+                            cache.update(source.keys[rows], source.values[rows], layer)
+                        logits = core(input_ids=ids, **{cache_key: cache}, use_cache=True).logits
+                        logits = torch.cat([first[rows], logits[:, :-1]], 1)  # position k predicts ids[:, k]
+                    else:
+                        logits = core(input_ids=torch.cat([heads[rows], ids], 1)).logits[:, heads.shape[1] - 1:-1]
+                    picked = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0].cpu()
+                    for r, (_, i, j) in enumerate(chunk):
+                        out[i][j] = float(picked[r, : len(tails[i][j])].sum())
         return out
 
     def _best_candidates(self, sampled: Sampled, rankings: list[RankingTexts], k: int,

@@ -101,9 +101,11 @@ def test_edit_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipe
         assert torch.equal(edited, candidates[best])
 
 
-def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPipeline) -> None:
+def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPipeline,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Spans of two lengths, several texts each, in passes of 2 rows: every score is the log-likelihood a
-    whole-row forward gives (the spans' cached keys and values serve their texts)."""
+    whole-row forward gives (the spans' cached keys and values serve their texts); the whole-row path that cores
+    with gated adapters take gives the same numbers."""
     vocab, encode = pipe.model.vocab, pipe.model.processor.encode
     image = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", num_candidates=1).images[0]
     spans = [encode([ImageSegment(image)]), encode([TextSegment("hello there")]), encode([ImageSegment(image * 0.5)])]
@@ -116,6 +118,9 @@ def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPi
                 logits = pipe.model.core(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
             n = len(encode([TextSegment(text)])) + 1
             assert score == pytest.approx(float(logits[-n:].gather(-1, ids[0, -n:, None]).sum()), rel=1e-4)
+    monkeypatch.setattr("anygen.pipelines.has_gated_adapters", lambda core: True)
+    again = pipe._text_scores(spans, texts, rows_per_pass=2)
+    assert [pytest.approx(row, rel=1e-4) for row in scores] == again
 
 
 def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,7 @@ import torch
 from transformers import DynamicCache
 
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
+from anygen.gated_lora import has_gated_adapters
 from anygen.generation import fast_decode
 from anygen.generation.grammar import Grammar, GrammarState, SpanRule
 from anygen.generation.loop import (GenerationOutput, Step, _check_finite, _check_inputs, _guide, _sampling_tables,
@@ -154,7 +155,7 @@ class Scheduler:
         check_range("block_rows", block_rows, 1, 1024)
         check_range("blocks", blocks, 1, 1024)
         check_range("max_queue", max_queue, 0, None)
-        if _has_gated_adapters(core):
+        if has_gated_adapters(core):
             raise InvalidArgumentError("the batching scheduler cannot serve a core with gated adapters (their gates "
                                        "follow one cache per call); serve such a model without a scheduler")
         context = getattr(core.config, "max_position_embeddings", None) or 2048
@@ -554,10 +555,3 @@ def _first_rows(cache: Any, rows: int) -> SimpleNamespace:
     """The first ``rows`` rows of a static cache's layers, as views (a fast step over them writes the cache)."""
     return SimpleNamespace(layers=[SimpleNamespace(keys=layer.keys[:rows], values=layer.values[:rows])
                                    for layer in cache.layers])
-
-
-def _has_gated_adapters(core: torch.nn.Module) -> bool:
-    from anygen.gated_lora import GatedAdapters
-
-    hooks = core._forward_pre_hooks.values()
-    return any(isinstance(getattr(h, "__self__", None), GatedAdapters) for h in hooks)
