@@ -258,7 +258,7 @@ class AnyGenPipeline(PipelineBase):
         if len(texts) != len(pixels):
             raise InvalidArgumentError(f"got {len(pixels)} images but {len(texts)} texts")
         encode = self.model.processor.encode
-        return self._description_scores([encode([ImageSegment(x)]) for x in pixels], texts)
+        return [row[0] for row in self._text_scores([encode([ImageSegment(x)]) for x in pixels], [[t] for t in texts])]
 
     def candidate_scores(self, image: ImageInput | Sequence[ImageInput], prompt: str) -> list[float]:
         """The score :meth:`text_to_image` ranks a prompt's candidates by, one per image (higher is better).
@@ -275,10 +275,6 @@ class AnyGenPipeline(PipelineBase):
         encode = self.model.processor.encode
         scores = self._text_scores([encode([ImageSegment(x)]) for x in pixels], [ranking.texts] * len(pixels))
         return [ranking.score(row) for row in scores]
-
-    def _description_scores(self, spans: list[list[int]], texts: list[str]) -> list[float]:
-        """Log-likelihood of ``texts[i]`` and ``<|eos|>`` after ``<|bos|>`` and the span ids ``spans[i]``."""
-        return [row[0] for row in self._text_scores(spans, [[t] for t in texts])]
 
     @torch.inference_mode()
     def _text_scores(self, spans: list[list[int]], texts: list[Sequence[str]], rows_per_pass: int = 64
