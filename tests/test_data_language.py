@@ -248,15 +248,3 @@ def test_apply_edit_says_what_the_edited_scene_holds(instruction: str, after: st
     source = parse_text("a red circle and a green square")
     assert describe(apply_edit(source, parse_edit(instruction))) == after
 
-
-def test_apply_edit_agrees_with_the_edit_judge_on_generated_edits() -> None:
-    from anygen.data.instructions import apply_edit
-    from anygen.data.language import scene_spec
-
-    rng = np.random.default_rng(5)
-    for op in EDIT_OPS:
-        for _ in range(10):
-            sample = sample_edit(rng, op, "train")
-            edited = apply_edit(scene_spec(sample.source), parse_edit(sample.instruction))
-            kinds = Counter({(o.color, o.shape): o.count for o in edited.objects})
-            assert kinds == expected_kinds(sample.source, parse_edit(sample.instruction))

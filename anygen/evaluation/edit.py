@@ -27,7 +27,8 @@ from typing import Any
 from PIL import Image
 
 from anygen.data.edits import DIRECTIONS, EditSample
-from anygen.data.instructions import EditRequest, parse_edit
+from anygen.data.instructions import EditRequest, apply_edit, parse_edit
+from anygen.data.language import scene_spec
 from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.evaluation.detect import detect_objects
 from anygen.evaluation.result import EvalResult, build_result
@@ -45,18 +46,9 @@ def _near(a: ShapeObject, b: ShapeObject) -> bool:
 
 
 def expected_kinds(source: Scene, request: EditRequest) -> Counter:
-    """The (colour, shape) multiset the edited scene must hold: ``source`` with ``request`` applied."""
-    kinds = Counter((o.color, o.shape) for o in source.objects)
-    named = (request.color, request.shape)
-    changed = {"recolor": (request.new, request.shape), "reshape": (request.color, request.new)}
-    if request.op == "add":
-        color, shape = request.new.split()
-        kinds[(color, shape)] += 1
-    elif request.op in ("remove", *changed) and kinds[named] > 0:
-        kinds[named] -= 1
-        if request.op in changed:
-            kinds[changed[request.op]] += 1
-    return +kinds  # drops zero counts
+    """The (colour, shape) multiset the edited scene must hold: ``source`` with ``request`` applied
+    (:func:`~anygen.data.instructions.apply_edit`)."""
+    return Counter({(o.color, o.shape): o.count for o in apply_edit(scene_spec(source), request).objects})
 
 
 def _moved_enough(before: ShapeObject, after: ShapeObject, direction: str) -> bool:
