@@ -257,8 +257,7 @@ class AnyGenPipeline(PipelineBase):
             texts *= len(pixels)
         if len(texts) != len(pixels):
             raise InvalidArgumentError(f"got {len(pixels)} images but {len(texts)} texts")
-        encode = self.model.processor.encode
-        return [row[0] for row in self._text_scores([encode([ImageSegment(x)]) for x in pixels], [[t] for t in texts])]
+        return [row[0] for row in self._text_scores(self._picture_ids(pixels), [[t] for t in texts])]
 
     def candidate_scores(self, image: ImageInput | Sequence[ImageInput], prompt: str) -> list[float]:
         """The score :meth:`text_to_image` ranks a prompt's candidates by, one per image (higher is better).
@@ -272,8 +271,7 @@ class AnyGenPipeline(PipelineBase):
                 f"prompt must be one string (the images are its candidates), got {type(prompt).__name__}")
         pixels = image_tensors(image, self.image_size)
         ranking = ranking_texts(prompt)
-        encode = self.model.processor.encode
-        scores = self._text_scores([encode([ImageSegment(x)]) for x in pixels], [ranking.texts] * len(pixels))
+        scores = self._text_scores(self._picture_ids(pixels), [ranking.texts] * len(pixels))
         return [ranking.score(row) for row in scores]
 
     @torch.inference_mode()
@@ -542,7 +540,10 @@ class AnyGenPipeline(PipelineBase):
     def _read_back(self, sampled: Sampled, size: tuple[int, int]) -> list[list[int]]:
         """Each sampled picture's ids as the tokenizer reads the decoded picture back: what candidates are ranked
         on, the input the captioner was trained on."""
-        pixels = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
+        return self._picture_ids(VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size))
+
+    def _picture_ids(self, pixels: torch.Tensor) -> list[list[int]]:
+        """The ids each picture of ``pixels`` ``(B, 3, H, W)`` is read as (its image span)."""
         return [self.model.processor.encode([ImageSegment(x)]) for x in pixels]
 
     def _image_codes(self, sampled: Sampled) -> torch.Tensor:
