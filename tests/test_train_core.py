@@ -79,9 +79,10 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("source", ["stream", "corpus"])
-def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch, source):
-    overrides = ("optim.steps=6", "train.checkpoint_every=3", "train.log_every=1", f"data.source={source}")
+@pytest.mark.parametrize("source, workers", [("stream", 0), ("corpus", 0), ("stream", 2)])
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch, source, workers):
+    overrides = ("optim.steps=6", "train.checkpoint_every=3", "train.log_every=1", f"data.source={source}",
+                 f"data.workers={workers}")
     reference = recipe.main(smoke_config(tmp_path / "a", *overrides))
 
     cls = StreamRows if source == "stream" else CorpusRows
@@ -213,6 +214,14 @@ def test_the_stream_depends_only_on_seed_step_and_process(edit_corpus):
     assert len(set(targets)) == len(targets)
 
 
+def test_worker_processes_compute_the_rows_the_main_process_would(edit_corpus):
+    _, model, _ = edit_corpus
+    source = stream(model)
+    with Prefetcher(source.rows, start=2, stop=6, process=1, workers=2) as upcoming:
+        got = [upcoming.get(step) for step in range(2, 6)]
+    assert got == [source.rows(RowKey(step, 1)) for step in range(2, 6)]
+
+
 def test_the_stream_serves_chat_edits_with_the_picture_inside_the_prompt(edit_corpus):
     _, model, _ = edit_corpus
     begin, end = model.vocab.begin_id("image"), model.vocab.end_id("image")
@@ -236,13 +245,14 @@ def test_the_stream_drops_conditions_like_the_corpus(edit_corpus):
     assert kinds["uncond_all"] / total == pytest.approx(0.1, abs=0.05)
 
 
-def test_the_prefetcher_keeps_order_and_raises_the_workers_error():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_prefetcher_keeps_order_and_raises_the_workers_error(workers):
     def rows(key: RowKey) -> list:
         if key.step == 7:
             raise Crash("bad step")
         return [([key.step], [key.process])]
 
-    with Prefetcher(rows, start=3, stop=10, process=1, depth=2) as upcoming:
+    with Prefetcher(rows, start=3, stop=10, process=1, depth=2, workers=workers) as upcoming:
         assert [upcoming.get(step) for step in range(3, 7)] == [[([s], [1])] for s in range(3, 7)]
         with pytest.raises(InvalidArgumentError, match="out of order"):
             upcoming.get(9)

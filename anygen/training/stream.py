@@ -10,7 +10,8 @@ exactly the batches an uninterrupted run would, and no process ever draws anothe
 - :class:`CorpusRows` draws rows from a corpus tokenized once (:func:`~anygen.training.core_data.draw_rows`): the
   fixed corpus of earlier versions, and the shape for users' own data.
 
-:class:`Prefetcher` computes the rows of the next steps in a background thread with a bounded queue, so the
+:class:`Prefetcher` computes the rows of the next steps in a background thread with a bounded queue, or in worker
+processes (``data.workers``: one per spare core, for a GPU that trains faster than one core renders), so the
 training loop does not wait for rendering and tokenizing (``benchmarks/stream.py`` measures both rates).
 
 Example:
@@ -21,12 +22,14 @@ Example:
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
+import torch.utils.data
 
 from anygen.data.corpus import DataConfig, build_item
 from anygen.errors import InvalidArgumentError
@@ -98,17 +101,30 @@ def check_length(length: int, task: str, context: int) -> None:
 
 
 class Prefetcher:
-    """``fn(RowKey(step, process))`` for ``step = start .. stop-1``, computed ahead in one background thread.
+    """``fn(RowKey(step, process))`` for ``step = start .. stop-1``, computed ahead of the training loop.
 
-    At most ``depth`` steps wait in the queue. :meth:`get` must be called with consecutive steps; an error in the
-    worker is raised there. Use as a context manager so the thread stops with the loop.
+    With ``workers=0``, one background thread computes them, at most ``depth`` steps ahead. With ``workers > 0``,
+    that many worker processes (forked, one torch thread each) compute whole steps side by side, about ``depth``
+    steps in flight, and hand them back in order: the rows are a pure function of the key, so they are the same
+    rows whichever worker computed them. :meth:`get` must be called with consecutive steps; an error in a worker
+    is raised there. Use as a context manager so the workers stop with the loop.
     """
 
     def __init__(self, fn: Callable[[RowKey], Rows], start: int, stop: int, process: int = 0,
-                 depth: int = 4) -> None:
+                 depth: int = 4, workers: int = 0) -> None:
         self._fn, self._next, self._process = fn, start, process
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._steps: Iterator[Rows] | None = None
+        if workers > 0:
+            methods = multiprocessing.get_all_start_methods()
+            loader = torch.utils.data.DataLoader(
+                _Steps(fn, process), batch_size=None, sampler=range(start, stop), num_workers=workers,
+                collate_fn=_as_is, prefetch_factor=max(1, -(-depth // workers)),
+                multiprocessing_context="fork" if "fork" in methods else None)
+            self._steps = iter(loader)
+            return
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._thread = threading.Thread(target=self._work, args=(start, stop), daemon=True, name="anygen-rows")
         self._thread.start()
 
@@ -128,11 +144,13 @@ class Prefetcher:
                 return
 
     def get(self, step: int) -> Rows:
-        """The rows of ``step`` (blocks until the worker has them)."""
+        """The rows of ``step`` (blocks until a worker has them)."""
         if step != self._next:
             raise InvalidArgumentError(f"Prefetcher.get({step}) out of order: expected step {self._next}")
-        got, rows = self._queue.get()
         self._next = step + 1
+        if self._steps is not None:
+            return next(self._steps)
+        got, rows = self._queue.get()
         if isinstance(rows, BaseException):
             raise rows
         assert got == step
@@ -140,10 +158,26 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._steps = None  # the loader's iterator shuts its workers down when dropped
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Step ``i`` -> its rows, for the worker processes of a :class:`Prefetcher`."""
+
+    def __init__(self, fn: Callable[[RowKey], Rows], process: int) -> None:
+        self.fn, self.process = fn, process
+
+    def __getitem__(self, step: int) -> Rows:
+        return self.fn(RowKey(step, self.process))
+
+
+def _as_is(rows: Rows) -> Rows:
+    return rows
