@@ -217,8 +217,10 @@ def test_the_stream_depends_only_on_seed_step_and_process(edit_corpus):
 def test_worker_processes_compute_the_rows_the_main_process_would(edit_corpus):
     _, model, _ = edit_corpus
     source = stream(model)
+    rng = torch.get_rng_state()
     with Prefetcher(source.rows, start=2, stop=6, process=1, workers=2) as upcoming:
         got = [upcoming.get(step) for step in range(2, 6)]
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's RNG stream is not drawn from
     assert got == [source.rows(RowKey(step, 1)) for step in range(2, 6)]
 
 

@@ -121,7 +121,8 @@ class Prefetcher:
             loader = torch.utils.data.DataLoader(
                 _Steps(fn, process), batch_size=None, sampler=range(start, stop), num_workers=workers,
                 collate_fn=_as_is, prefetch_factor=max(1, -(-depth // workers)),
-                multiprocessing_context="fork" if "fork" in methods else None)
+                multiprocessing_context="fork" if "fork" in methods else None,
+                generator=torch.Generator().manual_seed(0))  # workers' seeds; the global RNG is left alone
             self._steps = iter(loader)
             return
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
