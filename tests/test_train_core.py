@@ -268,6 +268,7 @@ def test_the_prefetcher_keeps_order_and_raises_the_workers_error(workers):
     ("optim.grad_accum=0", "optim.grad_accum"),
     ("optim.betas=[0.9, 1.0]", "optim.betas"),
     ("data.cond_dropout=0.9", "data.cond_dropout"),
+    ("data.workers=-1", "data.workers"),
     ("data.task_weights={edti: 1.0}", "data.task_weights"),
     ("data.task_weights={edit: -1.0}", "data.task_weights.edit"),
     ("data.corpus.sizes.edit=0", "data.task_weights.edit"),
