@@ -321,7 +321,11 @@ class AnyGenPipeline(PipelineBase):
                          spans: list[list[int]] | None = None) -> Sampled:
         """Keep, of each run of ``k`` rows, the one whose span (``spans[i]``, default the sampled row) scores highest
         on its output's texts (:class:`~anygen.generation.ranking.RankingTexts`); blank texts keep the first."""
-        spans = sampled.rows if spans is None else spans
+        keep = self._best_indices(sampled.rows if spans is None else spans, rankings, k)
+        return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
+
+    def _best_indices(self, spans: list[list[int]], rankings: list[RankingTexts], k: int) -> list[int]:
+        """Of each run of ``k`` spans, the index of the one that scores highest on its ranking's texts."""
         scores = self._text_scores(spans, [r.texts for r in rankings for _ in range(k)])
         keep = []
         for i, ranking in enumerate(rankings):
@@ -329,7 +333,7 @@ class AnyGenPipeline(PipelineBase):
                 keep.append(i * k)
                 continue
             keep.append(i * k + max(range(k), key=lambda j: ranking.score(scores[i * k + j])))
-        return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
+        return keep
 
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
               temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None,
@@ -341,10 +345,9 @@ class AnyGenPipeline(PipelineBase):
         ``guidance_scale`` is classifier-free guidance against the empty text. The defaults (2.0, temperature 0.7)
         were chosen on the validation split: anygen-tiny's spoken keywords are read right 0.7-0.9 of the time
         with them, 0.4-0.57 with plain sampling (``guidance_scale=1.0, temperature=1.0``); MODEL_CARD.md has the
-        table. ``num_candidates``: as in :meth:`text_to_image`, each clip is the one of that many samples whose
-        codes the model finds likeliest to say its text (as it would transcribe them). The default, 1, keeps the
-        first: for anygen-tiny the pick of 8 did not speak better and played melodies only a little better
-        (MODEL_CARD.md, benchmarks/candidates.py).
+        table. ``num_candidates``: as in :meth:`text_to_image`, each clip is the one of that many samples that the
+        model, hearing the clip as its tokenizer reads it back, finds likeliest to say its text (as it would
+        transcribe it). The default, 1, keeps the first (MODEL_CARD.md, benchmarks/candidates.py).
         """
         texts = as_list(text, "text")
         if any(not t.strip() for t in texts):
@@ -359,9 +362,12 @@ class AnyGenPipeline(PipelineBase):
                                generator=_per_candidate(generator, len(rows), num_candidates),
                                audio_samples=int(seconds * tok.sample_rate), desc="speak",
                                callback=callback_on_step_end)
+        clips = [self._segments(row)[0] for row in sampled.rows]
         if num_candidates > 1:
-            sampled = self._best_candidates(sampled, [RankingTexts((t,), 1) for t in texts], num_candidates)
-        waves = [self._segments(row)[0].waveform.detach().cpu() for row in sampled.rows]
+            heard = [self.model.processor.encode([clip]) for clip in clips]
+            keep = self._best_indices(heard, [RankingTexts((t,), 1) for t in texts], num_candidates)
+            clips = [clips[i] for i in keep]
+        waves = [clip.waveform.detach().cpu() for clip in clips]
         return _out(AudioPipelineOutput(waves, int(tok.sample_rate)), return_dict)
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,

@@ -15,7 +15,7 @@ from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
 from anygen.generation.ranking import edit_ranking_texts, ranking_texts
 from anygen.generation.streaming import RowDone
-from anygen.types import ImageSegment, TextSegment
+from anygen.types import AudioSegment, ImageSegment, TextSegment
 
 
 @pytest.fixture()
@@ -125,14 +125,23 @@ def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPi
 
 def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """The candidates of ``speak(text, num_candidates=3)`` are the clips of ``speak([text] * 3)`` (same seeds); the
-    one kept is the one whose codes score highest (a fixed scorer here, to isolate the choice)."""
-    candidates = pipe.speak(["say hello"] * 3, num_candidates=1, generator=seed(4)).audios
+    one kept is the one that scores highest (a fixed scorer here, to isolate the choice) as the tokenizer reads
+    the clip back, as a transcription would hear it."""
+    out = pipe.speak(["say hello"] * 3, num_candidates=1, generator=seed(4))
+    candidates = out.audios
     assert not torch.equal(candidates[0], candidates[1])
     (clip,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
     assert any(torch.equal(clip, c) for c in candidates)
-    monkeypatch.setattr(pipe, "_text_scores", lambda spans, texts: [[0.0], [-1.0], [2.0]][: len(spans)])
+    scored = []
+
+    def fixed(spans, texts):
+        scored.extend(spans)
+        return [[0.0], [-1.0], [2.0]][: len(spans)]
+
+    monkeypatch.setattr(pipe, "_text_scores", fixed)
     (picked,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
     assert torch.equal(picked, candidates[2])
+    assert scored == [pipe.model.processor.encode([AudioSegment(c, out.sample_rate)]) for c in candidates]
 
 
 def test_edits_are_asked_in_the_order_the_training_items_use(pipe: AnyGenPipeline, monkeypatch) -> None:
