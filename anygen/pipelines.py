@@ -29,7 +29,7 @@ from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_ren
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.loop import cache_argument, decode_steps
-from anygen.generation.ranking import RankingTexts, edit_ranking_texts, ranking_texts
+from anygen.generation.ranking import SHORTLIST, RankingTexts, edit_ranking_texts, ranking_texts
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
 from anygen.image import ImageInput
@@ -325,14 +325,26 @@ class AnyGenPipeline(PipelineBase):
         return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
 
     def _best_indices(self, spans: list[list[int]], rankings: list[RankingTexts], k: int) -> list[int]:
-        """Of each run of ``k`` spans, the index of the one that scores highest on its ranking's texts."""
-        scores = self._text_scores(spans, [r.texts for r in rankings for _ in range(k)])
+        """Of each run of ``k`` spans, the index of the one that scores highest on its ranking's texts.
+
+        Every span is scored on its ranking's captions; only the :data:`~anygen.generation.ranking.SHORTLIST`
+        spans of each run that the captions rank highest are also scored on the rest (the canonical sentence and
+        its near misses), and the best of those is kept.
+        """
+        scores = self._text_scores(spans, [r.texts[:r.captions] for r in rankings for _ in range(k)])
+        shortlists = [sorted(range(i * k, (i + 1) * k), key=lambda j: -sum(scores[j]))[:SHORTLIST]
+                      if len(r.texts) > r.captions else [] for i, r in enumerate(rankings)]
+        rest = [j for short in shortlists for j in short]
+        more = self._text_scores([spans[j] for j in rest],
+                                 [rankings[j // k].texts[rankings[j // k].captions:] for j in rest])
+        for j, row in zip(rest, more):
+            scores[j] = scores[j] + row
         keep = []
         for i, ranking in enumerate(rankings):
             if not any(t.strip() for t in ranking.texts):
                 keep.append(i * k)
-                continue
-            keep.append(i * k + max(range(k), key=lambda j: ranking.score(scores[i * k + j])))
+            else:
+                keep.append(max(sorted(shortlists[i]) or range(i * k, (i + 1) * k), key=lambda j: ranking.score(scores[j])))
         return keep
 
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,

@@ -84,6 +84,27 @@ def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenP
     assert torch.equal(first, unconditional[0])
 
 
+def test_near_misses_are_scored_for_the_shortlist_only(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more candidates than ``SHORTLIST``, every candidate is scored on the prompt's captions and only the
+    ``SHORTLIST`` that the captions rank highest on its sentence and near misses; the best of those by the full
+    score (:meth:`candidate_scores`) is kept."""
+    monkeypatch.setattr("anygen.pipelines.SHORTLIST", 2)
+    prompt, k = "two green triangles", 5
+    candidates = pipe.text_to_image(prompt, num_images_per_prompt=k, num_candidates=1, generator=seed(3),
+                                    output_type="pt").images
+    ranking = ranking_texts(prompt)
+    by_captions = [sum(pipe.caption_likelihood([c] * ranking.captions, list(ranking.texts[:ranking.captions])))
+                   for c in candidates]
+    shortlist = sorted(sorted(range(k), key=lambda j: -by_captions[j])[:2])
+    scores = pipe.candidate_scores(candidates, prompt)
+    scored, text_scores = [], pipe._text_scores
+    monkeypatch.setattr(pipe, "_text_scores", lambda spans, texts, **kw: scored.append([len(t) for t in texts])
+                        or text_scores(spans, texts, **kw))
+    (image,) = pipe.text_to_image(prompt, num_candidates=k, generator=seed(3), output_type="pt").images
+    assert torch.equal(image, candidates[max(shortlist, key=scores.__getitem__)])
+    assert scored == [[ranking.captions] * k, [len(ranking.texts) - ranking.captions] * 2]
+
+
 def test_edit_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
     """``edit_image(num_candidates=k)`` samples the k edits ``num_images_per_prompt=k`` would and keeps the one
     :meth:`candidate_scores` ranks first for the model's own caption of the source with the instruction applied; an

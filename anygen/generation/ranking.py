@@ -37,6 +37,12 @@ with near-miss weight 1 or 2 picked a passing image 0.615-0.653 of the time on a
 (0.646) were kept, at half the captions' cost of 6 (0.653)."""
 NEAR_MISS_WEIGHT = 2.0
 """Weight of the near-miss term (see :data:`PHRASINGS`)."""
+SHORTLIST = 8
+"""How many of a prompt's candidates are scored on the near misses: the pipelines score every candidate on the
+captions and only the SHORTLIST that the captions rank highest on the rest (a two-object prompt has some 20 near
+misses, so they are most of the cost). With 16 candidates per prompt on anygen-tiny's four pools of
+``benchmarks/candidates.py`` (*near misses for M*), keeping the 8 best by captions picked exactly as well as scoring
+all 16; keeping 4 picked one item fewer on one pool."""
 
 
 @dataclass(frozen=True)
