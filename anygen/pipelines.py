@@ -42,10 +42,14 @@ from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_
 from anygen.processor import drop_condition, pad_rows
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
 
-CANDIDATES = 8
-"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image` and :meth:`AnyGenPipeline.edit_image`:
-anygen-tiny's pick of 8 samples passes ShapesEval, the free-text prompts and the edit judge more often than one
-sample on both splits (MODEL_CARD.md, benchmarks/candidates.py)."""
+CANDIDATES = 16
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: anygen-tiny's pick of 16 samples passes
+ShapesEval and the free-text prompts more often than its pick of 8 on both splits, and its pick of 8 more often
+than one sample (MODEL_CARD.md, benchmarks/candidates.py); only the 8 that their captions rank highest are scored
+on the near misses (:data:`~anygen.generation.ranking.SHORTLIST`), which keeps the ranking's cost near that of 8."""
+EDIT_CANDIDATES = 8
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.edit_image`: anygen-tiny's pick of 8 edits passes the
+edit judge more often than one sample in three of the four measurements of MODEL_CARD.md (on test in one of two)."""
 
 StepCallback = Callable[["AnyGenPipeline", int, None, dict], Any]
 """``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``, called after every sampled token (as in
@@ -134,10 +138,11 @@ class AnyGenPipeline(PipelineBase):
         accepted.
         ``num_candidates``: each returned image is the best of this many sampled in one batch, as the model itself
         judges them (:meth:`candidate_scores`: captions of what the prompt asks for, and its sentence against near
-        misses such as another colour or one object more); ``1`` returns the first sample as it is. Candidates of a
-        prompt share one batch, so for a small model 8 cost far less than 8 single calls (MODEL_CARD.md has the
-        cost). An empty prompt has nothing to rank by and keeps its first sample. With a list of
-        generators, each one seeds the candidates of its image; ``callback_on_step_end`` sees every candidate row.
+        misses such as another colour or one object more; only the 8 candidates its captions rank highest are scored
+        on the near misses); ``1`` returns the first sample as it is. Candidates of a prompt share one batch, so for
+        a small model 16 cost far less than 16 single calls (MODEL_CARD.md has the cost). An empty prompt has
+        nothing to rank by and keeps its first sample. With a list of generators, each one seeds the candidates
+        of its image; ``callback_on_step_end`` sees every candidate row.
         """
         prompts = as_list(prompt, "prompt")
         negatives = [None] * len(prompts) if negative_prompt is None else as_list(negative_prompt, "negative_prompt")
@@ -168,7 +173,7 @@ class AnyGenPipeline(PipelineBase):
                    decoder: str = "vq", strength: float = 1.0, num_inference_steps: int | None = None,
                    decoder_guidance_scale: float = 1.0, output_type: OutputType = "pil", return_dict: bool = True,
                    callback_on_step_end: StepCallback | None = None,
-                   num_candidates: int = CANDIDATES) -> ImagePipelineOutput | tuple:
+                   num_candidates: int = EDIT_CANDIDATES) -> ImagePipelineOutput | tuple:
         """Apply each ``instruction`` to its ``image``; guidance as in InstructPix2Pix (text and image scales).
 
         ``image``: one image or a batch, of any kind :func:`anygen.image.as_image_tensor` reads (PIL, tensor,
@@ -344,7 +349,8 @@ class AnyGenPipeline(PipelineBase):
             if not any(t.strip() for t in ranking.texts):
                 keep.append(i * k)
             else:
-                keep.append(max(sorted(shortlists[i]) or range(i * k, (i + 1) * k), key=lambda j: ranking.score(scores[j])))
+                candidates = sorted(shortlists[i]) or range(i * k, (i + 1) * k)
+                keep.append(max(candidates, key=lambda j: ranking.score(scores[j])))
         return keep
 
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,

@@ -37,12 +37,12 @@ from anygen.evaluation.melody import parse_music_text, score_music_audio
 from anygen.evaluation.shapes import score_image
 from anygen.evaluation.speech import KeywordClassifier, default_classifier
 from anygen.paths import check_output_dir
-from anygen.pipelines import CANDIDATES, DECODERS, AnyGenPipeline, load
+from anygen.pipelines import CANDIDATES, DECODERS, EDIT_CANDIDATES, AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
 IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
-PICKED = f"Each image is the model's own pick of {CANDIDATES} samples (the pipelines' default num_candidates)."
+PICKED = "Each {} is the model's own pick of {} samples (the pipeline's default num_candidates)."
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -125,7 +125,7 @@ def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator,
         verdicts.append(bool(score_image(image, parse_text(prompt), category)["passed"]))
         body += figure(page.image(image, f"t2i-{i}.png"), f"{prompt} ({category})", verdicts[-1])
     page.add("Text to image", verdicts, body, time.perf_counter() - start,
-             note=PICKED)
+             note=PICKED.format("image", CANDIDATES))
 
 
 def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int, decoder: str) -> None:
@@ -139,7 +139,7 @@ def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: i
         verdicts.append(bool(score_edit(before, after, sample)["passed"]))
         body += figure(page.image(before, f"edit-{i}-source.png") + page.image(after, f"edit-{i}-result.png"),
                        instruction, verdicts[-1])
-    page.add("Image editing", verdicts, body, time.perf_counter() - start, note=PICKED)
+    page.add("Image editing", verdicts, body, time.perf_counter() - start, note=PICKED.format("edit", EDIT_CANDIDATES))
 
 
 def _captions(page: Page, pipe: AnyGenPipeline, size: int) -> None:

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=list(SPLITS), help="split the items come from")
     parser.add_argument("--num-candidates", type=int, default=None,
                         help="num_candidates of text_to_image and edit_image (default: the pipelines', the "
-                             "model's pick of 8; 1 scores single samples)")
+                             "model's pick of 16 images and of 8 edits; 1 scores single samples)")
     parser.add_argument("--keyword-model", default=None,
                         help="safetensors file of the keyword classifier (fitted and saved here when missing)")
     parser.add_argument("--json", dest="json_path", default=None,
