@@ -138,8 +138,9 @@ class AnyGenPipeline(PipelineBase):
         accepted.
         ``num_candidates``: each returned image is the best of this many sampled in one batch, as the model itself
         judges them (:meth:`candidate_scores`: captions of what the prompt asks for, and its sentence against near
-        misses such as another colour or one object more; only the 8 candidates its captions rank highest are scored
-        on the near misses); ``1`` returns the first sample as it is. Candidates of a prompt share one batch, so for
+        misses such as another colour or one object more; only the
+        :data:`~anygen.generation.ranking.SHORTLIST` candidates its captions rank highest are scored on the near
+        misses); ``1`` returns the first sample as it is. Candidates of a prompt share one batch, so for
         a small model 16 cost far less than 16 single calls (MODEL_CARD.md has the cost). An empty prompt has
         nothing to rank by and keeps its first sample. With a list of generators, each one seeds the candidates
         of its image; ``callback_on_step_end`` sees every candidate row.

@@ -111,19 +111,26 @@ def table(pipe: anygen.AnyGenPipeline, runs: list[tuple[str, Callable]], columns
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["images", "edits", "melody"],
-                        choices=["images", "edits", "melody"])
+def parse_and_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, anygen.AnyGenPipeline]:
+    """Add the arguments every sampling benchmark here takes (``--splits``, ``--threads``, ``--no-write``), parse
+    them and load the shipped model's pipeline (progress bars off) on that many threads."""
     parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=["validation", "test"])
-    parser.add_argument("--n", type=int, default=12, help="items per category / kind, as anygen eval --n")
-    parser.add_argument("--edit-n", type=int, default=24, help="edits per operation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = anygen.load()
     pipe.set_progress_bar_config(disable=True)
+    return args, pipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["images", "edits", "melody"],
+                        choices=["images", "edits", "melody"])
+    parser.add_argument("--n", type=int, default=12, help="items per category / kind, as anygen eval --n")
+    parser.add_argument("--edit-n", type=int, default=24, help="edits per operation")
+    args, pipe = parse_and_load(parser)
     command = f"`python benchmarks/candidates.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch {torch.__version__}"
     judges = "Judges as in `anygen eval`."
     picks = [f"pick of {k}" for k in PICKS]

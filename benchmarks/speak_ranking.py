@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from candidates import parse_and_load  # noqa: E402
 from results_file import write_section  # noqa: E402
 
-import anygen  # noqa: E402
 from anygen.evaluation.melody import score_music_audio  # noqa: E402
 from anygen.evaluation.suites import build_items  # noqa: E402
 from anygen.generation.ranking import RankingTexts  # noqa: E402
@@ -55,15 +55,9 @@ def run(pipe: AnyGenPipeline, split: str, n: int, k: int) -> dict[str, list[bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--splits", nargs="+", default=["validation", "test"], choices=["validation", "test"])
     parser.add_argument("--n", type=int, default=12, help="items per kind (melody, chord), as anygen eval --n")
     parser.add_argument("--k", type=int, default=8, help="clips per item")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    pipe = anygen.load()
-    pipe.set_progress_bar_config(disable=True)
+    args, pipe = parse_and_load(parser)
     lines = ["## speak(num_candidates): what a clip is ranked on", "",
              (f"`python benchmarks/speak_ranking.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
               f"{torch.__version__}. {args.k} clips per text -> melody item, ranked both ways (module docstring)."),
