@@ -29,7 +29,8 @@ from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_ren
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.loop import cache_argument, decode_steps
-from anygen.generation.ranking import SHORTLIST, RankingTexts, edit_ranking_texts, ranking_texts
+from anygen.generation.ranking import (SHORTLIST, RankingTexts, edit_change_weight, edit_ranking_texts, edit_sources,
+                                       ranking_texts)
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
 from anygen.image import ImageInput
@@ -183,7 +184,9 @@ class AnyGenPipeline(PipelineBase):
         ``num_candidates``: as in :meth:`text_to_image`, each result is the best of this many samples as the model
         judges them, against what the edited picture should show: its own caption of the source with the
         instruction applied (:func:`~anygen.generation.ranking.edit_ranking_texts`; an instruction it cannot read
-        keeps the first sample). ``1`` returns the first sample as it is.
+        keeps the first sample), less how much of the picture the candidate changed
+        (:func:`~anygen.generation.ranking.edit_change_weight`; not for a move). ``1`` returns the first sample as
+        it is.
         """
         size = self.image_size
         check_guidance_scales(guidance_scale, image_guidance_scale)  # before the images are read and encoded
@@ -202,9 +205,13 @@ class AnyGenPipeline(PipelineBase):
                                    _per_candidate(generator, len(pixels) * n * k, k),
                                    SamplingParams(temperature, top_k, top_p), callback_on_step_end)
         if k > 1:
-            rankings = [edit_ranking_texts(c, t) for c, t in zip(self.caption(pixels).texts, instructions)]
+            rankings = [edit_ranking_texts(self._edit_source(x, c, t), t)
+                        for x, c, t in zip(pixels, self.caption(pixels).texts, instructions)]
+            drawn = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
+            weights = torch.tensor([edit_change_weight(t) for t in instructions]).repeat_interleave(n * k)
+            change = (drawn - pixels.repeat_interleave(n * k, dim=0)).abs().mean((1, 2, 3))
             sampled = self._best_candidates(sampled, [r for r in rankings for _ in range(n)], k,
-                                            self._read_back(sampled, size))
+                                            self._picture_ids(drawn), (-weights * change).tolist())
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def inpaint(self, image: ImageInput, mask_image: ImageInput, prompt: str, guidance_scale: float = 2.0,
@@ -324,22 +331,26 @@ class AnyGenPipeline(PipelineBase):
         return out
 
     def _best_candidates(self, sampled: Sampled, rankings: list[RankingTexts], k: int,
-                         spans: list[list[int]] | None = None) -> Sampled:
+                         spans: list[list[int]] | None = None, bonus: Sequence[float] | None = None) -> Sampled:
         """Keep, of each run of ``k`` rows, the one whose span (``spans[i]``, default the sampled row) scores highest
-        on its output's texts (:class:`~anygen.generation.ranking.RankingTexts`); blank texts keep the first."""
-        keep = self._best_indices(sampled.rows if spans is None else spans, rankings, k)
+        on its output's texts (:class:`~anygen.generation.ranking.RankingTexts`) plus ``bonus[i]`` (default 0);
+        blank texts keep the first."""
+        keep = self._best_indices(sampled.rows if spans is None else spans, rankings, k, bonus)
         return Sampled([sampled.rows[i] for i in keep], [sampled.finished[i] for i in keep])
 
-    def _best_indices(self, spans: list[list[int]], rankings: list[RankingTexts], k: int) -> list[int]:
-        """Of each run of ``k`` spans, the index of the one that scores highest on its ranking's texts.
+    def _best_indices(self, spans: list[list[int]], rankings: list[RankingTexts], k: int,
+                      bonus: Sequence[float] | None = None) -> list[int]:
+        """Of each run of ``k`` spans, the index of the one whose score on its ranking's texts plus ``bonus`` (one
+        number per span, default 0) is highest.
 
         Every span is scored on its ranking's captions; only the :data:`~anygen.generation.ranking.SHORTLIST`
-        spans of each run that the captions rank highest are also scored on the rest (the canonical sentence and
-        its near misses), and the best of those is kept.
+        spans of each run that the captions (and bonus) rank highest are also scored on the rest (the canonical
+        sentence and its near misses), and the best of those is kept.
         """
+        bonus = [0.0] * len(spans) if bonus is None else bonus
         scores = self._text_scores(spans, [r.texts[:r.captions] for r in rankings for _ in range(k)])
-        shortlists = [sorted(range(i * k, (i + 1) * k), key=lambda j: -sum(scores[j]))[:SHORTLIST]
-                      if len(r.texts) > r.captions else [] for i, r in enumerate(rankings)]
+        shortlists = [sorted(range(i * k, (i + 1) * k), key=lambda j: -(sum(scores[j]) / r.captions + bonus[j]))
+                      [:SHORTLIST] if len(r.texts) > r.captions else [] for i, r in enumerate(rankings)]
         rest = [j for short in shortlists for j in short]
         more = self._text_scores([spans[j] for j in rest],
                                  [rankings[j // k].texts[rankings[j // k].captions:] for j in rest])
@@ -351,7 +362,7 @@ class AnyGenPipeline(PipelineBase):
                 keep.append(i * k)
             else:
                 candidates = sorted(shortlists[i]) or range(i * k, (i + 1) * k)
-                keep.append(max(candidates, key=lambda j: ranking.score(scores[j])))
+                keep.append(max(candidates, key=lambda j: ranking.score(scores[j]) + bonus[j]))
         return keep
 
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
@@ -557,6 +568,16 @@ class AnyGenPipeline(PipelineBase):
         return self._sample(rows, "image", {"image": params}, guidance=(uncond, guidance_scale),
                             image_guidance=(uncond_all, image_guidance_scale), generator=generator,
                             desc="edit_image", callback=callback)
+
+    def _edit_source(self, picture: torch.Tensor, caption: str, instruction: str) -> str:
+        """What the source ``picture`` ``(3, H, W)`` of an edit shows, as its ranking takes it: the model's
+        ``caption`` of it or, when the instruction names an object the caption lacks, the likeliest for the picture
+        of :func:`~anygen.generation.ranking.edit_sources`."""
+        options = edit_sources(caption, instruction)
+        if len(options) == 1:
+            return options[0]
+        scores = self._text_scores(self._picture_ids(picture[None]), [options])[0]
+        return options[max(range(len(options)), key=scores.__getitem__)]
 
     def _rendering(self, rendering: Rendering, size: tuple[int, int]) -> Rendering:
         """Check the decoder choice, its settings and the output type before anything is sampled."""

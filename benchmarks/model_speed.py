@@ -73,7 +73,7 @@ def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]
              "`num_candidates=1`: text + image guidance, three branches in one batch"),
             ("edit image", f"{edit:.2f} s", f"the default: the pick of {EDIT_CANDIDATES} samples "
              f"({3 * EDIT_CANDIDATES} rows), ranked against "
-             "the model's caption of the source with the instruction applied"),
+             "the model's description of the source with the instruction applied, less how much each changed"),
             ("caption", f"{caption:.2f} s", "greedy, up to 48 tokens")]
     speech = pipe.speak("hello", generator=seed())
     wave, rate = speech.audios[0], speech.sample_rate

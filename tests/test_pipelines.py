@@ -13,7 +13,7 @@ import anygen
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
-from anygen.generation.ranking import edit_ranking_texts, ranking_texts
+from anygen.generation.ranking import edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts
 from anygen.generation.streaming import RowDone
 from anygen.types import AudioSegment, ImageSegment, TextSegment
 
@@ -107,19 +107,42 @@ def test_near_misses_are_scored_for_the_shortlist_only(pipe: AnyGenPipeline, mon
 
 def test_edit_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
     """``edit_image(num_candidates=k)`` samples the k edits ``num_images_per_prompt=k`` would and keeps the one
-    :meth:`candidate_scores` ranks first for the model's own caption of the source with the instruction applied; an
-    instruction the scene language cannot read keeps the first sample."""
+    :meth:`candidate_scores` ranks first for the source as the model describes it (``_edit_source``) with the
+    instruction applied, less ``edit_change_weight`` times its mean absolute difference from the source (none for
+    a move); an instruction the scene language cannot read keeps the first sample."""
     source = Image.new("RGB", (32, 32), "white")
-    for instruction in ("add a blue circle", "make it nicer"):
+    for instruction in ("add a blue circle", "move the red circle up", "make it nicer"):
         candidates = pipe.edit_image(source, instruction, num_images_per_prompt=4, num_candidates=1,
                                      generator=seed(5), output_type="pt").images
-        ranking = edit_ranking_texts(pipe.caption(source).texts[0], instruction)
+        described = pipe._edit_source(torch.ones(3, 32, 32), pipe.caption(source).texts[0], instruction)
+        ranking = edit_ranking_texts(described, instruction)
         best = 0
         if ranking.texts != ("",):
             scores = pipe.candidate_scores(candidates, ranking.texts[ranking.captions])  # its canonical sentence
-            best = max(range(4), key=scores.__getitem__)
+            change = (candidates - 1.0).abs().mean((1, 2, 3))  # the source is white
+            best = max(range(4), key=lambda j: scores[j] - edit_change_weight(instruction) * float(change[j]))
         (edited,) = pipe.edit_image(source, instruction, num_candidates=4, generator=seed(5), output_type="pt").images
         assert torch.equal(edited, candidates[best])
+
+
+def test_candidates_rank_by_their_texts_plus_a_bonus(pipe: AnyGenPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_best_indices`` adds each candidate's bonus to its texts' score: with the texts scoring every candidate
+    alike, the bonus decides, per run of k."""
+    monkeypatch.setattr(pipe, "_text_scores", lambda spans, texts, **kw: [[-1.0] * len(t) for t in texts])
+    rankings = [ranking_texts("a red circle"), ranking_texts("two blue stars")]
+    spans = [[0]] * 6
+    assert pipe._best_indices(spans, rankings, 3) == [0, 3]  # ties keep the first
+    assert pipe._best_indices(spans, rankings, 3, [0.0, 0.5, -1.0, -2.0, -3.0, 1.0]) == [1, 5]
+
+
+def test_an_edit_source_the_caption_contradicts_is_the_likeliest_that_holds_the_named_object(
+        pipe: AnyGenPipeline) -> None:
+    picture = torch.ones(3, 32, 32)
+    assert pipe._edit_source(picture, "a red circle", "make the red circle blue") == "a red circle"
+    options = edit_sources("a green square", "make the red circle blue")
+    likelihoods = pipe.caption_likelihood([picture] * len(options), options)
+    assert pipe._edit_source(picture, "a green square", "make the red circle blue") == \
+        options[int(np.argmax(likelihoods))]
 
 
 def test_text_scores_read_each_span_once_and_match_a_full_forward(pipe: AnyGenPipeline,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from anygen.data.language import describe, near_misses, parse_text
+from anygen.data.language import ObjectReq, describe, near_misses, parse_text
 from anygen.generation.ranking import NEAR_MISS_WEIGHT, PHRASINGS, RankingTexts, ranking_texts
 
 
@@ -47,3 +47,31 @@ def test_an_edit_is_ranked_by_the_caption_of_the_source_with_the_instruction_app
     assert edit_ranking_texts("a red circle", "make it nicer") == RankingTexts(("",), 1)  # the instruction is unread
     assert edit_ranking_texts("a red circle", "remove the red circle") == RankingTexts(("",), 1)  # nothing is left
     assert edit_ranking_texts("zzz", "add a blue star") == ranking_texts("a blue star")
+
+
+def test_an_edit_source_holds_the_object_the_instruction_names() -> None:
+    """A caption the instruction agrees with (or an instruction that adds, or does not parse) is the only source; a
+    caption that lacks the named object gives way to every description one change away from it, or with the named
+    object in place of one of its objects or added, that holds the object."""
+    from anygen.generation.ranking import edit_sources
+
+    caption = "a purple circle and a green square"
+    assert edit_sources(caption, "make the purple circle blue") == [caption]
+    assert edit_sources(caption, "add a red star") == [caption]
+    assert edit_sources(caption, "make it nicer") == [caption]
+    options = edit_sources(caption, "Make the purple square pink.")
+    named = ObjectReq("square", "purple")
+    specs = [parse_text(o) for o in options]
+    assert len(set(options)) == len(options) > 1
+    assert all(named in s.objects for s in specs)
+    assert {describe(m) for m in near_misses(parse_text(caption)) if named in m.objects} < set(options)
+    assert "a purple circle, a green square and a purple square" in options  # the named object added
+    assert edit_sources("zzz", "remove the purple square") == ["a purple square"]
+
+
+def test_a_move_is_exempt_from_the_change_term() -> None:
+    from anygen.generation.ranking import EDIT_CHANGE_WEIGHT, edit_change_weight
+
+    assert edit_change_weight("Nudge the green star downwards.") == 0.0
+    for instruction in ("make the red circle blue", "add a star", "take away the blue square", "make it nicer"):
+        assert edit_change_weight(instruction) == EDIT_CHANGE_WEIGHT > 0

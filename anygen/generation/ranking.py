@@ -10,7 +10,9 @@ close but wrong (the other colour, one object more). Any other prompt is scored 
 picture's caption.
 
 ``edit_image`` ranks its candidates the same way against what the edited picture should show: the source as the
-model itself describes it (its greedy caption), with the instruction applied (:func:`edit_ranking_texts`).
+model itself describes it (its greedy caption; :func:`edit_sources` when that lacks the object the instruction
+names), with the instruction applied (:func:`edit_ranking_texts`), less :data:`EDIT_CHANGE_WEIGHT` times how much
+the candidate differs from the source (an edit should leave alone what it does not name; not for a move).
 
 On anygen-tiny this ranking lifts the pick of 8 over ranking by the prompt's own likelihood on both text -> image
 suites, and the edited picture it picks passes the edit judge more often than the first sample (MODEL_CARD.md,
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anygen.data.instructions import apply_edit, parse_edit
-from anygen.data.language import describe, near_misses, parse_text
+from anygen.data.language import ObjectReq, Spec, describe, near_misses, parse_text
 from anygen.data.phrasing import phrase_caption
 from anygen.errors import InvalidArgumentError
 
@@ -43,6 +45,13 @@ captions and only the SHORTLIST that the captions rank highest on the rest (a tw
 misses, so they are most of the cost). With 16 candidates per prompt on anygen-tiny's four pools of
 ``benchmarks/candidates.py`` (*near misses for M*), keeping the 8 best by captions picked exactly as well as scoring
 all 16; keeping 4 picked one item fewer on one pool."""
+
+EDIT_CHANGE_WEIGHT = 200.0
+"""How much an edit's candidate loses per unit of mean absolute difference from the source (pixels in [0, 1], at
+the tokenizer's size, the candidate as the VQ decoder draws it): between two candidates the model describes as well,
+the one that changed less of the picture wins. On anygen-tiny's pools of 8 edits per item (60 items per split, a
+draw apart from the evaluation's), weights 100-300 picked best on both splits and 200 was kept; 1000 and more
+prefer a candidate that changed nothing (MODEL_CARD.md). A move is exempt (:func:`edit_change_weight`)."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +86,46 @@ def ranking_texts(prompt: str) -> RankingTexts:
     return RankingTexts((*captions, describe(spec), *(describe(m) for m in near_misses(spec))), PHRASINGS)
 
 
+def edit_sources(caption: str, instruction: str) -> list[str]:
+    """What the source of an edit may show: ``[caption]`` (the model's description of it), unless the instruction
+    names an object that ``caption`` lacks ("make the purple square pink" over a caption without a purple square).
+    The instruction then says the caption is wrong, and the sources are the descriptions that hold the named
+    object: one change away from the caption (:func:`~anygen.data.language.near_misses`), or with the named object
+    in place of one of its objects or added to them. The pipeline keeps the one the model finds likeliest for the
+    source picture."""
+    try:
+        request = parse_edit(instruction)
+    except InvalidArgumentError:
+        return [caption]
+    spec = parse_text(caption)
+
+    def holds(s: Spec) -> bool:
+        return any(o.shape == request.shape and request.color in (None, o.color) for o in s.objects)
+
+    if request.op == "add" or holds(spec):
+        return [caption]
+    named = ObjectReq(request.shape, request.color)
+    options = [*near_misses(spec), Spec((*spec.objects, named)),
+               *(Spec(tuple(named if j == i else o for j, o in enumerate(spec.objects)), spec.relation)
+                 for i in range(len(spec.objects)))]
+    return list(dict.fromkeys(describe(s) for s in options if holds(s)))
+
+
+def edit_change_weight(instruction: str) -> float:
+    """:data:`EDIT_CHANGE_WEIGHT`, or 0 for an instruction that moves an object: a move has to change where
+    something is, which its ranking texts (the source's objects, unchanged) cannot tell from not moving it, so the
+    change term would only favour the candidates that left the object where it was."""
+    try:
+        return 0.0 if parse_edit(instruction).op == "move" else EDIT_CHANGE_WEIGHT
+    except InvalidArgumentError:
+        return EDIT_CHANGE_WEIGHT
+
+
 def edit_ranking_texts(caption: str, instruction: str) -> RankingTexts:
-    """The texts an edit's candidates are scored by: ``caption`` (the source as the model describes it) with
-    ``instruction`` applied (:func:`~anygen.data.instructions.apply_edit`). Nothing to rank by (a blank text: the
-    first candidate is kept) when the instruction does not parse or the result names no object."""
+    """The texts an edit's candidates are scored by: ``caption`` (the source as the model describes it, or the
+    likeliest of :func:`edit_sources`) with ``instruction`` applied (:func:`~anygen.data.instructions.apply_edit`).
+    Nothing to rank by (a blank text: the first candidate is kept) when the instruction does not parse or the result
+    names no object."""
     try:
         target = apply_edit(parse_text(caption), parse_edit(instruction))
     except InvalidArgumentError:
