@@ -184,9 +184,8 @@ class AnyGenPipeline(PipelineBase):
         ``num_candidates``: as in :meth:`text_to_image`, each result is the best of this many samples as the model
         judges them, against what the edited picture should show: its own caption of the source with the
         instruction applied (:func:`~anygen.generation.ranking.edit_ranking_texts`; an instruction it cannot read
-        keeps the first sample), less how much of the picture the candidate changed
-        (:func:`~anygen.generation.ranking.edit_change_weight`; not for a move). ``1`` returns the first sample as
-        it is.
+        keeps the first sample), less how much of the picture the candidate changed (plus, for a move:
+        :func:`~anygen.generation.ranking.edit_change_weight`). ``1`` returns the first sample as it is.
         """
         size = self.image_size
         check_guidance_scales(guidance_scale, image_guidance_scale)  # before the images are read and encoded

@@ -153,7 +153,8 @@ def main() -> None:
             f"{command}. Per item, 8 edits with `num_candidates=1` (`num_images_per_prompt=8`); *one sample*: the "
             "first passes; *pick of 8*: what `edit_image(num_candidates=8)` returns under the same seed (its "
             "candidates are those 8, ranked against the model's description of the source with the instruction "
-            f"applied, less how much each changed the picture); *any of 8*: at least one passes. {judges}", "",
+            f"applied, less how much each changed the picture, plus for a move); *any of 8*: at least one passes. "
+            f"{judges}", "",
             *table(pipe, [("edit", partial(run_edits, pipe))], ["one sample", "pick of 8", "any of 8"], args.splits,
                    args.edit_n)],
         "melody": lambda: [

@@ -108,8 +108,8 @@ def test_near_misses_are_scored_for_the_shortlist_only(pipe: AnyGenPipeline, mon
 def test_edit_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
     """``edit_image(num_candidates=k)`` samples the k edits ``num_images_per_prompt=k`` would and keeps the one
     :meth:`candidate_scores` ranks first for the source as the model describes it (``_edit_source``) with the
-    instruction applied, less ``edit_change_weight`` times its mean absolute difference from the source (none for
-    a move); an instruction the scene language cannot read keeps the first sample."""
+    instruction applied, less ``edit_change_weight`` times its mean absolute difference from the source (a move
+    gains by it); an instruction the scene language cannot read keeps the first sample."""
     source = Image.new("RGB", (32, 32), "white")
     for instruction in ("add a blue circle", "move the red circle up", "make it nicer"):
         candidates = pipe.edit_image(source, instruction, num_images_per_prompt=4, num_candidates=1,

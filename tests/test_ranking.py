@@ -69,9 +69,9 @@ def test_an_edit_source_holds_the_object_the_instruction_names() -> None:
     assert edit_sources("zzz", "remove the purple square") == ["a purple square"]
 
 
-def test_a_move_is_exempt_from_the_change_term() -> None:
+def test_a_move_gains_by_the_change_that_other_edits_lose_by() -> None:
     from anygen.generation.ranking import EDIT_CHANGE_WEIGHT, edit_change_weight
 
-    assert edit_change_weight("Nudge the green star downwards.") == 0.0
+    assert edit_change_weight("Nudge the green star downwards.") == -EDIT_CHANGE_WEIGHT
     for instruction in ("make the red circle blue", "add a star", "take away the blue square", "make it nicer"):
         assert edit_change_weight(instruction) == EDIT_CHANGE_WEIGHT > 0
