@@ -166,7 +166,7 @@ class AnyGenPipeline(PipelineBase):
                                desc="text_to_image", callback=callback_on_step_end)
         if k > 1:
             sampled = self._best_candidates(sampled, [ranking_texts(p) for p in prompts for _ in range(n)], k,
-                                            self._read_back(sampled, size))
+                                            self._picture_ids(self._drawn(sampled, size)))
         return _out(ImagePipelineOutput(self._images(sampled, size, render, generator)), return_dict)
 
     def edit_image(self, image: ImageInput | Sequence[ImageInput], instruction: str | Sequence[str],
@@ -206,7 +206,7 @@ class AnyGenPipeline(PipelineBase):
         if k > 1:
             rankings = [edit_ranking_texts(self._edit_source(x, c, t), t)
                         for x, c, t in zip(pixels, self.caption(pixels).texts, instructions)]
-            drawn = VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
+            drawn = self._drawn(sampled, size)
             weights = torch.tensor([edit_change_weight(t) for t in instructions]).repeat_interleave(n * k)
             change = (drawn - pixels.repeat_interleave(n * k, dim=0)).abs().mean((1, 2, 3))
             sampled = self._best_candidates(sampled, [r for r in rankings for _ in range(n)], k,
@@ -582,10 +582,11 @@ class AnyGenPipeline(PipelineBase):
         """Check the decoder choice, its settings and the output type before anything is sampled."""
         return check_rendering(rendering, size, self._tokenizer("image"), self.model.decoders)
 
-    def _read_back(self, sampled: Sampled, size: tuple[int, int]) -> list[list[int]]:
-        """Each sampled picture's ids as the tokenizer reads the decoded picture back: what candidates are ranked
-        on, the input the captioner was trained on."""
-        return self._picture_ids(VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size))
+    def _drawn(self, sampled: Sampled, size: tuple[int, int]) -> torch.Tensor:
+        """Each sampled picture as the VQ decoder draws it ``(B, 3, H, W)``: candidates are ranked on its ids as
+        the tokenizer reads it back (the input the captioner was trained on) and, for edits, on how much it
+        differs from the source."""
+        return VQDecoder(self._tokenizer("image")).decode(self._image_codes(sampled), size)
 
     def _picture_ids(self, pixels: torch.Tensor) -> list[list[int]]:
         """The ids each picture of ``pixels`` ``(B, 3, H, W)`` is read as (its image span)."""
