@@ -29,8 +29,8 @@ from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_ren
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.loop import cache_argument, decode_steps
-from anygen.generation.ranking import (SHORTLIST, RankingTexts, edit_change_weight, edit_ranking_texts, edit_sources,
-                                       ranking_texts)
+from anygen.generation.ranking import (CAPTION_TEXT_WEIGHT, SHORTLIST, RankingTexts, caption_options,
+                                       edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts)
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
 from anygen.generation.streaming import Event, stream_events
 from anygen.image import ImageInput
@@ -205,7 +205,7 @@ class AnyGenPipeline(PipelineBase):
                                    SamplingParams(temperature, top_k, top_p), callback_on_step_end)
         if k > 1:
             rankings = [edit_ranking_texts(self._edit_source(x, c, t), t)
-                        for x, c, t in zip(pixels, self.caption(pixels).texts, instructions)]
+                        for x, c, t in zip(pixels, self.caption(pixels, check=False).texts, instructions)]
             drawn = self._drawn(sampled, size)
             weights = torch.tensor([edit_change_weight(t) for t in instructions]).repeat_interleave(n * k)
             change = (drawn - pixels.repeat_interleave(n * k, dim=0)).abs().mean((1, 2, 3))
@@ -247,12 +247,20 @@ class AnyGenPipeline(PipelineBase):
 
     def caption(self, image: ImageInput | Sequence[ImageInput], max_new_tokens: int = 48,
                 generator: Generators = None, do_sample: bool = False, temperature: float = 1.0,
-                return_dict: bool = True,
-                callback_on_step_end: StepCallback | None = None) -> TextPipelineOutput | tuple:
-        """One description per image (greedy by default); ``image`` is one image or a batch of any kind."""
-        rows = [[ImageSegment(x)] for x in image_tensors(image, self.image_size)]
-        texts = self._texts(rows, max_new_tokens, generator, SamplingParams(temperature, do_sample=do_sample),
-                            "caption", callback_on_step_end)
+                return_dict: bool = True, callback_on_step_end: StepCallback | None = None,
+                check: bool = True) -> TextPipelineOutput | tuple:
+        """One description per image (greedy by default); ``image`` is one image or a batch of any kind.
+
+        ``check``: a caption in the scene language is checked against its near misses (one colour, shape, count or
+        relation changed; :func:`~anygen.generation.ranking.caption_options`), and the text under which the model
+        finds the picture likeliest (plus the text's likelihood as the caption) is returned in its canonical
+        wording; the model's own wording is kept when it wins. ``False`` returns the decoded caption as it is.
+        """
+        pixels = image_tensors(image, self.image_size)
+        texts = self._texts([[ImageSegment(x)] for x in pixels], max_new_tokens, generator,
+                            SamplingParams(temperature, do_sample=do_sample), "caption", callback_on_step_end)
+        if check:
+            texts = self._checked_captions(self._picture_ids(pixels), texts)
         return _out(TextPipelineOutput(texts), return_dict)
 
     def caption_likelihood(self, image: ImageInput | Sequence[ImageInput], text: str | Sequence[str]) -> list[float]:
@@ -327,6 +335,44 @@ class AnyGenPipeline(PipelineBase):
                     picked = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0].cpu()
                     for r, (_, i, j) in enumerate(chunk):
                         out[i][j] = float(picked[r, : len(tails[i][j])].sum())
+        return out
+
+    @torch.inference_mode()
+    def _picture_scores(self, spans: list[list[int]], texts: list[Sequence[str]], rows_per_pass: int = 64
+                        ) -> list[list[float]]:
+        """``out[i][j]``: the log-likelihood of ``spans[i]`` after ``<|bos|>``, ``texts[i][j]`` and the span's
+        opening token (the text -> image direction of :meth:`_text_scores`); rows of one length are read together,
+        in passes of ``rows_per_pass``."""
+        encode, core = self.model.processor.encode, self.model.core
+        device = core.get_input_embeddings().weight.device
+        by_length: dict[tuple[int, int], list[tuple[int, int, list[int]]]] = {}
+        for i, (span, row) in enumerate(zip(spans, texts)):
+            for j, text in enumerate(row):
+                ids = [self.model.vocab.bos_id, *encode([TextSegment(text)]), *span]
+                by_length.setdefault((len(ids), len(span)), []).append((i, j, ids))
+        out = [[0.0] * len(row) for row in texts]
+        for (_, span_length), members in by_length.items():
+            for start in range(0, len(members), rows_per_pass):
+                chunk = members[start:start + rows_per_pass]
+                ids = torch.tensor([m[2] for m in chunk], device=device)
+                logits = core(input_ids=ids, logits_to_keep=span_length).logits[:, :-1]  # predict the span's ids
+                picked = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1 - span_length:, None])[..., 0]
+                for (i, j, _), total in zip(chunk, picked.sum(1).tolist()):
+                    out[i][j] = total
+        return out
+
+    def _checked_captions(self, spans: list[list[int]], captions: list[str]) -> list[str]:
+        """Each caption, or the option of :func:`~anygen.generation.ranking.caption_options` that scores highest:
+        the picture's log-likelihood after the text plus
+        :data:`~anygen.generation.ranking.CAPTION_TEXT_WEIGHT` times the text's after the picture."""
+        out = list(captions)
+        todo = {i: row for i, c in enumerate(captions) if (row := caption_options(c))}
+        spans = [spans[i] for i in todo]
+        pictures, texts = self._picture_scores(spans, list(todo.values())), self._text_scores(spans, list(todo.values()))
+        for (i, row), picture, text in zip(todo.items(), pictures, texts):
+            best = max(range(len(row)), key=lambda j: picture[j] + CAPTION_TEXT_WEIGHT * text[j])
+            if best:
+                out[i] = row[best]
         return out
 
     def _best_candidates(self, sampled: Sampled, rankings: list[RankingTexts], k: int,

@@ -25,6 +25,9 @@ class EosFirst(torch.nn.Module):
         out.logits[..., self.eos_id] += 1000.0
         return out
 
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.core.get_input_embeddings()
+
 
 def prompts(model: AnyGen) -> list[list[int]]:
     return [[model.vocab.bos_id, *model.processor.encode([TextSegment(t)])] for t in ("a red circle", "hi")]

@@ -61,6 +61,52 @@ def test_caption_likelihood_is_the_log_likelihood_of_the_caption_after_the_image
         assert pipe.caption_likelihood(image, text) == pytest.approx([score], rel=1e-5)
 
 
+def test_picture_scores_are_the_log_likelihood_of_the_picture_after_the_text(pipe: AnyGenPipeline) -> None:
+    """Against transformers' own loss on the text -> image training layout, over the picture's codes and closing
+    token (not its opening token nor the row's ``<|eos|>``); texts of other lengths score as they do alone."""
+    image = pipe.text_to_image("a red circle", generator=seed(0), output_type="pt", num_candidates=1).images
+    span = pipe._picture_ids(image)[0]
+    texts = ["a red circle", "two green triangles above a small blue square", "x"]
+    scores = pipe._picture_scores([span], [texts])[0]
+    for text, score in zip(texts, scores):
+        batch = pipe.model.processor([[TextSegment(text)]], [[ImageSegment(image[0])]])
+        labels = batch.labels.clone()
+        labelled = (labels[0] >= 0).nonzero()[:, 0]
+        labels[0, labelled[0]] = labels[0, labelled[-1]] = -100  # the opening token and <|eos|>
+        with torch.no_grad():
+            loss = pipe.model.core(input_ids=batch.input_ids, labels=labels).loss
+        assert score == pytest.approx(-loss.item() * (len(span) - 1), rel=1e-4)
+        assert pipe._picture_scores([span], [[text]]) == [pytest.approx([score], rel=1e-5)]
+
+
+def test_a_caption_is_the_option_under_which_the_picture_is_likeliest(pipe: AnyGenPipeline) -> None:
+    """``caption`` (``check=True``) returns the option of :func:`caption_options` with the highest picture score
+    plus ``CAPTION_TEXT_WEIGHT`` times its caption likelihood, and the model's own words when they win; a caption
+    naming no shape, or ``check=False``, is the decoded text."""
+    from anygen.generation.ranking import CAPTION_TEXT_WEIGHT, caption_options
+
+    images = pipe.text_to_image(["a red circle", "two blue squares"], generator=seed(2), output_type="pt",
+                                num_candidates=1).images
+    spans = pipe._picture_ids(images)
+    captions = ["This shows a red circle.", "two blue squares above a green star", "a yellow triangle",
+                "three pink stars", "nothing at all"]
+    pictures = [0, 1, 0, 1, 0]
+    checked = pipe._checked_captions([spans[i] for i in pictures], captions)
+    changed = 0
+    for i, caption, out in zip(pictures, captions[:-1], checked):
+        options = caption_options(caption)
+        totals = [p + CAPTION_TEXT_WEIGHT * t for p, t in zip(pipe._picture_scores([spans[i]], [options])[0],
+                                                               pipe.caption_likelihood([images[i]] * len(options),
+                                                                                       options))]
+        best = max(range(len(options)), key=totals.__getitem__)
+        assert out == (caption if best == 0 else options[best])
+        changed += best > 0
+    assert changed  # the check replaced at least one caption
+    assert checked[-1] == "nothing at all"
+    raw = pipe.caption(images, check=False).texts
+    assert pipe.caption(images).texts == pipe._checked_captions(spans, raw)
+
+
 def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
     """``num_candidates=k`` samples the k images ``num_images_per_prompt=k`` would (same seeds) and keeps the one
     :meth:`candidate_scores` scores highest: the prompt's ranking texts (:func:`ranking_texts`), each scored by

@@ -75,3 +75,25 @@ def test_a_move_gains_by_the_change_that_other_edits_lose_by() -> None:
     assert edit_change_weight("Nudge the green star downwards.") == -EDIT_CHANGE_WEIGHT
     for instruction in ("make the red circle blue", "add a star", "take away the blue square", "make it nicer"):
         assert edit_change_weight(instruction) == EDIT_CHANGE_WEIGHT > 0
+
+
+def test_a_caption_is_checked_against_its_near_misses_in_colour_and_shape() -> None:
+    """The canonical sentence first, then every near miss that keeps the caption's counts and relation: each other
+    colour and shape of each object, and the two colours swapped; nothing for a caption that names no shape."""
+    from anygen.generation.ranking import caption_options
+
+    caption = "There are two red circles to the left of a blue square."
+    options = caption_options(caption)
+    spec = parse_text(caption)
+    assert options[0] == describe(spec) == "two red circles to the left of a blue square"
+    assert len(set(options)) == len(options)
+    for option in map(parse_text, options[1:]):
+        assert option.relation == spec.relation and [o.count for o in option.objects] == [2, 1]
+    assert "two green circles to the left of a blue square" in options
+    assert "two red stars to the left of a blue square" in options
+    assert "two blue circles to the left of a red square" in options  # the colours swapped
+    assert "three red circles to the left of a blue square" not in options
+    assert "two red circles above a blue square" not in options
+    kept = [m for m in near_misses(spec) if m.relation == spec.relation]
+    assert {describe(m) for m in kept if [o.count for o in m.objects] == [2, 1]} == set(options[1:])
+    assert caption_options("a picture of nothing much") == []
