@@ -93,3 +93,20 @@ def test_eval_cli_ground_truth(tmp_path, capsys):
     missing = parser.parse_args(["--model", str(tmp_path / "nope"), "--suite", "shapes"])
     with pytest.raises(InvalidArgumentError, match="--model"):
         eval_cli.main(missing)
+    with pytest.raises(InvalidArgumentError, match="--threads"):
+        eval_cli.main(parser.parse_args(["--ground-truth", "--suite", "edit", "--n", "1", "--threads", "-1"]))
+
+
+def test_eval_cli_runs_on_the_threads_it_is_given_and_records_them(tmp_path):
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        args = parser.parse_args(["--ground-truth", "--suite", "caption", "--n", "1", "--threads", "1",
+                                  "--json", str(tmp_path / "r.json")])
+        assert eval_cli.main(args) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "r.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ Example::
 
     anygen eval --ground-truth --suite all --n 12 --json runs/truth.json   # what a perfect model scores
     anygen eval --model anygen-tiny --suite shapes --n 24                  # the shipped model
+    anygen eval --model anygen-tiny --suite all --n 12 --threads 1         # the model card's numbers
     anygen eval --model runs/anygen-tiny/final --suite all                 # a saved one
 """
 
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-candidates", type=int, default=None,
                         help="num_candidates of text_to_image and edit_image (default: the pipelines', the "
                              "model's pick of 16 images and of 8 edits; 1 scores single samples)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the model (default 0: torch's own choice); sampled results can differ "
+                             "by an item between thread counts, so a published number names its count")
     parser.add_argument("--keyword-model", default=None,
                         help="safetensors file of the keyword classifier (fitted and saved here when missing)")
     parser.add_argument("--json", dest="json_path", default=None,
@@ -125,18 +129,21 @@ def format_table(results: list[EvalResult]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run ``anygen eval``. Returns the exit status."""
     check_range("--n", args.n, 1, 100_000)
+    check_range("--threads", args.threads, 0, 1024)
     if args.num_candidates is not None:
         if args.ground_truth:
             raise InvalidArgumentError("--num-candidates applies to --model, not to --ground-truth")
         check_range("--num-candidates", args.num_candidates, 1, 64)
     check_outputs(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = None if args.ground_truth else load_model(args.model, args.seed, args.num_candidates)
     classifier = keyword_classifier(args.keyword_model)
     results = run_suite(args.suite, args.n, args.seed, args.split, model, classifier)
     print(format_table(results))
     if args.json_path:
         payload = {"source": "ground-truth" if args.ground_truth else args.model, "suite": args.suite,
-                   "n": args.n, "seed": args.seed, "split": args.split,
+                   "n": args.n, "seed": args.seed, "split": args.split, "threads": torch.get_num_threads(),
                    "results": [json.loads(r.to_json()) for r in results]}
         Path(args.json_path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return 0
