@@ -14,7 +14,7 @@ from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
 from anygen.generation.ranking import edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts
-from anygen.generation.streaming import RowDone
+from anygen.generation.streaming import RowDone, SegmentDone
 from anygen.types import AudioSegment, ImageSegment, TextSegment
 
 
@@ -105,6 +105,30 @@ def test_a_caption_is_the_option_under_which_the_picture_is_likeliest(pipe: AnyG
     assert checked[-1] == "nothing at all"
     raw = pipe.caption(images, check=False).texts
     assert pipe.caption(images).texts == pipe._checked_captions(spans, raw)
+
+
+def test_generate_reads_text_greedily_unless_told_otherwise(pipe: AnyGenPipeline) -> None:
+    """A modality ``sampling`` leaves out samples as ``GENERATE_SAMPLING`` says (text greedy); one it names, as
+    named; ``stream`` follows the same defaults."""
+    from anygen.generation.sampling import SamplingParams
+    from anygen.pipelines import GENERATE_SAMPLING
+
+    assert GENERATE_SAMPLING["text"].do_sample is False
+    prompt = ["how many shapes?"]
+
+    def streamed(generator: torch.Generator, **kwargs) -> list[int]:
+        events = pipe.stream(prompt, max_new_tokens=12, generator=generator, output_modalities=[], min_new_tokens=1,
+                             **kwargs)
+        return pipe.prompt_ids([e.segment for e in events if isinstance(e, SegmentDone)])
+
+    default = pipe.generate(prompt, max_new_tokens=12, generator=seed(0), output_modalities=[])
+    greedy = {"text": SamplingParams(do_sample=False)}
+    again = pipe.generate(prompt, max_new_tokens=12, generator=seed(5), output_modalities=[], sampling=greedy)
+    assert pipe.prompt_ids(default.segments) == pipe.prompt_ids(again.segments) == streamed(seed(1))
+    hot = {tuple(streamed(seed(i), sampling={"text": SamplingParams(2.0)})) for i in range(3)}
+    assert len(hot) > 1  # text sampled as asked varies with the seed; the default does not
+    with pytest.raises(InvalidArgumentError, match="sampling"):
+        pipe.generate(prompt, sampling=[SamplingParams()])
 
 
 def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:

@@ -1,0 +1,78 @@
+"""How should ``generate`` sample what its ``sampling`` leaves out? Writes the ``generate-sampling`` section of
+benchmarks/RESULTS.md.
+
+The interleaved suite (``--n`` documents per kind, for each of ``--seeds``, as ``anygen eval --suite interleaved``)
+is answered once per setting, every call seeded from the seed and its index as ``anygen eval`` seeds it, and judged
+as there: *sampled*: every modality at temperature 1 (``generate``'s default before); *greedy text*: text read
+greedily, media at temperature 1 (``GENERATE_SAMPLING``, the default now); *+ audio T 0.7*: audio as ``speak``
+samples it; *+ guidance 2*: classifier-free guidance 2 on the media spans as well.
+
+    python benchmarks/generate_sampling.py --seeds 1 2 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from candidates import parse_and_load  # noqa: E402
+from results_file import write_section  # noqa: E402
+
+from anygen.evaluation.interleaved import evaluate_interleaved  # noqa: E402
+from anygen.evaluation.suites import build_items, default_classifier  # noqa: E402
+from anygen.generation.sampling import SamplingParams  # noqa: E402
+from anygen.pipelines import EmptyAnswerError  # noqa: E402
+
+GREEDY = SamplingParams(do_sample=False)
+SETTINGS = {
+    "sampled": ({"text": SamplingParams()}, 1.0),
+    "greedy text": ({"text": GREEDY}, 1.0),
+    "+ audio T 0.7": ({"text": GREEDY, "audio": SamplingParams(0.7)}, 1.0),
+    "+ guidance 2": ({"text": GREEDY, "audio": SamplingParams(0.7)}, 2.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=12, help="documents per kind, as anygen eval --n")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 0], help="item-set seeds (the card's is 0)")
+    args, pipe = parse_and_load(parser)
+    classifier = default_classifier()
+    lines = ["## generate(sampling=...): what an interleaved answer is sampled with", "",
+             (f"`python benchmarks/generate_sampling.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
+              f"{torch.__version__}. Documents answered with every part right (module docstring); seed 0 is the "
+              "model card's draw."),
+             "",
+             "| seed | split | documents | " + " | ".join(SETTINGS) + " |", "|---|---|---|" + "---|" * len(SETTINGS)]
+    for seed in args.seeds:
+        for split in args.splits:
+            documents = build_items("interleaved", args.n, seed, split)["documents"]
+            rates = []
+            for sampling, scale in SETTINGS.values():
+                calls = itertools.count()
+
+                def generate(segments: list) -> list:
+                    generator = torch.Generator().manual_seed(seed * 1_000_003 + next(calls))
+                    try:
+                        return pipe.generate(segments, generator=generator, sampling=sampling,
+                                             guidance_scale=scale).segments
+                    except EmptyAnswerError:
+                        return []
+                result = evaluate_interleaved(generate, documents, classifier)
+                rates.append(f"{result.overall:.3f}")
+            lines.append(f"| {seed} | {split} | {len(documents)} | " + " | ".join(rates) + " |")
+            print(lines[-1], flush=True)
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("generate-sampling", body)
+
+
+if __name__ == "__main__":
+    main()
