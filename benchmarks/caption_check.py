@@ -48,22 +48,18 @@ def run(pipe: AnyGenPipeline, seed: int, split: str, n: int) -> dict[str, list[b
         options = list(dict.fromkeys([describe(spec), *(describe(m) for m in near_misses(spec))]))
         checked = set(caption_options(decoded))
         span = pipe._picture_ids(image_tensors(picture, pipe.image_size))
+        right = score_caption(decoded, sample.scene, sample.category)["passed"]
+        passed = [score_caption(o, sample.scene, sample.category)["passed"] for o in options]
         if spec.objects:
             forward, backward = pipe._picture_scores(span, [options])[0], pipe._text_scores(span, [options])[0]
-        passed = [score_caption(o, sample.scene, sample.category)["passed"] for o in options]
-
-        def pick(weight: float, among: set[str] | None = None) -> bool:
-            if not spec.objects:  # nothing to check: the decoded caption stands
-                return score_caption(decoded, sample.scene, sample.category)["passed"]
-            kept = [j for j, o in enumerate(options) if among is None or o in among]
-            return passed[max(kept, key=lambda j: forward[j] + weight * backward[j])]
-
-        rows["decoded"].append(score_caption(decoded, sample.scene, sample.category)["passed"])
-        rows["picture only"].append(pick(0.0, checked))
-        for w in WEIGHTS:
-            rows[f"w = {w:g}"].append(pick(w, checked))
-        rows["all, w = 1"].append(pick(1.0))
-        rows["any"].append(rows["decoded"][-1] or any(p for o, p in zip(options, passed) if o in checked))
+            kept = [j for j, o in enumerate(options) if o in checked]
+            picks = {"picture only": max(kept, key=forward.__getitem__),
+                     **{f"w = {w:g}": max(kept, key=lambda j, w=w: forward[j] + w * backward[j]) for w in WEIGHTS},
+                     "all, w = 1": max(range(len(options)), key=lambda j: forward[j] + backward[j])}
+        for column in COLUMNS[1:-1]:  # nothing to check (no shape named): the decoded caption stands
+            rows[column].append(passed[picks[column]] if spec.objects else right)
+        rows["decoded"].append(right)
+        rows["any"].append(right or any(p for o, p in zip(options, passed) if o in checked))
     return rows
 
 
