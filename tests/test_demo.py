@@ -175,6 +175,25 @@ def test_chat_streams_an_image_answer(client: Client, server: str) -> None:
     assert digest(again) == digest(answer)
 
 
+def test_chat_text_temperature_zero_is_greedy_and_the_default(client: Client, server: str) -> None:
+    """The chat's text slider starts where ``pipe.generate`` does (greedy, 0); at 0 the seed does not change the
+    text, sampled text does; a negative temperature is refused."""
+    def text(seed: int, temperature: float) -> list[str]:  # each in a new session: no earlier turns fed back
+        fresh = Client(server, verbose=False, download_files=False)
+        answer = chat(fresh, server, *chat_args("how many shapes?", seed=seed, max_new_tokens=12,
+                                                output_modalities=[], text_temperature=temperature))[1]
+        return [v for k, v in answer if k == "text"]
+
+    assert text(0, 0.0) == text(1, 0.0)
+    assert len({tuple(text(seed, 2.0)) for seed in range(3)}) > 1
+    with pytest.raises(AppError, match="less than minimum value 0"):  # Gradio checks the slider's range
+        client.predict(*chat_args("hi", text_temperature=-1.0), api_name="/chat")
+    config = httpx.get(f"{server}/config").json()
+    sliders = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "slider"}
+    assert sliders["text temperature (0 = greedy)"]["value"] == 0.0
+    assert sliders["image temperature (0 = greedy)"]["value"] == 1.0
+
+
 def test_chat_streams_an_audio_answer(client: Client, server: str) -> None:
     answer = chat(client, server, *chat_args(PLAY, seed=2, max_new_tokens=60, output_modalities=["audio"]))[1]
     rate, samples = next(v for k, v in answer if k == "audio")

@@ -40,7 +40,7 @@ from anygen.data.scenes import Scene, ShapeObject, render_scene
 from anygen.assets import model_dir
 from anygen.errors import AnygenError, InvalidArgumentError, check_range
 from anygen.image import load_image
-from anygen.pipelines import DECODERS, AnyGenPipeline, load
+from anygen.pipelines import DECODERS, GENERATE_SAMPLING, AnyGenPipeline, load
 from anygen.generation.sampling import SamplingParams
 from anygen.apps.showcase import EDIT, IMAGE_PROMPTS, MELODY, QUESTION, QUESTION_SCENE, SPEECH
 
@@ -168,9 +168,11 @@ def _default(method: Any, argument: str) -> Any:
     return inspect.signature(method).parameters[argument].default
 
 
-def _sampling(gr: Any, name: str = "", temperature: float = 1.0) -> list[Any]:
+def _sampling(gr: Any, name: str = "", temperature: float = 1.0, greedy: bool = False) -> list[Any]:
+    """Temperature and top-k sliders; with ``greedy``, temperature 0 means greedy (the chat's sliders)."""
     prefix = f"{name} " if name else ""
-    return [gr.Slider(0.05, 2.0, value=temperature, step=0.05, label=f"{prefix}temperature"),
+    low, label = (0.0, f"{prefix}temperature (0 = greedy)") if greedy else (0.05, f"{prefix}temperature")
+    return [gr.Slider(low, 2.0, value=temperature, step=0.05, label=label),
             gr.Slider(0, 256, value=0, step=1, label=f"{prefix}top-k (0 = off)")]
 
 
@@ -197,9 +199,10 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
             settings = [gr.Slider(8, max(8, limit - 64), value=min(200, limit // 2), step=8, label="max new tokens"),
                         *_seed_and_decoder(gr, pipe),
                         gr.CheckboxGroup(media, value=media, label="the answer may contain")]
-        for name in ("text", "image", "audio"):
+        for name in ("text", "image", "audio"):  # the defaults of pipe.generate (GENERATE_SAMPLING)
+            default = GENERATE_SAMPLING.get(name, SamplingParams())
             with gr.Row():
-                settings += _sampling(gr, name)
+                settings += _sampling(gr, name, default.temperature if default.do_sample else 0.0, greedy=True)
     gr.Examples([[{"text": text, "files": [] if scene is None else [_example_image(gr, scene, i)]}]
                  for i, (text, scene) in enumerate(CHAT_EXAMPLES)], inputs=[box])
 
@@ -209,7 +212,8 @@ def _chat_tab(gr: Any, pipe: AnyGenPipeline) -> None:
         check_decoder(pipe, decoder)
         pairs = {"text": (text_temperature, text_top_k), "image": (image_temperature, image_top_k),
                  "audio": (audio_temperature, audio_top_k)}
-        sampling = {name: SamplingParams(float(t), int(k)) for name, (t, k) in pairs.items() if name in names}
+        sampling = {name: SamplingParams(float(t), int(k)) if float(t) != 0 else SamplingParams(do_sample=False)
+                    for name, (t, k) in pairs.items() if name in names}
         plan = ChatSettings(int(max_new_tokens), make_generator(seed), sampling, list(output_modalities or []),
                             decoder)
         renderer = Renderer(Path(tempfile.mkdtemp(prefix="anygen-chat-", dir=_cache_dir(gr))))
