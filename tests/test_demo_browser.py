@@ -74,6 +74,9 @@ def test_a_chat_message_streams_text_an_image_and_audio(page: sync_api.Page, tmp
     tokens = page.get_by_label("number input for max new tokens")
     tokens.fill("64")
     tokens.press("Enter")
+    temperature = page.get_by_label("number input for text temperature (0 = greedy)")  # sampled text: this
+    temperature.fill("1")  # random model then writes text before its media, as the test needs
+    temperature.press("Enter")
     page.get_by_text("Advanced settings").first.click()
 
     page.locator("#chat-input textarea").fill("a red circle")
