@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from candidates import parse_and_load  # noqa: E402
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 from anygen.data.language import describe, near_misses, parse_text  # noqa: E402
 from anygen.data.scenes import render_scene  # noqa: E402
@@ -80,10 +80,7 @@ def main() -> None:
             rates = " | ".join(f"{sum(rows[c]) / len(rows[c]):.3f}" for c in COLUMNS)
             lines.append(f"| {seed} | {split} | {len(rows['decoded'])} | {rates} |")
             print(lines[-1], flush=True)
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("caption-check", body)
+    publish("caption-check", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from candidates import parse_and_load  # noqa: E402
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 from anygen.evaluation.interleaved import evaluate_interleaved  # noqa: E402
 from anygen.evaluation.suites import build_items, default_classifier  # noqa: E402
@@ -68,10 +68,7 @@ def main() -> None:
                 rates.append(f"{result.overall:.3f}")
             lines.append(f"| {seed} | {split} | {len(documents)} | " + " | ".join(rates) + " |")
             print(lines[-1], flush=True)
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("generate-sampling", body)
+    publish("generate-sampling", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

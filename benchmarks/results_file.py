@@ -16,3 +16,11 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     pattern = re.compile(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def publish(name: str, lines: list[str], write: bool = True) -> None:
+    """Print a benchmark's section (``lines``, one per table row) and, with ``write``, store it as ``name``."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        write_section(name, body)

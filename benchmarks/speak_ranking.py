@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from candidates import parse_and_load  # noqa: E402
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 from anygen.evaluation.melody import score_music_audio  # noqa: E402
 from anygen.evaluation.suites import build_items  # noqa: E402
@@ -68,10 +68,7 @@ def main() -> None:
         rates = " | ".join(f"{sum(rows[c]) / len(rows[c]):.3f}" for c in COLUMNS)
         lines.append(f"| {split} | {len(rows['first'])} | {rates} |")
         print(lines[-1], flush=True)
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("speak-ranking", body)
+    publish("speak-ranking", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
