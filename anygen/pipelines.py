@@ -51,6 +51,10 @@ on the near misses (:data:`~anygen.generation.ranking.SHORTLIST`), which keeps t
 EDIT_CANDIDATES = 8
 """The default ``num_candidates`` of :meth:`AnyGenPipeline.edit_image`: anygen-tiny's pick of 8 edits passes the
 edit judge more often than one sample in three of the four measurements of MODEL_CARD.md (on test in one of two)."""
+SPEAK_CANDIDATES = 8
+"""The default ``num_candidates`` of :meth:`AnyGenPipeline.speak`: anygen-tiny's pick of 8 clips, ranked as its
+tokenizer reads them back, plays the requested melody or chord more often than one clip on both splits of two
+draws (``benchmarks/speak_ranking.py``), and says its keyword as often or once more in 120 (MODEL_CARD.md)."""
 GENERATE_SAMPLING = {"text": SamplingParams(do_sample=False)}
 """How :meth:`AnyGenPipeline.generate`, ``chat`` and ``stream`` sample a modality their ``sampling`` leaves out: text
 greedily (as ``caption`` and ``transcribe`` read, and as transformers ``generate`` does by default), media at
@@ -421,7 +425,7 @@ class AnyGenPipeline(PipelineBase):
     def speak(self, text: str | Sequence[str], guidance_scale: float = 2.0, generator: Generators = None,
               temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0, max_seconds: float | None = None,
               return_dict: bool = True, callback_on_step_end: StepCallback | None = None,
-              num_candidates: int = 1) -> AudioPipelineOutput | tuple:
+              num_candidates: int = SPEAK_CANDIDATES) -> AudioPipelineOutput | tuple:
         """Speech (or a melody, for note names) for each text: ``.audios`` (one waveform ``(T,)`` each) at
         ``.sample_rate``.
 
@@ -430,7 +434,7 @@ class AnyGenPipeline(PipelineBase):
         with them, 0.4-0.57 with plain sampling (``guidance_scale=1.0, temperature=1.0``); MODEL_CARD.md has the
         table. ``num_candidates``: as in :meth:`text_to_image`, each clip is the one of that many samples that the
         model, hearing the clip as its tokenizer reads it back, finds likeliest to say its text (as it would
-        transcribe it). The default, 1, keeps the first (MODEL_CARD.md, benchmarks/candidates.py).
+        transcribe it); ``1`` keeps the first sample (:data:`SPEAK_CANDIDATES`, MODEL_CARD.md).
         """
         texts = as_list(text, "text")
         if any(not t.strip() for t in texts):

@@ -2,9 +2,9 @@
 section of benchmarks/RESULTS.md (the model card quotes it).
 
 Each task runs ``--repeats`` times after one warm-up call, with a fixed seed, and the median is reported:
-text-to-image (one 64x64 image with CFG 2, and a batch of 8), editing, captioning (checked and not), speech (seconds of wall time
-per second of generated audio) and transcription; the diffusion decoder is timed at 20 steps when the model has
-one.
+text-to-image (one 64x64 image with CFG 2, and a batch of 8), editing, captioning (checked and not), speech (one
+clip and the default pick; seconds of wall time per second of generated audio) and transcription; the diffusion
+decoder is timed at 20 steps when the model has one.
 
     python benchmarks/model_speed.py --threads 2            # the shipped model
     python benchmarks/model_speed.py --model DIR --threads 2
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402
 
 import anygen  # noqa: E402
-from anygen.pipelines import CANDIDATES, EDIT_CANDIDATES  # noqa: E402
+from anygen.pipelines import CANDIDATES, EDIT_CANDIDATES, SPEAK_CANDIDATES  # noqa: E402
 from anygen.data.scenes import render_scene  # noqa: E402
 from anygen.evaluation.shapes import ShapesEval  # noqa: E402
 
@@ -82,9 +82,14 @@ def rows(pipe: anygen.AnyGenPipeline, repeats: int) -> list[tuple[str, str, str]
     wave, rate = speech.audios[0], speech.sample_rate
     seconds = max(wave.shape[-1] / rate, 1e-3)
     speak = median_seconds(lambda: pipe.speak("hello", generator=seed()), repeats)
+    single = pipe.speak("hello", generator=seed(), num_candidates=1)
+    seconds_single = max(single.audios[0].shape[-1] / single.sample_rate, 1e-3)
+    speak_single = median_seconds(lambda: pipe.speak("hello", generator=seed(), num_candidates=1), repeats)
     transcribe = median_seconds(lambda: pipe.transcribe(wave, rate), repeats)
-    out += [("speak", f"{speak / seconds:.2f} s per s of audio", f"{seconds:.2f} s of audio in {speak:.2f} s, "
-             "CFG 2 (the default), Griffin-Lim included"),
+    out += [("speak, 1 sample", f"{speak_single / seconds_single:.2f} s per s of audio", f"`num_candidates=1`: "
+             f"{seconds_single:.2f} s of audio in {speak_single:.2f} s, CFG 2 (the default), Griffin-Lim included"),
+            ("speak", f"{speak / seconds:.2f} s per s of audio", f"the default: the pick of {SPEAK_CANDIDATES} "
+             f"clips, {seconds:.2f} s of audio in {speak:.2f} s"),
             ("transcribe", f"{transcribe:.2f} s", f"{seconds:.2f} s clip, greedy")]
     return out
 

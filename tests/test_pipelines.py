@@ -246,6 +246,11 @@ def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monk
     assert not torch.equal(candidates[0], candidates[1])
     (clip,) = pipe.speak("say hello", num_candidates=3, generator=seed(4)).audios
     assert any(torch.equal(clip, c) for c in candidates)
+    from anygen.pipelines import SPEAK_CANDIDATES
+
+    assert SPEAK_CANDIDATES > 1 and torch.equal(  # the default is the pick of SPEAK_CANDIDATES
+        pipe.speak("say hello", generator=seed(4)).audios[0],
+        pipe.speak("say hello", num_candidates=SPEAK_CANDIDATES, generator=seed(4)).audios[0])
     scored = []
 
     def fixed(spans, texts):
