@@ -53,8 +53,10 @@ EDIT_CANDIDATES = 8
 edit judge more often than one sample in three of the four measurements of MODEL_CARD.md (on test in one of two)."""
 SPEAK_CANDIDATES = 8
 """The default ``num_candidates`` of :meth:`AnyGenPipeline.speak`: anygen-tiny's pick of 8 clips, ranked as its
-tokenizer reads them back, plays the requested melody or chord more often than one clip on both splits of two
-draws (``benchmarks/speak_ranking.py``), and says its keyword as often or once more in 120 (MODEL_CARD.md)."""
+tokenizer reads them back, plays the requested melody or chord more often than one clip on validation in three
+draws (+0.17 to +0.20) and on test in two of them (+0.08; one item fewer in the third;
+``benchmarks/speak_ranking.py``, ``benchmarks/candidates.py``), and its keywords are heard as often or more
+(MODEL_CARD.md)."""
 GENERATE_SAMPLING = {"text": SamplingParams(do_sample=False)}
 """How :meth:`AnyGenPipeline.generate`, ``chat`` and ``stream`` sample a modality their ``sampling`` leaves out: text
 greedily (as ``caption`` and ``transcribe`` read, and as transformers ``generate`` does by default), media at
