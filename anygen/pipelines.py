@@ -265,8 +265,9 @@ class AnyGenPipeline(PipelineBase):
                 check: bool = True) -> TextPipelineOutput | tuple:
         """One description per image (greedy by default); ``image`` is one image or a batch of any kind.
 
-        ``check``: a caption in the scene language is checked against its near misses (one colour, shape, count or
-        relation changed; :func:`~anygen.generation.ranking.caption_options`), and the text under which the model
+        ``check``: a caption in the scene language is checked against its near misses in colour and shape (one
+        object in another colour or as another shape, or two colours swapped;
+        :func:`~anygen.generation.ranking.caption_options`), and the text under which the model
         finds the picture likeliest (plus the text's likelihood as the caption) is returned in its canonical
         wording; the model's own wording is kept when it wins. ``False`` returns the decoded caption as it is.
         """
@@ -381,8 +382,8 @@ class AnyGenPipeline(PipelineBase):
         :data:`~anygen.generation.ranking.CAPTION_TEXT_WEIGHT` times the text's after the picture."""
         out = list(captions)
         todo = {i: row for i, c in enumerate(captions) if (row := caption_options(c))}
-        spans = [spans[i] for i in todo]
-        pictures, texts = self._picture_scores(spans, list(todo.values())), self._text_scores(spans, list(todo.values()))
+        spans, options = [spans[i] for i in todo], list(todo.values())
+        pictures, texts = self._picture_scores(spans, options), self._text_scores(spans, options)
         for (i, row), picture, text in zip(todo.items(), pictures, texts):
             best = max(range(len(row)), key=lambda j: picture[j] + CAPTION_TEXT_WEIGHT * text[j])
             if best:

@@ -2,10 +2,10 @@
 back? Writes the ``speak-ranking`` section of benchmarks/RESULTS.md.
 
 Per text -> melody item (``--n`` per kind, for each of ``--seeds``, like ``anygen eval --seed``), the shipped model
-samples ``--k`` clips in one batch exactly as ``speak`` does (seeds 70,000 + 1,000 x seed + item); the same clips are then ranked both ways by the text's
-likelihood after them (what a transcription would say), so the comparison is paired. *first*: the first clip
-passes; *by sampled codes*: the ranking before; *read back*: what ``speak`` ranks on now; *any*: at least one
-passes (a perfect ranker). Judged as in ``anygen eval``.
+samples ``--k`` clips in one batch exactly as ``speak`` does (seeds 70,000 + 1,000 x seed + item); the same clips
+are then ranked both ways by the text's likelihood after them (what a transcription would say), so the comparison is
+paired. *first*: the first clip passes; *by sampled codes*: the ranking before; *read back*: what ``speak`` ranks on
+now; *any*: at least one passes (a perfect ranker). Judged as in ``anygen eval``.
 
     python benchmarks/speak_ranking.py --seeds 0 1
 """
