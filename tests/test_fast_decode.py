@@ -12,6 +12,7 @@ from anygen.generation import fast_decode
 from anygen.generation.loop import KVRunner, generate
 from anygen.generation.sampling import Guidance, SamplingParams
 from anygen.generation.scheduler import Scheduler
+from anygen.generation.slot_cache import slot_cache
 from anygen.model import AnyGen
 from anygen.pipelines import AnyGenPipeline
 from anygen.types import TextSegment
@@ -50,9 +51,19 @@ def _forward(core, tokens, mask, positions, cache, slot, cache_key):
                 use_cache=True, cache_position=slot).logits[:, -1]
 
 
-def test_the_fast_step_gives_the_transformers_logits_over_padded_rows() -> None:
+@pytest.fixture(params=[False, True], ids=["in-place", "packed"])
+def packing(request, monkeypatch) -> bool:
+    """Runs a test with the small test cores' weights read in place and through packed copies (cores this small
+    are not packed by default)."""
+    if request.param:
+        monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    return request.param
+
+
+def test_the_fast_step_gives_the_transformers_logits_over_padded_rows(packing: bool) -> None:
     core = llama()
     assert fast_decode.supports(core)
+    assert (fast_decode.packed_weights(core) is not None) is packing
     prompts = [[1, 5, 9, 200, 17, 3], [1, 250], [1, 7, 7, 7]]  # left padding differs per row
     reference, fast = decode_both(core, prompts, 12)
     assert reference.argmax(-1).unique().numel() > 3  # the greedy tokens are not one repeated id
@@ -99,7 +110,7 @@ def test_the_fast_step_writes_the_same_cache_as_the_forward() -> None:
         torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=1e-5)
 
 
-def test_a_step_told_which_ids_may_follow_computes_only_their_logits() -> None:
+def test_a_step_told_which_ids_may_follow_computes_only_their_logits(packing: bool) -> None:
     core, prompts = llama(), [[1, 5, 9, 200], [1, 250]]
     full, narrow = KVRunner(core, prompts, 0, 3), KVRunner(core, prompts, 0, 3)
     ids = slice(120, 180)
@@ -110,6 +121,56 @@ def test_a_step_told_which_ids_may_follow_computes_only_their_logits() -> None:
     assert got.shape == expected.shape
     torch.testing.assert_close(got[:, ids], expected[:, ids], atol=2e-5, rtol=2e-5)
     assert torch.isneginf(got[:, :120]).all() and torch.isneginf(got[:, 180:]).all()
+
+
+def test_packed_copies_follow_weights_that_change_between_steps(monkeypatch) -> None:
+    """A core that trains between two calls (an optimizer's in-place update, a replaced parameter) decodes with its
+    new weights: every packed copy is made again from the weights as they are now."""
+    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    core, prompts = llama(), [[1, 5, 9, 200], [1, 250]]
+
+    def first_step(ids: slice | None = None) -> torch.Tensor:
+        runner = KVRunner(core, prompts, 0, 2)
+        with torch.inference_mode():
+            return runner.decode(runner.prefill().argmax(-1), ids)
+
+    def reference() -> torch.Tensor:
+        runner = KVRunner(core, prompts, 0, 2)
+        runner.fast, runner.forward = False, _forward
+        with torch.inference_mode():
+            return runner.decode(runner.prefill().argmax(-1))
+
+    before = first_step()
+    optimizer = torch.optim.SGD(core.parameters(), lr=0.5)
+    core(torch.tensor(prompts[:1]), labels=torch.tensor(prompts[:1])).loss.backward()
+    optimizer.step()  # every weight changes in place
+    core.model.layers[1].mlp.up_proj.weight = torch.nn.Parameter(torch.randn(96, 64) * 0.3)  # and one is replaced
+    after, narrow, expected = first_step(), first_step(slice(120, 180)), reference()
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, expected, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(narrow[:, 120:180], expected[:, 120:180], atol=2e-5, rtol=2e-5)
+
+
+def test_packing_applies_to_float32_cores_on_a_cpu_within_its_size_bounds(monkeypatch) -> None:
+    core = llama()  # ~0.3 MB of weights: cache-resident, read in place by default
+    assert fast_decode.packed_weights(core) is None
+    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    packs = fast_decode.packed_weights(core)
+    assert packs is not None and fast_decode.packed_weights(core) is packs  # one set of copies per core
+    assert fast_decode.packed_weights(llama(dtype=torch.bfloat16)) is None
+    monkeypatch.setattr(fast_decode, "PACK_MAX_BYTES", 0)  # off
+    assert fast_decode.packed_weights(core) is None
+
+
+def test_a_step_taken_while_autograd_records_reads_the_weights_themselves(monkeypatch) -> None:
+    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    core = llama()
+    step = fast_decode.LlamaDecodeStep(core, slot_cache(core, 1, 4, torch.zeros(1, dtype=torch.long)))
+    assert step.packs is not None
+    mask = torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    logits = step(torch.tensor([[7]]), torch.tensor([[3]]), torch.tensor([3]), mask)
+    logits.sum().backward()  # a packed product would have no gradient
+    assert core.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
 def test_inside_a_span_the_loop_computes_only_the_spans_logits_and_samples_the_same(tiny_model: AnyGen,

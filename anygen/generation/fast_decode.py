@@ -5,25 +5,42 @@ construction over the whole static cache, output dataclasses and hooks, not to t
 computes the same function from the core's own parameters with a handful of tensor ops per layer (in the spirit of
 gpt-fast): RMSNorm, the attention projections, the core's own rotary embedding, an in-place write into the same
 :class:`transformers.StaticCache` the prefill filled, ``scaled_dot_product_attention`` against a precomputed
-boolean mask, and the SwiGLU MLP. The weights are read in place, never copied, so a model that trains between two
-calls is seen as it is now.
+boolean mask, and the SwiGLU MLP.
+
+On a CPU the matrix products of a float32 core too large for the CPU's caches read oneDNN-packed copies of its
+weight matrices (:class:`PackedWeights`): at one to a few dozen rows a packed product streams the weights from
+memory about twice as fast as ``F.linear`` does (benchmarks/RESULTS.md, decode speed), and decoding is reading the
+weights. A copy is renewed whenever its weight changes (its version counter moves, as every in-place update
+does, or it gets new storage), so a model that trains between two calls is seen as it is now. A change made
+behind the version counter (through ``param.data``) is not seen: set :data:`PACK_MAX_BYTES` to 0 to read the
+weights in place instead (no second copy in memory either).
 
 It applies only where it is provably the same computation (:func:`supports`): a ``LlamaForCausalLM`` whose
 projections are plain ``nn.Linear`` without bias, no module carrying a forward hook, SiLU activation, ``sdpa`` or
 ``eager`` attention. Anything else (hooks such as gated adapters, other architectures, wrapped cores) decodes through
 the core's ``forward``. Logits equal the transformers forward to float rounding (``tests/test_fast_decode.py``). A
-caller that knows which ids may come next passes those rows of the output matrix (``head=``) and reads no others.
+caller that knows which ids may come next passes those rows of the output matrix (``rows=``) and reads no others.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["supports", "LlamaDecodeStep", "compiled_step"]
+__all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "PACK_MIN_BYTES", "PACK_MAX_BYTES"]
+
+PACK_MIN_BYTES = 32 * 2**20
+"""Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
+where ``F.linear`` is fast and a packed product's fixed cost per call (~8 us more) is not repaid (a 23 MB core
+decodes ~10% slower packed, a 54 MB one 30-60% faster)."""
+PACK_MAX_BYTES = 2 * 2**30
+"""Cores whose weights take more bytes than this decode from the weights in place too: the packed copies double the
+weights' memory. 0 turns packing off."""
+PACK_ROWS = 2  # the row count oneDNN packs for: as fast as a one-row packing at one row, and far faster at more
 
 
 def supports(core: nn.Module) -> bool:
@@ -48,15 +65,60 @@ def supports(core: nn.Module) -> bool:
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    if x.dtype == norm.weight.dtype == torch.float32:  # one fused op; the same arithmetic as below
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     dtype = x.dtype
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
     return norm.weight * x.to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: ``x * cos + rotate_half(x) * sin``, with ``rotate_half(x) * sin`` taken as ``x`` rolled by
+    half its width times ``signed_sin`` (``sin`` with its first half negated): the same products, fewer ops."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+
+
+class PackedWeights:
+    """oneDNN-packed copies of one core's weight matrices, each made on first use and made again once one of its
+    weights has changed in place or been replaced. Matrices that read the same input are packed as one (the
+    query, key and value projections; the gate and up projections), which streams faster than three or two."""
+
+    def __init__(self) -> None:
+        # key (the weights' ids and a row range) -> (weak references to the weights, their versions and storage
+        # at packing time, the packed copy); an entry goes when one of its weights does.
+        self._copies: dict[tuple, tuple[tuple, tuple, torch.Tensor]] = {}
+
+    def linear(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...], rows: slice | None = None) -> torch.Tensor:
+        """``F.linear(x, torch.cat(weights)[rows])`` through the packed copy."""
+        key = (*map(id, weights), None if rows is None else (rows.start, rows.stop))
+        stamp = tuple((w._version, w.data_ptr()) for w in weights)
+        entry = self._copies.get(key)
+        if entry is None or entry[1] != stamp or any(ref() is not w for ref, w in zip(entry[0], weights)):
+            source = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
+            source = source if rows is None else source[rows]
+            forget = lambda _, copies=self._copies: copies.pop(key, None)  # noqa: E731
+            entry = self._copies[key] = (tuple(weakref.ref(w, forget) for w in weights), stamp,
+                                         torch.ops.mkldnn._reorder_linear_weight(source, PACK_ROWS))
+        return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
+
+
+_packed: weakref.WeakKeyDictionary[nn.Module, PackedWeights] = weakref.WeakKeyDictionary()
+
+
+def packed_weights(core: nn.Module) -> PackedWeights | None:
+    """The core's :class:`PackedWeights` (shared by every step over it), or None where packing does not apply: not
+    a float32 core on a CPU, no oneDNN in this torch build, or weights outside :data:`PACK_MIN_BYTES` to
+    :data:`PACK_MAX_BYTES`."""
+    weight = core.lm_head.weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available() \
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return None
+    size = sum(p.numel() * p.element_size() for p in {p.data_ptr(): p for p in core.parameters()}.values())
+    if not PACK_MIN_BYTES <= size <= PACK_MAX_BYTES:
+        _packed.pop(core, None)
+        return None
+    return _packed.setdefault(core, PackedWeights())
 
 
 class LlamaDecodeStep:
@@ -64,20 +126,37 @@ class LlamaDecodeStep:
     ``(R, kv_heads, C, head_dim)`` (a :class:`transformers.StaticCache` that a prefill filled, or the scheduler's
     slot cache): each row writes its new key and value at its own column and attends where ``mask`` says."""
 
-    def __init__(self, core: nn.Module, cache: object) -> None:
+    def __init__(self, core: nn.Module, cache: object, pack: bool = True) -> None:
         config = core.config
         self.core, self.cache = core, cache
         self.layers = list(core.model.layers[: config.num_hidden_layers])
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.scaling = self.layers[0].self_attn.scaling if self.layers else self.head_dim ** -0.5
+        self.packs = packed_weights(core) if pack else None
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor,
-                 head: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits ``(R, V)``: :meth:`hidden` times ``head`` (default: the core's whole output matrix;
-        a caller that knows which ids a step may emit passes those rows of it and gets ``(R, len(head))``)."""
-        return F.linear(self.hidden(tokens, positions, columns, mask),
-                        self.core.lm_head.weight if head is None else head)
+                 rows: slice | None = None) -> torch.Tensor:
+        """Next-token logits ``(R, V)``: :meth:`hidden` times the core's output matrix (a caller that knows which
+        ids a step may emit passes that range as ``rows`` and gets ``(R, len(range))``)."""
+        return self.head(self.hidden(tokens, positions, columns, mask), rows)
+
+    def head(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """``x`` times the output matrix's ``rows`` (all by default)."""
+        weight = self.core.lm_head.weight
+        if self._packed():
+            return self.packs.linear(x, (weight,), rows)
+        return F.linear(x, weight if rows is None else weight[rows])
+
+    def project(self, x: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
+        """``[F.linear(x, w) for w in weights]``: one packed product over the weights stacked, where packing
+        applies."""
+        if self._packed():
+            return list(self.packs.linear(x, weights).split([w.shape[0] for w in weights], -1))
+        return [F.linear(x, w) for w in weights]
+
+    def _packed(self) -> bool:
+        return self.packs is not None and not torch.is_grad_enabled()  # a packed product has no backward
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
                mask: torch.Tensor) -> torch.Tensor:
@@ -90,18 +169,20 @@ class LlamaDecodeStep:
                 first ``C`` columns are read, so a caller whose rows use few columns of a long cache passes a
                 short mask.
         """
-        model = self.core.model
+        model, project = self.core.model, self.project
         x = model.embed_tokens(tokens)  # (R, 1, H)
         cos, sin = model.rotary_emb(x, position_ids=positions)
-        cos, sin = cos[:, None], sin[:, None]  # (R, 1, 1, D)
+        half = sin.shape[-1] // 2
+        cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (R, 1, 1, D)
         rows, length = x.shape[0], mask.shape[-1]
         index = columns.view(rows, 1, 1, 1).expand(rows, self.kv_heads, 1, self.head_dim)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            h = _rms_norm(x, layer.input_layernorm)
-            q = F.linear(h, attn.q_proj.weight).view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = F.linear(h, attn.k_proj.weight).view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = F.linear(h, attn.v_proj.weight).view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = project(_rms_norm(x, layer.input_layernorm), attn.q_proj.weight, attn.k_proj.weight,
+                              attn.v_proj.weight)
+            q = q.reshape(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = k.reshape(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.reshape(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             store = self.cache.layers[i]
             store.keys.scatter_(2, index, k)
@@ -109,10 +190,9 @@ class LlamaDecodeStep:
             o = F.scaled_dot_product_attention(q, store.keys[:, :, :length], store.values[:, :, :length],
                                                attn_mask=mask, scale=self.scaling,
                                                enable_gqa=self.heads != self.kv_heads)
-            x = x + F.linear(o.transpose(1, 2).reshape(rows, 1, -1), attn.o_proj.weight)
-            h = _rms_norm(x, layer.post_attention_layernorm)
-            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                             mlp.down_proj.weight)
+            x = x + project(o.transpose(1, 2).reshape(rows, 1, -1), attn.o_proj.weight)[0]
+            gate, up = project(_rms_norm(x, layer.post_attention_layernorm), mlp.gate_proj.weight, mlp.up_proj.weight)
+            x = x + project(F.silu(gate) * up, mlp.down_proj.weight)[0]
         return _rms_norm(x[:, -1], model.norm)  # (R, H)
 
 
@@ -120,10 +200,10 @@ _compiled_hidden: dict[str, Callable[..., torch.Tensor]] = {}  # one per device 
 
 
 def compiled_step(core: nn.Module, cache: object) -> Callable[..., torch.Tensor]:
-    """A :class:`LlamaDecodeStep` whose :meth:`~LlamaDecodeStep.hidden` is ``torch.compile``-d (the output matrix,
-    whole or the rows a caller passes as ``head=``, runs eagerly after it). Every step shares one compiled function,
-    so a trace is reused by every later step and call with the same core (after a second batch size or cache length,
-    torch traces once more with symbolic sizes, which then serves them all).
+    """A :class:`LlamaDecodeStep` whose :meth:`~LlamaDecodeStep.hidden` is ``torch.compile``-d over the weights in
+    place (the output matrix, whole or the ``rows=`` a caller passes, runs eagerly after it, packed on a CPU). Every
+    step shares one compiled function, so a trace is reused by every later step and call with the same core (after
+    a second batch size or cache length, torch traces once more with symbolic sizes, which then serves them all).
 
     On a CPU the compiled graph is launched from C++ as well (inductor's ``cpp_wrapper``): the same kernels and
     numbers, without a Python call per kernel and tensor view, a few hundred microseconds less per step for a small
@@ -133,8 +213,8 @@ def compiled_step(core: nn.Module, cache: object) -> Callable[..., torch.Tensor]
         options = {"cpp_wrapper": True} if device == "cpu" else None
         _compiled_hidden[device] = torch.compile(LlamaDecodeStep.hidden, options=options)
     hidden = _compiled_hidden[device]
-    step = LlamaDecodeStep(core, cache)
+    traced, step = LlamaDecodeStep(core, cache, pack=False), LlamaDecodeStep(core, cache)
 
-    def call(*args: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
-        return F.linear(hidden(step, *args), core.lm_head.weight if head is None else head)
+    def call(*args: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        return step.head(hidden(traced, *args), rows)
     return call

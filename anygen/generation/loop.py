@@ -101,7 +101,7 @@ class KVRunner:
                 return self.step(*args)
             head = self.core.lm_head.weight
             logits = head.new_full((len(mask), head.shape[0]), -math.inf)
-            logits[:, ids] = self.step(*args, head=head[ids])
+            logits[:, ids] = self.step(*args, rows=ids)
             return logits
         return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
                             self.cache, slot, self.cache_key)
