@@ -197,7 +197,9 @@ def main() -> None:
         "The bandwidth floor is weight bytes per token over the measured read bandwidth; floor / generate is the "
         "most any decoder that reads every weight once per token from memory could gain over `generate`. anygen reads "
         "only the output-matrix rows of the ids the grammar allows (the codes in an image span, the text ids and "
-        "specials in text), so it may pass that floor.",
+        "specials in text), so it may pass that floor. anygen's eager step multiplies by oneDNN-packed copies of the "
+        "weights at 100M and by the weights in place at 6M (below `fast_decode.PACK_MIN_BYTES`); the compiled step "
+        "always by the weights in place.",
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
         "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |",
