@@ -91,23 +91,56 @@ def test_cores_the_step_does_not_cover_are_recognised() -> None:
     assert not runner.fast and runner.prefill().shape == (1, 100)
 
 
-def test_the_fast_step_writes_the_same_cache_as_the_forward() -> None:
+def test_the_fast_prefill_and_steps_write_the_same_cache_as_the_forward(packing: bool) -> None:
+    """Every column a token attends to (the padding's columns are never read) holds the forward's keys and values,
+    and the prefill's logits are the forward's."""
     core = llama()
-    caches = []
+    caches, logits = [], []
     for fast in (False, True):
         runner = KVRunner(core, [[1, 4, 8], [1, 9]], 0, 3)
         runner.fast = fast
         if not fast:
             runner.forward = _forward
-        runner.prefill()
         with torch.inference_mode():
+            logits.append(runner.prefill())
             runner.decode(torch.tensor([11, 12]))
             runner.decode(torch.tensor([13, 14]))
         caches.append(runner.cache)
+    torch.testing.assert_close(logits[1], logits[0], atol=2e-5, rtol=2e-5)
     assert isinstance(caches[0], StaticCache)
+    read = runner.mask[:, :5].bool()  # (R, columns): row 1's first column is padding
+    assert not read.all()
     for a, b in zip(caches[0].layers, caches[1].layers):
-        torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=1e-5)
+        for row in range(2):
+            columns = read[row]
+            torch.testing.assert_close(b.keys[row, :, :5][:, columns], a.keys[row, :, :5][:, columns],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(b.values[row, :, :5][:, columns], a.values[row, :, :5][:, columns],
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_the_schedulers_prefill_gives_the_forwards_logits_and_cache(tiny_model: AnyGen) -> None:
+    """Right-padded prompts of different lengths prefilled through the fast step (packed: the shipped model is
+    large enough) and through the core's forward: the same logits and the same keys and values in each row's
+    slot."""
+    prompts = [[tiny_model.vocab.bos_id, *tiny_model.processor.encode([TextSegment(text)])]
+               for text in ("a red circle", "two green triangles above a blue square", "hi")]
+    assert len({len(p) for p in prompts}) == 3
+    fast, forward = (Scheduler(tiny_model.core, tiny_model.vocab, block_rows=4, blocks=1) for _ in range(2))
+    try:
+        forward._fast = None
+        with torch.inference_mode():
+            logits = [s._prefill([0, 1, 2], prompts) for s in (fast, forward)]
+        torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
+        for a, b in zip(fast._caches[0].layers, forward._caches[0].layers):
+            for row, prompt in enumerate(prompts):
+                torch.testing.assert_close(a.keys[row, :, :len(prompt)], b.keys[row, :, :len(prompt)],
+                                           atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(a.values[row, :, :len(prompt)], b.values[row, :, :len(prompt)],
+                                           atol=1e-4, rtol=1e-4)
+    finally:
+        fast.close()
+        forward.close()
 
 
 def test_a_step_told_which_ids_may_follow_computes_only_their_logits(packing: bool) -> None:

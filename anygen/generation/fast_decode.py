@@ -5,7 +5,8 @@ construction over the whole static cache, output dataclasses and hooks, not to t
 computes the same function from the core's own parameters with a handful of tensor ops per layer (in the spirit of
 gpt-fast): RMSNorm, the attention projections, the core's own rotary embedding, an in-place write into the same
 :class:`transformers.StaticCache` the prefill filled, ``scaled_dot_product_attention`` against a precomputed
-boolean mask, and the SwiGLU MLP.
+boolean mask, and the SwiGLU MLP. Prompts go through the same layers, all their tokens at once
+(:meth:`LlamaDecodeStep.prefill`).
 
 On a CPU the matrix products of a float32 core too large for the CPU's caches read oneDNN-packed copies of its
 weight matrices (:class:`PackedWeights`): at one to a few dozen rows a packed product streams the weights from
@@ -158,31 +159,44 @@ class LlamaDecodeStep:
     def _packed(self) -> bool:
         return self.packs is not None and not torch.is_grad_enabled()  # a packed product has no backward
 
-    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
-        """The last layer's normalised output ``(R, H)``, the input of the output matrix.
+    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """Run whole prompts: ``tokens`` and ``positions`` ``(R, T)`` go to the cache's columns ``[0, T)``;
+        ``mask`` ``(R, 1, T, T)`` says which of them each token attends to (every token must attend to one at
+        least, e.g. itself). Returns the next-token logits ``(R, V)`` after each row's position ``last`` ``(R,)``
+        (default: the last column)."""
+        columns = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+        return self.head(self.hidden(tokens, positions, columns, mask, last))
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor,
+               last: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's normalised output ``(R, H)`` at each row's position ``last`` (default: its last), the
+        input of the output matrix.
 
         Args:
-            tokens: ``(R, 1)`` ids; positions: ``(R, 1)`` their rotary positions.
-            columns: ``(R,)`` the cache column each row's key and value go to.
-            mask: ``(R, 1, 1, C)`` bool, True where a row may attend (its new column included). Only the cache's
+            tokens: ``(R, T)`` ids (one per row when decoding); positions: ``(R, T)`` their rotary positions.
+            columns: ``(R,)`` the cache column each row's first token's key and value go to (the others follow).
+            mask: ``(R, 1, T, C)`` bool, True where a token may attend (its own column included). Only the cache's
                 first ``C`` columns are read, so a caller whose rows use few columns of a long cache passes a
                 short mask.
         """
         model, project = self.core.model, self.project
-        x = model.embed_tokens(tokens)  # (R, 1, H)
+        x = model.embed_tokens(tokens)  # (R, T, H)
         cos, sin = model.rotary_emb(x, position_ids=positions)
         half = sin.shape[-1] // 2
-        cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (R, 1, 1, D)
-        rows, length = x.shape[0], mask.shape[-1]
-        index = columns.view(rows, 1, 1, 1).expand(rows, self.kv_heads, 1, self.head_dim)
+        cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (R, 1, T, D)
+        rows, width, length = x.shape[0], x.shape[1], mask.shape[-1]
+        at = columns.view(rows, 1, 1, 1)
+        if width > 1:
+            at = at + torch.arange(width, device=at.device).view(1, 1, width, 1)
+        index = at.expand(rows, self.kv_heads, width, self.head_dim)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             q, k, v = project(_rms_norm(x, layer.input_layernorm), attn.q_proj.weight, attn.k_proj.weight,
                               attn.v_proj.weight)
-            q = q.reshape(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = k.reshape(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.reshape(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q.reshape(rows, width, self.heads, self.head_dim).transpose(1, 2)
+            k = k.reshape(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.reshape(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             store = self.cache.layers[i]
             store.keys.scatter_(2, index, k)
@@ -190,10 +204,11 @@ class LlamaDecodeStep:
             o = F.scaled_dot_product_attention(q, store.keys[:, :, :length], store.values[:, :, :length],
                                                attn_mask=mask, scale=self.scaling,
                                                enable_gqa=self.heads != self.kv_heads)
-            x = x + project(o.transpose(1, 2).reshape(rows, 1, -1), attn.o_proj.weight)[0]
+            x = x + project(o.transpose(1, 2).reshape(rows, width, -1), attn.o_proj.weight)[0]
             gate, up = project(_rms_norm(x, layer.post_attention_layernorm), mlp.gate_proj.weight, mlp.up_proj.weight)
             x = x + project(F.silu(gate) * up, mlp.down_proj.weight)[0]
-        return _rms_norm(x[:, -1], model.norm)  # (R, H)
+        x = x[:, -1] if last is None else x[torch.arange(rows, device=x.device), last]
+        return _rms_norm(x, model.norm)  # (R, H)
 
 
 _compiled_hidden: dict[str, Callable[..., torch.Tensor]] = {}  # one per device type

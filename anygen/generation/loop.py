@@ -71,14 +71,24 @@ class KVRunner:
         if self.fast:
             self.columns = torch.arange(total, device=device)
             self.key_mask = self.mask.bool()
-            self.step = fast_decode.compiled_step(core, self.cache) if compile else \
-                fast_decode.LlamaDecodeStep(core, self.cache)
+            self.eager = fast_decode.LlamaDecodeStep(core, self.cache)
+            empty = torch.zeros(len(ids), self.eager.kv_heads, 1, self.eager.head_dim, dtype=core.lm_head.weight.dtype,
+                                device=device)
+            for layer in self.cache.layers:  # the fast step writes into the cache's tensors: allocate them now
+                layer.lazy_initialization(empty, empty)
+            self.step = fast_decode.compiled_step(core, self.cache) if compile else self.eager
         else:
             self.forward = torch.compile(_decode_forward, dynamic=False) if compile else _decode_forward
 
     def prefill(self) -> torch.Tensor:
         mask = self.mask[:, : self.prompt_len]
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.fast:  # causal over the row's own tokens; a padding token attends to itself alone
+            width = self.prompt_len
+            causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+            own = torch.eye(width, dtype=torch.bool, device=self.device)
+            attend = causal & (mask.bool().to(self.device)[:, None, :] | own)  # (R, T, T)
+            return self.eager.prefill(self.ids.to(self.device), position_ids.to(self.device), attend[:, None])
         out = self.core(input_ids=self.ids.to(self.device), attention_mask=mask, position_ids=position_ids,
                         **{self.cache_key: self.cache}, use_cache=True, logits_to_keep=1,
                         cache_position=torch.arange(self.prompt_len, device=self.device))

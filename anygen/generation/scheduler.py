@@ -330,20 +330,29 @@ class Scheduler:
         Only the job's own rows share the call, so its numbers do not depend on what else is running."""
         lengths = torch.tensor([len(p) for p in prompts])
         ids, mask = pad_rows(prompts, self.vocab.pad_id, "right")
-        cache = DynamicCache(config=self.core.config)
         width = ids.shape[1]
         last = lengths - 1
-        keep = torch.unique(last)  # the logits of each row's last position only (sorted)
-        out = self.core(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                        position_ids=torch.arange(width, device=self.device).expand(len(prompts), width),
-                        **{self._cache_key: cache}, use_cache=True, logits_to_keep=keep.to(self.device))
+        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
+        if self._fast is not None:  # causal: the padding after a row's tokens attends to them, they never to it
+            cache = slot_cache(self.core, len(prompts), width, torch.zeros(len(prompts), dtype=torch.long,
+                                                                           device=self.device))
+            attend = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+            logits = fast_decode.LlamaDecodeStep(self.core, cache).prefill(
+                ids.to(self.device), positions, attend.expand(len(prompts), 1, width, width), last.to(self.device))
+        else:
+            cache = DynamicCache(config=self.core.config)
+            keep = torch.unique(last)  # the logits of each row's last position only (sorted)
+            out = self.core(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions, **{self._cache_key: cache}, use_cache=True,
+                            logits_to_keep=keep.to(self.device))
+            logits = out.logits[torch.arange(len(prompts)), torch.searchsorted(keep, last).to(self.device)]
         for i, (slot, n) in enumerate(zip(slots, lengths.tolist())):
             block, row = divmod(slot, self.block_rows)
             for target, source in zip(self._caches[block].layers, cache.layers):
                 target.keys[row, :, :n] = source.keys[i, :, :n]
                 target.values[row, :, :n] = source.values[i, :, :n]
             self._length[slot] = n
-        return out.logits[torch.arange(len(prompts)), torch.searchsorted(keep, last).to(self.device)]  # (rows, V)
+        return logits  # (rows, V)
 
     def _step(self) -> None:
         """3. One token for every running job, then 4. one core call per block that holds a row."""
