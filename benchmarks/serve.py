@@ -65,7 +65,8 @@ class Request:
 
 
 def workload(picture: bytes, count: int = 16) -> list[Request]:
-    """``count`` requests: rounds of the 16-request mix, each round with its own seeds."""
+    """``count`` requests: rounds of the 16-request mix, each round with its own seeds. Both contenders do the same
+    work: one sample per image and per clip (the server's default; the pipelines' own defaults pick among several)."""
     return [r for start in range(0, count, 16) for r in mix(picture, seed=start)][:count]
 
 
@@ -76,12 +77,14 @@ def mix(picture: bytes, seed: int = 0) -> list[Request]:
     for i, prompt in enumerate(PROMPTS):
         requests.append(Request(
             "image", 1,
-            lambda pipe, p=prompt, s=seed + i: pipe.text_to_image(p, generator=torch.Generator().manual_seed(s)),
+            lambda pipe, p=prompt, s=seed + i: pipe.text_to_image(p, generator=torch.Generator().manual_seed(s),
+                                                                  num_candidates=1),
             lambda client, p=prompt, s=seed + i: client.images.generate(model="m", prompt=p, extra_body={"seed": s})))
     for i, words in enumerate(WORDS):
         requests.append(Request(
             "speech", 0,
-            lambda pipe, w=words, s=seed + i: pipe.speak(w, generator=torch.Generator().manual_seed(s)),
+            lambda pipe, w=words, s=seed + i: pipe.speak(w, generator=torch.Generator().manual_seed(s),
+                                                         num_candidates=1),
             lambda client, w=words, s=seed + i: client.audio.speech.create(model="m", voice="default", input=w,
                                                                            extra_body={"seed": s})))
     question = [{"role": "user", "content": [{"type": "text", "text": "What colour is the shape?"},
