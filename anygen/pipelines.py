@@ -15,6 +15,7 @@ Empty prompts: ``text_to_image("")`` samples unconditionally; ``speak("")`` is a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from anygen.decoders.base import VQDecoder
 from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
+from anygen.generation.fast_decode import packed_forward
 from anygen.generation.loop import cache_argument, decode_steps
 from anygen.generation.ranking import (CAPTION_TEXT_WEIGHT, SHORTLIST, RankingTexts, caption_options,
                                        edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts)
@@ -82,6 +84,15 @@ class Sampled:
 
     rows: list[list[int]]
     finished: list[bool]
+
+
+def _over_packed_weights(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A scoring method whose core forwards multiply by the packed weights (:func:`packed_forward`)."""
+    @functools.wraps(method)
+    def wrapper(self: AnyGenPipeline, *args: Any, **kwargs: Any) -> Any:
+        with packed_forward(self.model.core):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class AnyGenPipeline(PipelineBase):
@@ -310,6 +321,7 @@ class AnyGenPipeline(PipelineBase):
         return [ranking.score(row) for row in scores]
 
     @torch.inference_mode()
+    @_over_packed_weights
     def _text_scores(self, spans: list[list[int]], texts: list[Sequence[str]], rows_per_pass: int = 64
                      ) -> list[list[float]]:
         """``out[i][j]``: the log-likelihood of ``texts[i][j]`` and ``<|eos|>`` after ``<|bos|>`` and ``spans[i]``.
@@ -353,6 +365,7 @@ class AnyGenPipeline(PipelineBase):
         return out
 
     @torch.inference_mode()
+    @_over_packed_weights
     def _picture_scores(self, spans: list[list[int]], texts: list[Sequence[str]], rows_per_pass: int = 64
                         ) -> list[list[float]]:
         """``out[i][j]``: the log-likelihood of ``spans[i]`` after ``<|bos|>``, ``texts[i][j]`` and the span's

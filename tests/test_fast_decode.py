@@ -195,6 +195,26 @@ def test_packing_applies_to_float32_cores_on_a_cpu_within_its_size_bounds(monkey
     assert fast_decode.packed_weights(core) is None
 
 
+def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeypatch) -> None:
+    """The core's own forward (scoring passes) gives the same logits through the packed copies, which it fills; with
+    autograd on, or for a core that packing does not apply to, it is the plain forward."""
+    core, ids = llama(), torch.tensor([[1, 5, 9, 200, 17], [1, 250, 3, 3, 8]])
+    with torch.inference_mode():
+        plain = core(input_ids=ids).logits
+        with fast_decode.packed_forward(core):  # too small to pack by default: nothing changes
+            assert torch.equal(core(input_ids=ids).logits, plain)
+    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    packs = fast_decode.packed_weights(core)
+    with torch.inference_mode(), fast_decode.packed_forward(core):
+        packed = core(input_ids=ids).logits
+    linears = [m for m in core.modules() if type(m) is torch.nn.Linear]
+    assert len(packs._copies) == len(linears)  # every projection and the output matrix went through a copy
+    torch.testing.assert_close(packed, plain, atol=2e-5, rtol=2e-5)
+    with fast_decode.packed_forward(core):
+        core(input_ids=ids).logits.sum().backward()  # autograd records: the weights themselves, with gradients
+    assert all(m.weight.grad is not None for m in linears)
+
+
 def test_a_step_taken_while_autograd_records_reads_the_weights_themselves(monkeypatch) -> None:
     monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
     core = llama()

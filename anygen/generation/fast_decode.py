@@ -26,13 +26,16 @@ caller that knows which ids may come next passes those rows of the output matrix
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "PACK_MIN_BYTES", "PACK_MAX_BYTES"]
+__all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "packed_forward", "PACK_MIN_BYTES",
+           "PACK_MAX_BYTES"]
 
 PACK_MIN_BYTES = 32 * 2**20
 """Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
@@ -111,15 +114,44 @@ def packed_weights(core: nn.Module) -> PackedWeights | None:
     """The core's :class:`PackedWeights` (shared by every step over it), or None where packing does not apply: not
     a float32 core on a CPU, no oneDNN in this torch build, or weights outside :data:`PACK_MIN_BYTES` to
     :data:`PACK_MAX_BYTES`."""
-    weight = core.lm_head.weight
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available() \
-            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+    weights = {p.data_ptr(): p for p in core.parameters()}.values()
+    if not weights or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in weights) \
+            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return None
-    size = sum(p.numel() * p.element_size() for p in {p.data_ptr(): p for p in core.parameters()}.values())
+    size = sum(p.numel() * p.element_size() for p in weights)
     if not PACK_MIN_BYTES <= size <= PACK_MAX_BYTES:
         _packed.pop(core, None)
         return None
     return _packed.setdefault(core, PackedWeights())
+
+
+class _PackedLinears(TorchFunctionMode):
+    """Sends ``F.linear`` calls on the given weights (no bias, autograd off) through their packed copies."""
+
+    def __init__(self, packs: PackedWeights, weights: set[int]) -> None:
+        super().__init__()
+        self.packs, self.weights = packs, weights
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 -- torch's protocol
+        kwargs = kwargs or {}
+        if func is F.linear and not kwargs and (len(args) == 2 or len(args) == 3 and args[2] is None) \
+                and id(args[1]) in self.weights and not torch.is_grad_enabled():
+            return self.packs.linear(args[0], (args[1],))
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def packed_forward(core: nn.Module) -> Iterator[None]:
+    """Within the block, the core's own ``forward`` multiplies by the packed copies of its bias-free ``nn.Linear``
+    weights where :func:`packed_weights` applies (scoring passes over many rows run ~2.5x faster products on this
+    CPU); elsewhere, or while autograd records, it is the plain forward."""
+    packs = packed_weights(core)
+    if packs is None:
+        yield
+        return
+    weights = {id(m.weight) for m in core.modules() if type(m) is nn.Linear and m.bias is None}
+    with _PackedLinears(packs, weights):
+        yield
 
 
 class LlamaDecodeStep:
