@@ -43,7 +43,8 @@ where ``F.linear`` is fast and a packed product's fixed cost per call (~8 us mor
 decodes ~10% slower packed, a 54 MB one 30-60% faster)."""
 PACK_MAX_BYTES = 2 * 2**30
 """Cores whose weights take more bytes than this decode from the weights in place too: the packed copies double the
-weights' memory. 0 turns packing off."""
+weights' memory (and copy the output matrix's rows once more for each id range a step narrows to, e.g. an image
+span's codes). 0 turns packing off."""
 PACK_ROWS = 2  # the row count oneDNN packs for: as fast as a one-row packing at one row, and far faster at more
 
 
