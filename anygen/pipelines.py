@@ -14,8 +14,8 @@ Empty prompts: ``text_to_image("")`` samples unconditionally; ``speak("")`` is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
 import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
