@@ -45,7 +45,7 @@ PACK_MAX_BYTES = 2 * 2**30
 """Cores whose weights take more bytes than this decode from the weights in place too: the packed copies double the
 weights' memory (and copy the output matrix's rows once more for each id range a step narrows to, e.g. an image
 span's codes). 0 turns packing off."""
-PACK_ROWS = 2  # the row count oneDNN packs for: as fast as a one-row packing at one row, and far faster at more
+PACK_ROWS = 2  # the row count oneDNN packs for: streams faster than a one-row packing even at one row, and at more
 
 
 def supports(core: nn.Module) -> bool:
