@@ -112,6 +112,8 @@ def as_image_tensor(image: ImageInput, size: tuple[int, int] | None = None, *, n
     if not isinstance(image, IMAGE_TYPES):
         raise MediaError(f"{name} must be a PIL image, a tensor (3, H, W), a numpy array (H, W, 3), a path or "
                          f"bytes, got {type(image).__name__}")
+    if isinstance(image, Image.Image):
+        _check_size(image, max_pixels, name)  # (load_image would name it "source")
     return to_tensor(load_image(image, max_pixels=max_pixels), size=size)[0]
 
 
@@ -185,6 +187,8 @@ def _check_tensor(tensor: torch.Tensor, name: str, size: int | tuple[int, int] |
     if tensor.ndim != 4 or tensor.shape[1] != 3 or not tensor.is_floating_point():
         raise MediaError(f"{name} must be a float tensor (B, 3, H, W) or (3, H, W), got "
                          f"{tuple(tensor.shape)} {tensor.dtype}")
+    if tensor.shape[2] == 0 or tensor.shape[3] == 0:
+        raise MediaError(f"{name} has an empty size {tensor.shape[3]}x{tensor.shape[2]} (W x H)")
     if not torch.isfinite(tensor).all():
         raise MediaError(f"{name} contains NaN or Inf values")
     tensor = tensor.float()

@@ -149,6 +149,8 @@ def test_every_input_kind_gives_the_same_tensor(tmp_path):
     (torch.full((3, 2, 2), float("nan")), "NaN"), (np.zeros((3, 8, 8), np.uint8), "channels last"),
     (np.zeros((4, 4, 3), np.int64), "uint8"), (np.full((4, 4, 3), 2.0), r"values in \[2, 2\]"),
     (12, "got int"), ([Image.new("RGB", (2, 2))], "got list"),
+    (torch.rand(3, 0, 8), "image has an empty size 8x0"), (np.zeros((0, 5, 3), np.float32), "empty size 5x0"),
+    (np.zeros((0, 5, 3), np.uint8), "image has an empty size 5x0"), (Image.new("RGB", (0, 3)), "image has an empty"),
 ])
 def test_unusable_images_are_refused_with_the_shapes_that_work(bad, match):
     with pytest.raises(MediaError, match=match):
