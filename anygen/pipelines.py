@@ -30,7 +30,7 @@ from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_ren
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.fast_decode import packed_forward
-from anygen.generation.loop import cache_argument, decode_steps
+from anygen.generation.loop import cache_argument, check_generator_type, decode_steps
 from anygen.generation.ranking import (CAPTION_TEXT_WEIGHT, SHORTLIST, RankingTexts, caption_options,
                                        edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts)
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
@@ -480,6 +480,7 @@ class AnyGenPipeline(PipelineBase):
         (tensor or numpy; channels are averaged), a ``(waveform, sample_rate)`` pair, a file path or bytes, or a
         list of them (``pipe.transcribe(out.audios, out.sample_rate)`` reads what :meth:`speak` returned)."""
         rows = [[self._audio_segment(x, sample_rate, "audio")] for x in audio_items(audio)]
+        self._check_clips_fit([row[0] for row in rows], max_new_tokens)
         texts = self._texts(rows, max_new_tokens, generator, SamplingParams(do_sample=False), "transcribe",
                             callback_on_step_end)
         return _out(TextPipelineOutput(texts), return_dict)
@@ -496,6 +497,7 @@ class AnyGenPipeline(PipelineBase):
         :class:`EmptyAnswerError` (a :class:`~anygen.errors.GenerationError`) when the model ends at once
         (``<|eos|>`` first), rather than return an empty answer.
         """
+        output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
         sampled = self._sample([prompt], None, _generate_sampling(sampling),
                                guidance=([drop_condition(prompt)], guidance_scale),
@@ -539,6 +541,7 @@ class AnyGenPipeline(PipelineBase):
         The iterator may be resumed on any thread. For a conversation, pass ``pipe.apply_chat_template(messages)``.
         ``min_new_tokens=1`` keeps the model from ending before its first token (an answer is never empty).
         """
+        output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
@@ -704,6 +707,35 @@ class AnyGenPipeline(PipelineBase):
         wave, source_rate = read_audio(audio, sample_rate, name)
         return AudioSegment(resample(wave, source_rate, rate), rate)
 
+    def _output_modalities(self, value: str | Sequence[str] | None) -> list[str] | None:
+        """``output_modalities`` as the media modalities an answer may hold (one name may come as a string; "text"
+        may be named and is always allowed)."""
+        if value is None:
+            return None
+        names = [value] if isinstance(value, str) else value
+        valid = self.model.vocab.modality_names  # "text" first
+        if not isinstance(names, Sequence) or any(n not in valid for n in names):
+            raise InvalidArgumentError(f"output_modalities={value!r} must be a list of this model's modalities "
+                                       f"{valid} (text is always allowed: [] or ['text'] for text only)")
+        return [n for n in names if n != valid[0]]
+
+    def _check_clips_fit(self, clips: list[AudioSegment], max_new_tokens: object) -> None:
+        """Each clip's tokens and ``max_new_tokens`` within the core's context, or an error naming the clip, its
+        length and the longest clip that fits."""
+        limit = getattr(self.model.core.config, "max_position_embeddings", None)
+        if limit is None or isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            return  # (the sampler refuses a bad max_new_tokens by name)
+        tok, extra = self._tokenizer("audio"), 3  # <|bos|> and the audio span's begin and end tokens
+        for i, clip in enumerate(clips):
+            samples = clip.waveform.shape[-1]
+            tokens = tok.tokens_for(samples)
+            if tokens + extra + max_new_tokens > limit:
+                longest = (limit - extra - max_new_tokens) / tok.tokens_for(clip.sample_rate)
+                raise InvalidArgumentError(
+                    f"audio[{i}] is {samples / clip.sample_rate:.1f} s long ({tokens} tokens); with max_new_tokens="
+                    f"{max_new_tokens} the model's context of {limit} tokens holds clips of at most {longest:.1f} s: "
+                    "split longer audio")
+
     def _segments_in(self, segments: Interleaved) -> Interleaved:
         if isinstance(segments, (str, TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
             segments = [segments]
@@ -753,6 +785,7 @@ def _generate_sampling(sampling: Mapping[str, SamplingParams] | None) -> dict[st
 def _per_candidate(generator: Generators, rows: int, k: int) -> Generators:
     """A task's generators (one, or one per output) for ``rows`` sampled rows, ``k`` candidates per output: a list
     gives each output's candidates draws of that output's generator."""
+    check_generator_type(generator)
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if len(generator) * k != rows:

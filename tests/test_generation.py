@@ -114,6 +114,7 @@ def test_logits_made_non_finite_by_guidance_or_temperature_are_reported(tiny_mod
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": 10_000}, "context of 512"),
     ({"generator": [torch.Generator()] * 3}, "one per row"),
+    ({"generator": 0}, "generator must be a torch.Generator"),
     ({"sampling": {"video": SamplingParams()}}, "video"),
     ({"guidance": Guidance([[1]], 2.0)}, "uncond_prompts has 1 rows"),
 ])

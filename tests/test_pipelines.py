@@ -359,6 +359,14 @@ def test_a_generator_list_of_the_wrong_length_is_refused(pipe: AnyGenPipeline) -
         pipe.caption([Image.new("RGB", (32, 32))], generator=[seed(0)] * 2)
 
 
+@pytest.mark.parametrize("generator, match", [(0, "got int"), ([0], r"list holding \['int'\]"), ("7", "got str")])
+def test_a_seed_in_place_of_a_generator_is_refused_by_name(pipe: AnyGenPipeline, generator, match: str) -> None:
+    for call in (lambda: pipe.text_to_image("a", generator=generator), lambda: pipe.speak("a", generator=generator),
+                 lambda: pipe.caption(Image.new("RGB", (32, 32)), generator=generator)):
+        with pytest.raises(InvalidArgumentError, match=f"generator must be a torch.Generator .*{match}"):
+            call()
+
+
 def test_bad_media_and_misspelled_keywords(pipe: AnyGenPipeline) -> None:
     with pytest.raises(MediaError):
         pipe.transcribe(torch.tensor([0.0, math.nan] * 400), 8000)
@@ -467,6 +475,34 @@ def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:
     assert pipe.transcribe(pairs, max_new_tokens=4).texts == texts
     audios, rate = pipe.speak("say hello", generator=seed(0), return_dict=False)
     assert rate == speech.sample_rate and len(audios) == 1
+
+
+def test_output_modalities_take_one_name_or_a_list_that_may_name_text(pipe: AnyGenPipeline) -> None:
+    prompt = ["a red circle"]
+    only_text = pipe.generate(prompt, max_new_tokens=6, generator=seed(0), output_modalities=[]).segments
+    assert pipe.generate(prompt, max_new_tokens=6, generator=seed(0), output_modalities=["text"]).segments == only_text
+    one = [pipe.generate(prompt, max_new_tokens=20, generator=seed(1), output_modalities=value).segments
+           for value in ("image", ["image"])]
+    assert one[0] == one[1]
+    for bad in ("video", ["image", "smell"], 3):
+        with pytest.raises(InvalidArgumentError, match=r"output_modalities=.* \['text', 'image', 'audio'\]"):
+            pipe.generate(prompt, output_modalities=bad)
+        with pytest.raises(InvalidArgumentError, match="output_modalities="):
+            pipe.stream(prompt, output_modalities=bad)
+
+
+def test_a_clip_longer_than_the_context_holds_is_refused_with_the_longest_that_fits(pipe: AnyGenPipeline) -> None:
+    """The longest clip the context holds is transcribed; one hop longer is refused by ``transcribe`` itself, in
+    seconds, before the sampler's general error about prompt tokens."""
+    tok, limit = pipe._tokenizer("audio"), pipe.model.core.config.max_position_embeddings
+    rate, new = tok.sample_rate, 4
+    fits, over = 1, limit * rate  # the most samples whose tokens fit, by bisection
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        fits, over = (middle, over) if tok.tokens_for(middle) + 3 + new <= limit else (fits, middle)
+    assert len(pipe.transcribe(torch.zeros(fits), rate, max_new_tokens=new).texts) == 1
+    with pytest.raises(InvalidArgumentError, match=r"audio\[1\] is [\d.]+ s long .* holds clips of at most [\d.]+ s"):
+        pipe.transcribe([torch.zeros(fits), torch.zeros(fits + 1)], rate, max_new_tokens=new)
 
 
 def test_an_answer_the_model_ends_at_once_is_an_error(pipe: AnyGenPipeline) -> None:

@@ -179,6 +179,7 @@ def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, guidanc
             not 0 <= min_new_tokens <= max_new_tokens:
         raise InvalidArgumentError(f"min_new_tokens={min_new_tokens!r} must be an integer in [0, max_new_tokens="
                                    f"{max_new_tokens}]")
+    check_generator_type(generator)
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
         raise InvalidArgumentError(
             f"generator is a list of {len(generator)} but the batch has {len(prompts)} rows; pass one per row")
@@ -187,6 +188,17 @@ def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, guidanc
             value = getattr(guidance, name)
             if value is not None and len(value) != len(prompts):
                 raise InvalidArgumentError(f"guidance.{name} has {len(value)} rows, the batch {len(prompts)}")
+
+
+def check_generator_type(generator: Generators) -> None:
+    """``generator`` is None, a ``torch.Generator`` or a list / tuple of them; else an error naming the argument."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
+        kind = type(generator).__name__ if not isinstance(generator, (list, tuple)) else \
+            f"a {type(generator).__name__} holding {sorted({type(g).__name__ for g in generator})}"
+        raise InvalidArgumentError(f"generator must be a torch.Generator or a list of them, got {kind}; "
+                                   "e.g. torch.Generator().manual_seed(0)")
 
 
 def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]],
