@@ -207,6 +207,47 @@ def test_chat_streams_text_deltas_and_usage(client) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
 
 
+def test_stop_strings_end_the_answer_before_them_streamed_or_not(client, served: Served) -> None:
+    kwargs = dict(model=MODEL, messages=user("say hello"), max_tokens=60, temperature=0, modalities=["text"])
+    plain = client.chat.completions.create(**kwargs)
+    whole = plain.choices[0].message.content
+    stop = next(whole[i:i + 2] for i in range(4, len(whole) - 1) if whole[i:i + 2].strip())  # a pair in the middle
+    cut = whole[: whole.index(stop)]
+    for value in (stop, ["\u00a7never\u00a7", stop]):
+        out = client.chat.completions.create(**kwargs, stop=value)
+        assert (out.choices[0].message.content, out.choices[0].finish_reason) == (cut, "stop")
+        chunks = list(client.chat.completions.create(**kwargs, stop=value, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert out.usage.completion_tokens < plain.usage.completion_tokens  # cancelled at the stop string
+    assert wait_for(lambda: served.scheduler.stats()["active_rows"] == 0)
+
+
+@pytest.mark.parametrize("stop, param", [([""], "stop[0]"), (["a", "b", "c", "d", "e"], "stop"), (5, "stop"),
+                                         ("x" * 257, "stop[0]")])
+def test_bad_stop_strings_are_refused_by_name(server: BackgroundServer, stop, param: str) -> None:
+    response = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "stop": stop}, timeout=60)
+    assert_error(response, 400, param)
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() -> None:
+    from anygen.apps.serve_chat import Answer
+    from anygen.generation.streaming import RowDone, SegmentDone, TextDelta
+    from anygen.types import ImageSegment
+
+    answer = Answer(["END", "xyz"])
+    shown = [answer.add(TextDelta(0, t)) for t in ("ab", "cE", "N", "ot x", "y")]
+    assert shown == [[{"content": "ab"}], [{"content": "c"}], [], [{"content": "ENot "}], []]
+    picture = ImageSegment(torch.zeros(3, 8, 8))
+    deltas = answer.add(SegmentDone(0, picture))  # a media part releases the held "xy" first
+    assert deltas[0] == {"content": "xy"} and deltas[1]["content"][0]["type"] == "image_url"
+    assert answer.add(TextDelta(0, "zzEN")) == [{"content": "zz"}] and answer.add(TextDelta(0, "D and on")) == []
+    assert answer.stopped and answer.finish_reason == "stop" and answer.add(RowDone(0, False)) == []
+    assert [p.get("text") for p in answer.parts] == ["abcENot xy", None, "zz"]
+    late = Answer(["never"])
+    assert late.add(TextDelta(0, "a nev")) == [{"content": "a "}] and late.flush() == [{"content": "nev"}]
+
+
 # ---- concurrency ---------------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from anygen.apps.serve_chat import POLL_SECONDS, Answer, EventPump, chat_plan, sse, usage
+from anygen.apps.serve_chat import POLL_SECONDS, Answer, EventPump, chain, chat_plan, sse, usage
 from anygen.apps.serve_http import BodyLimit, install_error_handlers, pydantic_param
 from anygen.apps.serve_io import (ApiError, Limits, audio_from_bytes, b64, bad_request, image_from_bytes, pcm_bytes,
                                   png_bytes, wav_bytes)
@@ -205,14 +205,16 @@ def create_app(server: Server) -> Any:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_id}
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(sse(server, head, first, events, pump.scope, include_usage),
-                                     media_type="text/event-stream")
+            return StreamingResponse(sse(server, head, first, events, pump.scope, include_usage,
+                                         Answer(plan.stop)), media_type="text/event-stream")
         try:
-            answer = Answer()
-            if first is not None:
-                answer.add(first)
-            async for event in events:
+            answer = Answer(plan.stop)
+            async for event in chain([] if first is None else [first], events):
                 answer.add(event)
+                if answer.stopped:
+                    pump.scope.cancel()  # frees the row now
+                    break
+            answer.flush()
         finally:
             server.leave()
         if await request.is_disconnected():

@@ -36,6 +36,7 @@ class ChatPlan:
     max_new_tokens: int
     sampling: dict[str, SamplingParams]
     output_modalities: list[str]
+    stop: list[str]
 
 
 def chat_plan(server: Server, body: ChatCompletionRequest) -> ChatPlan:
@@ -61,7 +62,7 @@ def chat_plan(server: Server, body: ChatCompletionRequest) -> ChatPlan:
     params = SamplingParams(do_sample=False) if body.temperature == 0 else SamplingParams(
         body.temperature, body.top_k, body.top_p)
     return ChatPlan(conversation, max_new, {m: params for m in server.pipe.model.vocab.modality_names},
-                    [m for m in wanted if m != "text"])
+                    [m for m in wanted if m != "text"], body.stop or [])
 
 
 class EventPump:
@@ -105,29 +106,57 @@ class EventPump:
 
 @dataclass
 class Answer:
-    """The assistant's answer as it streams: content parts, finish reason, token counts."""
+    """The assistant's answer as it streams: content parts, finish reason, token counts.
 
+    With ``stop`` strings the answer ends before the first of them its text holds (``stopped`` turns true; the
+    caller cancels the generation). Text that may still begin one is held back until more text tells; a media part
+    or the end releases it."""
+
+    stop: list[str] = field(default_factory=list)
     parts: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str = "length"
+    stopped: bool = False
+    held: str = ""
 
-    def add(self, event: Any) -> dict[str, Any] | None:
-        """Record one event; returns the chunk ``delta`` it adds, if any."""
+    def add(self, event: Any) -> list[dict[str, Any]]:
+        """Record one event; returns the chunk ``delta``\ s it adds (none once stopped)."""
+        if self.stopped:
+            return []
         if isinstance(event, TextDelta):
-            if self.parts and self.parts[-1]["type"] == "text":
-                self.parts[-1]["text"] += event.text
-            else:
-                self.parts.append({"type": "text", "text": event.text})
-            return {"content": event.text}
+            return self._text(event.text, final=False)
         if isinstance(event, SegmentDone) and not isinstance(event.segment, TextSegment):
+            deltas = self.flush()
             part = segment_part(event.segment)
             self.parts.append(part)
             delta: dict[str, Any] = {"content": [part]}
             if isinstance(event.segment, AudioSegment):
                 delta["audio"] = audio_field(part)
-            return delta
+            return [*deltas, delta]
         if isinstance(event, RowDone):
             self.finish_reason = "stop" if event.finished else "length"
-        return None
+        return []
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Release held-back text (at a media part or the end of the answer)."""
+        return self._text("", final=True) if self.held else []
+
+    def _text(self, text: str, final: bool) -> list[dict[str, Any]]:
+        pending = self.held + text
+        cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            pending, self.stopped, self.finish_reason = pending[:cut], True, "stop"
+            keep = 0
+        else:  # the longest tail that may begin a stop string waits for more text
+            keep = 0 if final else max((k for s in self.stop for k in range(1, len(s))
+                                        if pending.endswith(s[:k])), default=0)
+        shown, self.held = pending[: len(pending) - keep], pending[len(pending) - keep:]
+        if not shown:
+            return []
+        if self.parts and self.parts[-1]["type"] == "text":
+            self.parts[-1]["text"] += shown
+        else:
+            self.parts.append({"type": "text", "text": shown})
+        return [{"content": shown}]
 
     def message(self) -> dict[str, Any]:
         if all(p["type"] == "text" for p in self.parts):
@@ -151,22 +180,26 @@ def usage(scope: RequestScope) -> dict[str, int]:
 
 
 async def sse(server: Server, head: dict, first: Any, events: AsyncIterator[Any], scope: RequestScope,
-               include_usage: bool) -> AsyncIterator[str]:
+               include_usage: bool, answer: Answer) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, a chunk per text delta or finished media part, the finish, [DONE]."""
     def chunk(delta: dict, finish: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [choice]}) + "\n\n"
 
-    answer = Answer()
     try:
         yield chunk({"role": "assistant", "content": ""})
         pending = [] if first is None else [first]
-        async for event in _chain(pending, events):
-            delta = answer.add(event)
-            if delta is not None:
+        async for event in chain(pending, events):
+            deltas = answer.add(event)
+            for delta in deltas:
                 yield chunk(delta)
-            elif isinstance(event, MediaProgress):
+            if answer.stopped:
+                scope.cancel()  # frees the row now
+                break
+            if not deltas and isinstance(event, MediaProgress):
                 yield ": progress\n\n"  # a comment line: keeps the connection checked while a media span grows
+        for delta in answer.flush():
+            yield chunk(delta)
         yield chunk({}, answer.finish_reason)
         if include_usage:
             yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [],
@@ -181,7 +214,8 @@ async def sse(server: Server, head: dict, first: Any, events: AsyncIterator[Any]
         server.leave()
 
 
-async def _chain(first: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def chain(first: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``first``'s items, then ``rest``'s."""
     for item in first:
         yield item
     async for item in rest:

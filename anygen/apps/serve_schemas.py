@@ -9,13 +9,14 @@ client's ``extra_body``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from anygen.generation.sampling import GUIDANCE_RANGE
 
 MAX_SEED = 2**63 - 1
+StopText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class Strict(BaseModel):
@@ -112,8 +113,15 @@ class ChatCompletionRequest(SamplingFields):
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: only 0")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: only 0")
     logprobs: Literal[False] = False
-    stop: None = None
+    stop: Annotated[list[StopText], Field(max_length=4)] | None = Field(
+        None, description="a string or up to 4: the answer ends before the first of them its text would hold")
     user: str | None = None
+
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class ChatMessageOut(BaseModel):
