@@ -119,7 +119,7 @@ class Answer:
     held: str = ""
 
     def add(self, event: Any) -> list[dict[str, Any]]:
-        """Record one event; returns the chunk ``delta``\ s it adds (none once stopped)."""
+        """Record one event; returns the chunk deltas it adds (none once stopped)."""
         if self.stopped:
             return []
         if isinstance(event, TextDelta):

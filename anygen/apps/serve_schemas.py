@@ -117,7 +117,6 @@ class ChatCompletionRequest(SamplingFields):
         None, description="a string or up to 4: the answer ends before the first of them its text would hold")
     user: str | None = None
 
-
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, value: Any) -> Any:
