@@ -26,6 +26,7 @@ from torch import nn
 from anygen.gated_lora import AdapterSpec, GatedAdapters
 from anygen.core import AUTO_CORE, CoreConfig, build_core, core_class_name, extend_vocab, load_pretrained_core
 from anygen.errors import CheckpointError, InvalidArgumentError
+from anygen.decoders import Decoders, decoder_class
 from anygen.generation.grammar import SpanRule, span_rules
 from anygen.processor import IGNORE, Processor
 from anygen.safe_replace import recover, replace_dir
@@ -70,7 +71,8 @@ class AnyGen(nn.Module):
         text_tokenizer: text <-> ids.
         tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
         decoders: optional decoders by modality, e.g. ``{"image": DiffusionDecoder}`` (the pipelines'
-            ``decoder="diffusion"``); saved under ``decoders/<modality>/``.
+            ``decoder="diffusion"``); saved under ``decoders/<modality>/``, and a loaded model reads them on first
+            use (:class:`~anygen.decoders.Decoders`).
         adapters: token-gated adapters (:class:`~anygen.gated_lora.GatedAdapters`) built for ``core``; they are
             attached to it here and saved in ``adapters.safetensors``.
 
@@ -93,7 +95,8 @@ class AnyGen(nn.Module):
         self.core, self.vocab, self.text_tokenizer = core, vocab, text_tokenizer
         self.tokenizers = dict(tokenizers)  # not submodules: each tokenizer saves its own files
         self.processor = Processor(vocab, text_tokenizer, self.tokenizers)
-        self.decoders = dict(decoders or {})  # optional, e.g. {"image": DiffusionDecoder}; not submodules either
+        # optional, e.g. {"image": DiffusionDecoder}; not submodules either; a loaded model's are read on first use
+        self.decoders = decoders.copy() if isinstance(decoders, Decoders) else Decoders(decoders)
         for adapter in adapters or []:
             if adapter.spec.end_id > vocab.size:
                 raise CheckpointError(f"an adapter gates ids up to {adapter.spec.end_id} but the vocab has "
@@ -300,13 +303,15 @@ def _load_tokenizer(directory: Path, name: str, entry: Mapping[str, str]) -> Mod
                               f"loaded: {type(err).__name__}: {err}") from err
 
 
-def _load_decoders(directory: Path) -> dict[str, Any]:
-    """The decoders saved under ``decoders/<modality>/`` (none for a model without that folder)."""
+def _load_decoders(directory: Path) -> Decoders:
+    """The decoders saved under ``decoders/<modality>/`` (none for a model without that folder), each read on first
+    use; a folder whose ``config.json`` names no known decoder class is refused now."""
     if not (directory / "decoders").is_dir():
-        return {}
-    from anygen.decoders import load_decoder  # imports diffusers only for models that carry a decoder
-
-    return {p.name: load_decoder(p) for p in sorted((directory / "decoders").iterdir()) if p.is_dir()}
+        return Decoders()
+    folders = {p.name: p for p in sorted((directory / "decoders").iterdir()) if p.is_dir()}
+    for path in folders.values():
+        decoder_class(path)
+    return Decoders(folders=folders)
 
 
 def _load_adapters(core: nn.Module, specs: list[dict[str, Any]], path: Path) -> list[GatedAdapters]:

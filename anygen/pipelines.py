@@ -568,9 +568,8 @@ class AnyGenPipeline(PipelineBase):
     def output_size(self, decoder: str = "vq") -> tuple[int, int]:
         """``(H, W)`` of the images a call returns with ``decoder``: :attr:`image_size`, or with ``"diffusion"`` the
         diffusion decoder's size (a decoder with ``upscale=4`` renders the 64x64 codes as 256x256 images)."""
-        diffusion = self.model.decoders.get("image")
-        if decoder == "diffusion" and diffusion is not None:
-            return tuple(diffusion.image_size)
+        if decoder == "diffusion" and "image" in self.model.decoders:  # (reads a saved decoder on first use)
+            return tuple(self.model.decoders["image"].image_size)
         return self.image_size
 
     def check_decoder(self, decoder: str) -> str:

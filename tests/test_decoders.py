@@ -329,6 +329,28 @@ def test_pipelines_render_through_the_diffusion_decoder(pipe, tmp_path) -> None:
                                                    **settings).images)
 
 
+def test_a_loaded_model_reads_its_decoder_on_first_use(pipe, tmp_path) -> None:
+    """Loading skips the decoder's weights (the diffusion decoder imports diffusers); a damaged folder then fails
+    where the decoder is used, naming it, and the VQ decoder still renders; an unknown class fails at loading."""
+    pipe.model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "decoders" / "image" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    model = AnyGen.from_pretrained(tmp_path / "m")
+    assert "image" in model.decoders and list(model.decoders) == ["image"] and len(model.decoders) == 1
+    assert "not read yet" in repr(model.decoders)
+    copy = AnyGen(model.core, model.vocab, model.text_tokenizer, model.tokenizers, model.decoders).decoders
+    del copy["image"]  # a model built from another's decoders has its own mapping
+    assert "image" not in copy and "image" in model.decoders
+    loaded = AnyGenPipeline(model, image_size=(16, 16))
+    assert loaded.text_to_image("a red circle", generator=seed(0)).images[0].size == (16, 16)
+    with pytest.raises(CheckpointError, match="decoders/image"):
+        loaded.text_to_image("a red circle", decoder="diffusion", num_inference_steps=2)
+    config = tmp_path / "m" / "decoders" / "image" / "config.json"
+    config.write_text(config.read_text().replace('"DiffusionDecoder"', '"GanDecoder"'))
+    with pytest.raises(CheckpointError, match="GanDecoder"):
+        AnyGen.from_pretrained(tmp_path / "m")
+
+
 def test_pipelines_return_an_upscaling_decoder_s_size(text_tokenizer) -> None:
     tokenizer = tiny_tokenizer()
     model = AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,6 +134,15 @@ def test_the_diffusion_decoder_steps_have_a_progress_bar(pipe: anygen.AnyGenPipe
         pipe.set_progress_bar_config()
     err = capsys.readouterr().err
     assert "text_to_image" in err and "diffusion decoder" in err and "2/2" in err
+
+
+def test_loading_the_default_model_leaves_diffusers_until_the_diffusion_decoder_is_used() -> None:
+    script = ("import sys, anygen; pipe = anygen.load(); pipe.text_to_image('a red circle', num_candidates=1); "
+              "assert 'diffusers' not in sys.modules, 'loaded before use'; "
+              "pipe.text_to_image('a red circle', num_candidates=1, decoder='diffusion', num_inference_steps=1); "
+              "assert 'diffusers' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_replacing_a_tokenizer_drops_the_decoder_of_its_codes() -> None:
