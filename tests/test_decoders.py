@@ -4,6 +4,7 @@ its training recipe (CLI run, exact resume) and the pipelines' ``decoder="diffus
 from __future__ import annotations
 
 import argparse
+import copy as copy_module
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +342,8 @@ def test_a_loaded_model_reads_its_decoder_on_first_use(pipe, tmp_path) -> None:
     copy = AnyGen(model.core, model.vocab, model.text_tokenizer, model.tokenizers, model.decoders).decoders
     del copy["image"]  # a model built from another's decoders has its own mapping
     assert "image" not in copy and "image" in model.decoders
+    deep = copy_module.deepcopy(model.decoders)  # (models are deep-copied, e.g. for blueprints and averages)
+    assert list(deep) == ["image"] and "not read yet" in repr(deep)
     loaded = AnyGenPipeline(model, image_size=(16, 16))
     assert loaded.text_to_image("a red circle", generator=seed(0)).images[0].size == (16, 16)
     with pytest.raises(CheckpointError, match="decoders/image"):

@@ -81,6 +81,13 @@ class Decoders(MutableMapping):
     def __len__(self) -> int:
         return len({*self._loaded, *self._folders})
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle: everything but the lock
+        return {"_loaded": self._loaded, "_folders": self._folders}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def copy(self) -> "Decoders":
         """A new mapping of the same decoders (folders not yet read stay unread)."""
         with self._lock:
