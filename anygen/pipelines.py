@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import DynamicCache
 
 from anygen.audio import AudioInput, read_audio, resample
@@ -491,7 +492,8 @@ class AnyGenPipeline(PipelineBase):
                  callback_on_step_end: StepCallback | None = None) -> GenerationPipelineOutput | tuple:
         """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
 
-        Media segments may hold any image / audio input the other tasks take. ``sampling`` maps a modality to its
+        Media segments may hold any image / audio input the other tasks take (a PIL image may also stand alone in
+        ``segments``, without :class:`~anygen.types.ImageSegment`). ``sampling`` maps a modality to its
         :class:`SamplingParams`; one left out samples as :data:`GENERATE_SAMPLING` says (greedy text, media at
         temperature 1). Raises
         :class:`EmptyAnswerError` (a :class:`~anygen.errors.GenerationError`) when the model ends at once
@@ -738,10 +740,14 @@ class AnyGenPipeline(PipelineBase):
     def _segments_in(self, segments: Interleaved) -> Interleaved:
         if isinstance(segments, (str, TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
             segments = [segments]
+        if isinstance(segments, Image.Image):
+            segments = [segments]
         out: Interleaved = []
         for i, s in enumerate(segments):
             if isinstance(s, str):
                 s = TextSegment(s)
+            elif isinstance(s, Image.Image):  # a picture needs no wrapper: it cannot be mistaken for audio
+                s = ImageSegment(image_tensors(s, self.image_size, f"segments[{i}]")[0])
             elif isinstance(s, ImageSegment):
                 s = ImageSegment(image_tensors(s.image, self.image_size, f"segments[{i}].image")[0])
             elif isinstance(s, AudioSegment):
@@ -749,7 +755,9 @@ class AnyGenPipeline(PipelineBase):
             elif isinstance(s, (CodesSegment, MediaSegment)):
                 self._tokenizer(s.modality)  # a modality this model must have
             elif not isinstance(s, TextSegment):
-                raise InvalidArgumentError(f"segments must hold strings or segments, got {type(s).__name__}")
+                raise InvalidArgumentError(
+                    f"segments[{i}] is a {type(s).__name__}; segments are strings, PIL images or segments: wrap other "
+                    "media as ImageSegment(image) or AudioSegment(waveform, sample_rate) (anygen.types)")
             out.append(s)
         return out
 

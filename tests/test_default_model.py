@@ -145,6 +145,25 @@ def test_loading_the_default_model_leaves_diffusers_until_the_diffusion_decoder_
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_calls_on_threads_get_what_they_get_alone() -> None:
+    """The shipped core multiplies by shared packed copies of its weights, and scores within a torch function mode;
+    calls running at once on several threads (as the demo's) must not see each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = anygen.load()
+    pipe.set_progress_bar_config(disable=True)
+    picture = Image.new("RGB", (64, 64), (20, 40, 220))
+    calls = [lambda: pipe.text_to_image("a red circle", num_candidates=3, generator=torch.Generator().manual_seed(1),
+                                        output_type="pt").images,
+             lambda: pipe.caption(picture, generator=torch.Generator().manual_seed(2)).texts,
+             lambda: pipe.edit_image(picture, "make the square red", num_candidates=2, output_type="pt",
+                                     generator=torch.Generator().manual_seed(3)).images]
+    alone = [call() for call in calls]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        together = [f.result() for f in [pool.submit(call) for call in calls]]
+    assert torch.equal(together[0], alone[0]) and together[1] == alone[1] and torch.equal(together[2], alone[2])
+
+
 def test_replacing_a_tokenizer_drops_the_decoder_of_its_codes() -> None:
     model = anygen.AnyGen.from_pretrained(DEFAULT_MODEL)
     assert "image" in model.decoders

@@ -477,6 +477,14 @@ def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:
     assert rate == speech.sample_rate and len(audios) == 1
 
 
+def test_generate_takes_pil_images_as_they_are_and_names_other_unwrapped_media(pipe: AnyGenPipeline) -> None:
+    picture = Image.new("RGB", (32, 32), (200, 30, 30))
+    wrapped = pipe.generate(["what is it?", ImageSegment(picture)], max_new_tokens=6, generator=seed(0)).segments
+    assert pipe.generate(["what is it?", picture], max_new_tokens=6, generator=seed(0)).segments == wrapped
+    with pytest.raises(InvalidArgumentError, match=r"segments\[1\] is a Tensor; .*ImageSegment\(image\)"):
+        pipe.generate(["what is it?", torch.rand(3, 32, 32)])
+
+
 def test_output_modalities_take_one_name_or_a_list_that_may_name_text(pipe: AnyGenPipeline) -> None:
     prompt = ["a red circle"]
     only_text = pipe.generate(prompt, max_new_tokens=6, generator=seed(0), output_modalities=[]).segments
