@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from PIL import Image
+
 from anygen.errors import InvalidArgumentError
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, Segment, TextSegment
 
@@ -83,7 +85,7 @@ def _message(message: Message | Mapping, index: int) -> Message:
         raise InvalidArgumentError(f"messages[{index}] must be a dict with 'role' and 'content', got {message!r:.80}")
     if role not in ROLES:
         raise InvalidArgumentError(f"messages[{index}] has role={role!r}; roles are {list(ROLES)}")
-    parts = [content] if isinstance(content, (str, Mapping, *SEGMENTS)) else content
+    parts = [content] if isinstance(content, (str, Mapping, Image.Image, *SEGMENTS)) else content
     if not isinstance(parts, Sequence) or not parts:
         raise InvalidArgumentError(f"messages[{index}]['content'] must be a string or a non-empty list of parts")
     return Message(role, [_part(p, f"messages[{index}]['content'][{j}]") for j, p in enumerate(parts)])
@@ -94,9 +96,11 @@ def _part(part: object, name: str) -> Segment:
         return TextSegment(part)
     if isinstance(part, SEGMENTS):
         return part
+    if isinstance(part, Image.Image):
+        return ImageSegment(part)
     if not isinstance(part, Mapping) or part.get("type") not in ("text", "image", "audio"):
-        raise InvalidArgumentError(f"{name} must be a string, a segment or a dict with type 'text', 'image' or "
-                                   f"'audio', got {part!r:.80}")
+        raise InvalidArgumentError(f"{name} must be a string, a PIL image, a segment or a dict with type 'text', "
+                                   f"'image' or 'audio', got {part!r:.80}")
     kind = part["type"]
     value = part.get(kind, part.get("path"))
     if value is None or kind == "text" and not isinstance(value, str):

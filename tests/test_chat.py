@@ -57,6 +57,9 @@ def test_messages_take_strings_segments_and_typed_parts(tmp_path: Path) -> None:
     assert [t.role for t in turns] == ["system", "user", "assistant", "user"]
     assert turns[1].content == [TextSegment("what is this?"), ImageSegment(str(tmp_path / "red.png"))]
     assert isinstance(turns[3].content[0], AudioSegment) and turns[3].content[0].sample_rate == 8000
+    picture = Image.new("RGB", (8, 8), "blue")  # a PIL image needs no wrapper, alone or in a list
+    for content in (picture, ["what is this?", picture]):
+        assert to_messages([{"role": "user", "content": content}])[0].content[-1] == ImageSegment(picture)
 
 
 @pytest.mark.parametrize("messages, match", [
