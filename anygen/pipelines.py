@@ -756,7 +756,7 @@ class AnyGenPipeline(PipelineBase):
                 self._tokenizer(s.modality)  # a modality this model must have
             elif not isinstance(s, TextSegment):
                 raise InvalidArgumentError(
-                    f"segments[{i}] is a {type(s).__name__}; segments are strings, PIL images or segments: wrap other "
+                    f"segments[{i}] has type {type(s).__name__}; segments are strings, PIL images or segments: wrap other "
                     "media as ImageSegment(image) or AudioSegment(waveform, sample_rate) (anygen.types)")
             out.append(s)
         return out

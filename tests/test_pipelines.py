@@ -481,7 +481,7 @@ def test_generate_takes_pil_images_as_they_are_and_names_other_unwrapped_media(p
     picture = Image.new("RGB", (32, 32), (200, 30, 30))
     wrapped = pipe.generate(["what is it?", ImageSegment(picture)], max_new_tokens=6, generator=seed(0)).segments
     assert pipe.generate(["what is it?", picture], max_new_tokens=6, generator=seed(0)).segments == wrapped
-    with pytest.raises(InvalidArgumentError, match=r"segments\[1\] is a Tensor; .*ImageSegment\(image\)"):
+    with pytest.raises(InvalidArgumentError, match=r"segments\[1\] has type Tensor; .*ImageSegment\(image\)"):
         pipe.generate(["what is it?", torch.rand(3, 32, 32)])
 
 
