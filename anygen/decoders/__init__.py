@@ -44,8 +44,7 @@ def decoder_class(directory: str | Path) -> str:
 
 class Decoders(MutableMapping):
     """A model's decoders by modality: decoder objects, and saved decoder folders read on first access (the
-    diffusion decoder imports diffusers, about a second and a half of a model's loading time, and most calls never
-    use it). ``in``, ``len`` and iteration never read a folder; ``decoders[name]``, ``get``, ``values`` and ``items``
+    diffusion decoder imports diffusers, most of a second of a model's loading time, and most calls never use it). ``in``, ``len`` and iteration never read a folder; ``decoders[name]``, ``get``, ``values`` and ``items``
     do (once; a damaged folder raises :class:`CheckpointError` then)."""
 
     def __init__(self, decoders: Mapping[str, Any] | None = None, folders: Mapping[str, Path] | None = None) -> None:
@@ -67,10 +66,10 @@ class Decoders(MutableMapping):
 
     def __delitem__(self, name: str) -> None:
         with self._lock:
-            if self._folders.pop(name, None) is None:
-                del self._loaded[name]
-            else:
-                self._loaded.pop(name, None)
+            if name not in self:
+                raise KeyError(name)
+            self._folders.pop(name, None)
+            self._loaded.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
         return name in self._loaded or name in self._folders
