@@ -25,8 +25,8 @@ from torch import nn
 
 from anygen.gated_lora import AdapterSpec, GatedAdapters
 from anygen.core import AUTO_CORE, CoreConfig, build_core, core_class_name, extend_vocab, load_pretrained_core
-from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.decoders import Decoders, decoder_class
+from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.generation.grammar import SpanRule, span_rules
 from anygen.processor import IGNORE, Processor
 from anygen.safe_replace import recover, replace_dir

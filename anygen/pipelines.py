@@ -738,9 +738,8 @@ class AnyGenPipeline(PipelineBase):
                     "split longer audio")
 
     def _segments_in(self, segments: Interleaved) -> Interleaved:
-        if isinstance(segments, (str, TextSegment, ImageSegment, AudioSegment, CodesSegment, MediaSegment)):
-            segments = [segments]
-        if isinstance(segments, Image.Image):
+        if isinstance(segments, (str, Image.Image, TextSegment, ImageSegment, AudioSegment, CodesSegment,
+                                 MediaSegment)):
             segments = [segments]
         out: Interleaved = []
         for i, s in enumerate(segments):
@@ -756,8 +755,8 @@ class AnyGenPipeline(PipelineBase):
                 self._tokenizer(s.modality)  # a modality this model must have
             elif not isinstance(s, TextSegment):
                 raise InvalidArgumentError(
-                    f"segments[{i}] has type {type(s).__name__}; segments are strings, PIL images or segments: wrap other "
-                    "media as ImageSegment(image) or AudioSegment(waveform, sample_rate) (anygen.types)")
+                    f"segments[{i}] has type {type(s).__name__}; segments are strings, PIL images or segments: "
+                    "wrap other media as ImageSegment(image) or AudioSegment(waveform, sample_rate) (anygen.types)")
             out.append(s)
         return out
 

@@ -44,8 +44,9 @@ def decoder_class(directory: str | Path) -> str:
 
 class Decoders(MutableMapping):
     """A model's decoders by modality: decoder objects, and saved decoder folders read on first access (the
-    diffusion decoder imports diffusers, most of a second of a model's loading time, and most calls never use it). ``in``, ``len`` and iteration never read a folder; ``decoders[name]``, ``get``, ``values`` and ``items``
-    do (once; a damaged folder raises :class:`CheckpointError` then)."""
+    diffusion decoder imports diffusers, most of a second of a model's loading time, and most calls never use it).
+    ``in``, ``len`` and iteration never read a folder; ``decoders[name]``, ``get``, ``values`` and ``items`` do
+    (once; a damaged folder raises :class:`CheckpointError` then)."""
 
     def __init__(self, decoders: Mapping[str, Any] | None = None, folders: Mapping[str, Path] | None = None) -> None:
         self._loaded: dict[str, Any] = dict(decoders or {})
