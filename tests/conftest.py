@@ -11,6 +11,8 @@ import torch  # noqa: E402
 
 from anygen.core import CoreConfig  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
+from anygen.tokenizers.image import ImageVQ, ImageVQConfig  # noqa: E402
+from anygen.tokenizers.quantizer import QuantizerConfig  # noqa: E402
 from anygen.tokenizers.simple import GridImageTokenizer, MuLawAudioTokenizer  # noqa: E402
 from anygen.tokenizers.text import TextTokenizer  # noqa: E402
 
@@ -30,3 +32,13 @@ def tiny_model(text_tokenizer: TextTokenizer) -> AnyGen:
     torch.manual_seed(0)
     tokenizers = {"image": GridImageTokenizer(cell=8, levels=4), "audio": MuLawAudioTokenizer()}
     return AnyGen.create(text_tokenizer, tokenizers, TINY_CORE).eval()
+
+
+def tiny_image_vq() -> ImageVQ:
+    """16x16 px -> 4x4 = 16 codes of a 16-entry codebook, with its codebook initialised by one training pass."""
+    torch.manual_seed(0)
+    config = ImageVQConfig(channels=[8, 16, 16], res_blocks=0, latent_dim=4, image_size=[16, 16],
+                           quantizer=QuantizerConfig(codebook_size=16, codebook_dim=4))
+    tokenizer = ImageVQ(config)
+    tokenizer(torch.rand(8, 3, 16, 16))  # k-means initialisation of the codebook
+    return tokenizer.eval()

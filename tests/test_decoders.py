@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CORE
+from conftest import tiny_image_vq as tiny_tokenizer
 
 from anygen.config import load_config
 from anygen.decoders import DiffusionDecoder, DiffusionDecoderConfig, VQDecoder, load_decoder
@@ -21,8 +22,6 @@ from anygen.image import to_pil, to_tensor
 from anygen.model import AnyGen
 from anygen.pipeline_inputs import image_tensors
 from anygen.pipelines import AnyGenPipeline
-from anygen.tokenizers.image import ImageVQ, ImageVQConfig
-from anygen.tokenizers.quantizer import QuantizerConfig
 from anygen.training import decoder_recipe as recipe
 from anygen.training.checkpoint import committed_checkpoints
 from anygen.training.decoder_cli import add_arguments
@@ -43,16 +42,6 @@ def one_thread():
 
 def seed(n: int) -> torch.Generator:
     return torch.Generator().manual_seed(n)
-
-
-def tiny_tokenizer() -> ImageVQ:
-    """16x16 px -> 4x4 = 16 codes of a 16-entry codebook, with its codebook initialised by one training pass."""
-    torch.manual_seed(0)
-    config = ImageVQConfig(channels=[8, 16, 16], res_blocks=0, latent_dim=4, image_size=[16, 16],
-                           quantizer=QuantizerConfig(codebook_size=16, codebook_dim=4))
-    tokenizer = ImageVQ(config)
-    tokenizer(torch.rand(8, 3, 16, 16))  # k-means initialisation of the codebook
-    return tokenizer.eval()
 
 
 def tiny_decoder(untrained: bool = False, **overrides: object) -> DiffusionDecoder:

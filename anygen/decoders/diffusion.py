@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,7 +36,6 @@ from einops import rearrange
 from PIL import Image
 from torch import nn
 
-from anygen.config import from_dict, to_dict
 from anygen.decoders.checks import (
     GeneratorArg,
     check_codes,
@@ -47,11 +45,11 @@ from anygen.decoders.checks import (
     check_mask,
     check_settings,
 )
-from anygen.errors import CheckpointError, GenerationError, InvalidArgumentError
+from anygen.decoders.frozen import FrozenTokenizerDecoder
+from anygen.errors import GenerationError, InvalidArgumentError
 from anygen.image import to_tensor
 from anygen.generation.sampling import classifier_free_guidance
-from anygen.tokenizers.image import ImageVQ, ImageVQConfig
-from anygen.tokenizers.weights import load_state_strict, read_tokenizer_dir, write_tokenizer_dir
+from anygen.tokenizers.image import ImageVQ
 
 SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
 
@@ -126,7 +124,7 @@ class Condition:
     reconstruction: torch.Tensor
 
 
-class DiffusionDecoder(nn.Module):
+class DiffusionDecoder(FrozenTokenizerDecoder):
     """Codes (+ optional core hidden states) -> images, by denoising conditioned on the codes.
 
     Args:
@@ -135,23 +133,14 @@ class DiffusionDecoder(nn.Module):
             frozen and kept inside the decoder (its reconstruction is an input, its codebook seeds the embeddings).
     """
 
+    config_class = DiffusionDecoderConfig
+
     def __init__(self, config: DiffusionDecoderConfig, tokenizer: ImageVQ) -> None:
-        super().__init__()
-        if not isinstance(tokenizer, ImageVQ) or tokenizer.num_codebooks != 1:
-            raise InvalidArgumentError("tokenizer must be a single-codebook ImageVQ, got "
-                                       f"{type(tokenizer).__name__} with {getattr(tokenizer, 'num_codebooks', '?')} "
-                                       "codebooks")
-        factor, codes_size = tokenizer.config.downsample, tuple(tokenizer.config.image_size)
-        size = (codes_size[0] * config.upscale, codes_size[1] * config.upscale)
+        super().__init__(config, tokenizer)
         if any(s % config.patch_size or (s // config.patch_size) % 2 ** (len(config.block_out_channels) - 1)
-               for s in size):
-            raise InvalidArgumentError(f"image size {size} must be divisible by decoder.patch_size="
+               for s in self.image_size):
+            raise InvalidArgumentError(f"image size {self.image_size} must be divisible by decoder.patch_size="
                                        f"{config.patch_size} times 2 ** (levels - 1)")
-        self.config, self.image_size = config, size
-        self.codes_size = codes_size  # the size of the images the codes were made from
-        self.grid = (codes_size[0] // factor, codes_size[1] // factor)
-        self.codebook_size = tokenizer.codebook_size
-        self.tokenizer = tokenizer.requires_grad_(False).eval()
         self.code_embedding = nn.Embedding.from_pretrained(_codebook_vectors(tokenizer), freeze=False)
         self.code_projection = nn.Linear(tokenizer.config.latent_dim, config.cond_dim)
         self.row_embedding = nn.Parameter(torch.randn(self.grid[0], config.cond_dim) * 0.02)
@@ -159,20 +148,10 @@ class DiffusionDecoder(nn.Module):
         self.hidden_projection = nn.Linear(config.hidden_size, config.cond_dim) if config.hidden_size else None
         self.token_norm = nn.LayerNorm(config.cond_dim)
         self.null_tokens = nn.Parameter(torch.randn(self.grid[0] * self.grid[1], config.cond_dim) * 0.02)
-        self.unet = _unet(config, size)
+        self.unet = _unet(config, self.image_size)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, clip_sample=False,
                                              beta_schedule=config.beta_schedule,
                                              prediction_type=config.prediction_type)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def train(self, mode: bool = True) -> DiffusionDecoder:
-        """Like ``nn.Module.train``; the frozen tokenizer always stays in eval mode (no codebook updates)."""
-        super().train(mode)
-        self.tokenizer.eval()
-        return self
 
     # -- conditioning and one denoiser call -------------------------------------------------------------------
     def condition(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> Condition:
@@ -325,25 +304,6 @@ class DiffusionDecoder(nn.Module):
         if hasattr(sampler, "set_begin_index"):
             sampler.set_begin_index(skip)
         return sampler, sampler.timesteps[skip:]
-
-    # -- saving -----------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Write ``config.json`` (decoder and tokenizer configs) + ``model.safetensors`` (all weights)."""
-        config = {"decoder": to_dict(self.config), "tokenizer": to_dict(self.tokenizer.config)}
-        write_tokenizer_dir(directory, type(self).__name__, config, self, dtype)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> DiffusionDecoder:
-        """Load a directory written by :meth:`save_pretrained` (safetensors only; strict keys and shapes)."""
-        saved = read_tokenizer_dir(directory, cls.__name__)
-        if set(saved.config) != {"decoder", "tokenizer"}:
-            raise CheckpointError(f"{Path(directory) / 'config.json'} must hold 'decoder' and 'tokenizer' configs, "
-                                  f"found {sorted(saved.config)}")
-        config = from_dict(DiffusionDecoderConfig, saved.config["decoder"], prefix="decoder.")
-        tokenizer = ImageVQ(from_dict(ImageVQConfig, saved.config["tokenizer"], prefix="tokenizer."))
-        model = cls(config, tokenizer)
-        load_state_strict(model, saved.state_dict, Path(directory))
-        return model.eval()
 
     @property
     def _device(self) -> torch.device:
