@@ -27,10 +27,15 @@ T = TypeVar("T")
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build dataclass ``cls`` from a YAML file (optional) plus ``key.sub=value`` overrides."""
+    return from_dict(cls, read_config(path, overrides))
+
+
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping of a YAML file (optional) with ``key.sub=value`` overrides applied, before any dataclass."""
     raw = {} if path is None else read_yaml(path)
     for item in overrides or []:
         _apply_override(raw, item)
-    return from_dict(cls, raw)
+    return raw
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Saved layout (``save_pretrained``)::
     model.safetensors      the core's weights (tied duplicates stored once)
     text_tokenizer/        tokenizer.json
     tokenizers/<modality>/ each modality tokenizer's own files
-    decoders/<modality>/   optional decoders' own files (e.g. a DiffusionDecoder for images)
+    decoders/<key>/        optional decoders' own files (image: a DiffusionDecoder; image-upscale: an UpscaleDecoder)
     adapters.safetensors   optional token-gated adapters of appended modalities (anygen.gated_lora)
 """
 
@@ -70,9 +70,9 @@ class AnyGen(nn.Module):
         vocab: the id layout.
         text_tokenizer: text <-> ids.
         tokenizers: one :class:`ModalityTokenizer` per modality of ``vocab``.
-        decoders: optional decoders by modality, e.g. ``{"image": DiffusionDecoder}`` (the pipelines'
-            ``decoder="diffusion"``); saved under ``decoders/<modality>/``, and a loaded model reads them on first
-            use (:class:`~anygen.decoders.Decoders`).
+        decoders: optional decoders, e.g. ``{"image": DiffusionDecoder, "image-upscale": UpscaleDecoder}`` (the
+            pipelines' ``decoder="diffusion"`` and ``decoder="upscale"``); saved under ``decoders/<key>/``, and a
+            loaded model reads them on first use (:class:`~anygen.decoders.Decoders`).
         adapters: token-gated adapters (:class:`~anygen.gated_lora.GatedAdapters`) built for ``core``; they are
             attached to it here and saved in ``adapters.safetensors``.
 
@@ -132,8 +132,8 @@ class AnyGen(nn.Module):
         media batch both tokenizers encode (e.g. ``(B, samples)`` audio clips), each new code's embedding (and
         untied output) row becomes the mean of the rows of the old codes it shares frames with in that batch, so
         training on the new codes starts from what the core knew about the same sounds or patches; codes the batch
-        never produces keep their rows. Either way the model needs training on the new codes. A decoder of that
-        modality conditions on the old codes and is dropped."""
+        never produces keep their rows. Either way the model needs training on the new codes. The decoders of that
+        modality render the old codes and are dropped."""
         if name not in self.vocab.modality_names[1:]:
             raise InvalidArgumentError(f"no modality {name!r} to replace; valid: {self.vocab.modality_names[1:]}")
         _check_tokenizers(self.vocab, self.text_tokenizer, {**self.tokenizers, name: tokenizer})
@@ -143,7 +143,8 @@ class AnyGen(nn.Module):
                                  self.vocab.to_global(name, tokenizer.encode(align_with)))
         self.tokenizers[name] = tokenizer
         self.processor = Processor(self.vocab, self.text_tokenizer, self.tokenizers)
-        self.decoders.pop(name, None)
+        for key in [k for k in self.decoders if k == name or k.startswith(f"{name}-")]:  # e.g. image-upscale
+            del self.decoders[key]
 
     def _align_rows(self, name: str, old_ids: torch.Tensor, new_ids: torch.Tensor) -> None:
         """Set each id of ``new_ids`` (B, N') to the mean row of the ``old_ids`` (B, N) on the same frames."""

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from anygen.audio import AudioInput, read_audio, resample
 from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.base import VQDecoder
-from anygen.decoders.rendering import DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
+from anygen.decoders.rendering import DECODER_KEYS, DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.fast_decode import packed_forward
@@ -158,9 +158,10 @@ class AnyGenPipeline(PipelineBase):
         """``num_images_per_prompt`` images for each prompt, prompts in order.
 
         ``guidance_scale`` is classifier-free guidance against the empty prompt (or ``negative_prompt``: one, or
-        one per prompt). ``decoder="diffusion"`` renders the generated codes with the model's diffusion decoder
-        (``num_inference_steps`` DDIM steps, default the decoder's ``config.default_steps``;
-        ``decoder_guidance_scale``) instead of the tokenizer's.
+        one per prompt). ``decoder="upscale"`` renders the generated codes larger (e.g. 256x256 px for anygen-tiny's
+        64x64) and sharper with the model's upscale decoder, in one pass; ``decoder="diffusion"`` with its diffusion
+        decoder (``num_inference_steps`` DDIM steps, default the decoder's ``config.default_steps``;
+        ``decoder_guidance_scale``); the default ``"vq"`` is the image tokenizer's own decoder.
         ``height`` / ``width``: only the size of the images returned with ``decoder`` (:meth:`output_size`) is
         accepted.
         ``num_candidates``: each returned image is the best of this many sampled in one batch, as the model itself
@@ -223,7 +224,8 @@ class AnyGenPipeline(PipelineBase):
         check_count("num_candidates", num_candidates)
         n, k = num_images_per_prompt, num_candidates
         out_size = self.output_size(decoder)  # a larger diffusion decoder starts from the input at its own size
-        start = (pixels if out_size == size else image_tensors(image, out_size)).repeat_interleave(n, dim=0)
+        start = None if decoder != "diffusion" else (
+            pixels if out_size == size else image_tensors(image, out_size)).repeat_interleave(n, dim=0)
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale, strength, start,
                                            output_type=output_type), size)
         sampled = self._edit_codes(pixels, instructions, n * k, guidance_scale, image_guidance_scale,
@@ -568,14 +570,17 @@ class AnyGenPipeline(PipelineBase):
                     return_dict)
 
     def output_size(self, decoder: str = "vq") -> tuple[int, int]:
-        """``(H, W)`` of the images a call returns with ``decoder``: :attr:`image_size`, or with ``"diffusion"`` the
-        diffusion decoder's size (a decoder with ``upscale=4`` renders the 64x64 codes as 256x256 images)."""
-        if decoder == "diffusion" and "image" in self.model.decoders:  # (reads a saved decoder on first use)
-            return tuple(self.model.decoders["image"].image_size)
+        """``(H, W)`` of the images a call returns with ``decoder``: :attr:`image_size`, or with ``"upscale"`` /
+        ``"diffusion"`` that decoder's size (a decoder with ``upscale=4`` renders the 64x64 codes as 256x256
+        images)."""
+        key = DECODER_KEYS.get(decoder)
+        if key in self.model.decoders:  # (reads a saved decoder on first use)
+            return tuple(self.model.decoders[key].image_size)
         return self.image_size
 
     def check_decoder(self, decoder: str) -> str:
-        """``decoder`` if this model can render with it (``"diffusion"`` needs a diffusion decoder), else an error."""
+        """``decoder`` if this model can render with it (``"upscale"`` and ``"diffusion"`` need such a decoder in
+        ``model.decoders``), else an error."""
         self._rendering(Rendering(decoder), self.image_size)
         return decoder
 

@@ -227,10 +227,14 @@ def make_generator(seed: float | None) -> torch.Generator:
 
 
 def default_decoder(pipe: AnyGenPipeline) -> str:
-    """What the demo and the showcase render pictures with unless told otherwise: the model's diffusion decoder when
-    it renders larger than the image tokenizer (e.g. 256x256 px from the codes of a 64x64 image), else the VQ
-    decoder (a diffusion decoder at the tokenizer's own size is slower and, for anygen-tiny, no sharper)."""
-    return "diffusion" if pipe.output_size("diffusion") != pipe.image_size else "vq"
+    """What the demo and the showcase render pictures with unless told otherwise: the model's upscale decoder when it
+    has one (e.g. 256x256 px from the codes of a 64x64 image, in one pass), else its diffusion decoder when that
+    renders larger than the image tokenizer, else the VQ decoder (a diffusion decoder at the tokenizer's own size is
+    slower and, for anygen-tiny, no sharper)."""
+    for decoder in ("upscale", "diffusion"):
+        if pipe.output_size(decoder) != pipe.image_size:
+            return decoder
+    return "vq"
 
 
 def check_decoder(pipe: AnyGenPipeline, decoder: str) -> str:

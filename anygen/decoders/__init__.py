@@ -1,6 +1,8 @@
 """Decoders: render the codes of an image span as pixels.
 
 - :class:`VQDecoder`: the image tokenizer's own decoder (one deterministic pass).
+- :class:`UpscaleDecoder`: the tokenizer's decoding upsampled (e.g. 4x) by a small residual network, in one
+  deterministic pass: sharper edges than bicubic upsampling.
 - :class:`DiffusionDecoder`: a small diffusers UNet that denoises conditioned on the codes (and the tokenizer's
   reconstruction of them); slower, with SDEdit-style ``strength`` and mask inpainting.
 
@@ -21,7 +23,8 @@ from typing import Any
 from anygen.decoders.base import ImageDecoder, VQDecoder
 from anygen.errors import CheckpointError
 
-DECODER_CLASSES: dict[str, str] = {"DiffusionDecoder": "anygen.decoders.diffusion:DiffusionDecoder"}
+DECODER_CLASSES: dict[str, str] = {"DiffusionDecoder": "anygen.decoders.diffusion:DiffusionDecoder",
+                                   "UpscaleDecoder": "anygen.decoders.upscale:UpscaleDecoder"}
 
 
 def load_decoder(directory: str | Path):
@@ -105,8 +108,12 @@ def __getattr__(name: str):
         from anygen.decoders import diffusion
 
         return getattr(diffusion, name)
+    if name in ("UpscaleDecoder", "UpscaleDecoderConfig"):
+        from anygen.decoders import upscale
+
+        return getattr(upscale, name)
     raise AttributeError(f"module 'anygen.decoders' has no attribute {name!r}")
 
 
-__all__ = ["DECODER_CLASSES", "Decoders", "DiffusionDecoder", "DiffusionDecoderConfig", "ImageDecoder", "VQDecoder",
-           "decoder_class", "load_decoder"]
+__all__ = ["DECODER_CLASSES", "Decoders", "DiffusionDecoder", "DiffusionDecoderConfig", "ImageDecoder",
+           "UpscaleDecoder", "UpscaleDecoderConfig", "VQDecoder", "decoder_class", "load_decoder"]

@@ -1,4 +1,5 @@
-"""Command line of the decoder recipe: ``anygen train-decoder --config FILE [--set key=value ...] [--out DIR]``.
+"""Command line of the decoder recipe: ``anygen train-decoder --config FILE [--set key=value ...] [--out DIR]``
+(a diffusion or an upscale decoder, as the config's ``kind`` says).
 
 Also runnable as ``python -m anygen.training.decoder_cli --config FILE``. The trained decoder goes to
 ``<out>/final`` unless the config names a ``final_dir``, so a trial run (``--out runs/trial``) never replaces the
@@ -12,8 +13,8 @@ import sys
 import json
 from dataclasses import asdict
 
-from anygen.training.cli_args import add_run_arguments, load_run_config, with_output_dir
-from anygen.training.decoder_recipe import DecoderTrainConfig
+from anygen.training.cli_args import add_run_arguments, with_output_dir
+from anygen.training.decoder_recipe import decoder_train_config
 from anygen.training.decoder_recipe import main as train
 
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the recipe with parsed ``args``; prints the final metrics as JSON and returns the exit status 0."""
-    config = with_output_dir(load_run_config(DecoderTrainConfig, args), args)
+    config = with_output_dir(decoder_train_config(args.config, args.overrides), args)
     result = train(config)
     print(json.dumps(asdict(result), indent=2))
     return 0

@@ -1,18 +1,20 @@
-"""Recipe: train a :class:`~anygen.decoders.DiffusionDecoder` for a frozen ``ImageVQ`` with resumable checkpoints.
+"""Recipe: train a :class:`~anygen.decoders.DiffusionDecoder` or an :class:`~anygen.decoders.UpscaleDecoder` for a
+frozen ``ImageVQ`` with resumable checkpoints (a config's ``kind``: ``diffusion``, the default, or ``upscale``).
 
 Run from the shell with ``anygen train-decoder --config configs/decoder/image-tiny.yaml [--set k=v ...]`` (or
 ``python -m anygen.training.decoder_cli``), or from Python with :func:`main`. The images are the tokenizer
-recipe's sources (shape scenes, photo crops, or a folder; :mod:`anygen.training.sources`); every batch is a pure
-function of ``(seed, step, process)``, so resuming from ``<output_dir>/checkpoints`` continues exactly where the run
-stopped. Each step: encode the images with the frozen tokenizer (area-downsampled first when the decoder renders at
-``decoder.upscale`` times the tokenizer's size; the images are drawn at the decoder's size), noise them (DDPM), drop the condition of some rows,
-and regress the UNet's prediction; the loss goes to ``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps
-(and to the trackers of ``train.log_with``). Evaluation renders held-out images from their codes (DDIM) and logs
-their PSNR next to the tokenizer's own decoder's there too.
+recipe's sources (shape scenes, photo crops, or a folder; :mod:`anygen.training.sources`), drawn at the decoder's
+size; every batch is a pure function of ``(seed, step, process)``, so resuming from ``<output_dir>/checkpoints``
+continues exactly where the run stopped. Each step encodes the images with the frozen tokenizer (area-downsampled
+first when the decoder renders at ``decoder.upscale`` times the tokenizer's size). A diffusion decoder then noises
+them (DDPM), drops the condition of some rows and regresses the UNet's prediction; an upscale decoder regresses
+its rendering of the codes onto the images. The loss goes to ``<output_dir>/metrics.jsonl`` every
+``train.log_every`` steps (and to the trackers of ``train.log_with``). Evaluation renders held-out images from
+their codes and logs their PSNR next to the tokenizer's own decoder's there too.
 
 Example:
     >>> from anygen.config import load_config
-    >>> config = load_config(DecoderTrainConfig, "configs/decoder/image-tiny.yaml", ["train.steps=10"])
+    >>> config = decoder_train_config("configs/decoder/image-tiny.yaml", ["train.steps=10"])
     >>> result = main(config)  # doctest: +SKIP
 """
 
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate.utils import set_seed
 
 from anygen.assets import resolve_path
-from anygen.config import to_dict
+from anygen.config import from_dict, read_config, to_dict
 from anygen.decoders.diffusion import DiffusionDecoder, DiffusionDecoderConfig
+from anygen.decoders.upscale import UpscaleDecoder, UpscaleDecoderConfig
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.tokenizers.image import ImageVQ
 from anygen.training.sources import check_weights, image_batch
@@ -40,8 +44,8 @@ IMAGE_SOURCES = ("scenes", "photos", "folder")
 class DecoderDataConfig:
     """Training / evaluation images (source name -> mixing weight, as in the tokenizer recipe).
 
-    ``eval_batches`` held-out batches of ``train.batch_size`` per evaluation source are rendered with
-    ``eval_steps`` DDIM steps.
+    ``eval_batches`` held-out batches of ``train.batch_size`` per evaluation source are rendered (by a diffusion
+    decoder with ``eval_steps`` DDIM steps).
     """
 
     sources: dict[str, float] = field(default_factory=lambda: {"scenes": 3.0, "photos": 1.0})
@@ -60,12 +64,13 @@ class DecoderDataConfig:
 
 @dataclass
 class DecoderTrainConfig:
-    """Everything :func:`main` needs.
+    """Everything :func:`main` needs to train a diffusion decoder.
 
     ``tokenizer`` is the directory of the (frozen) ``ImageVQ`` whose codes the decoder learns to render;
     ``condition_dropout`` is the probability of training a row on the null condition (for guidance).
     """
 
+    kind: Literal["diffusion"] = "diffusion"
     tokenizer: str = "pkg://anygen-tiny/tokenizers/image"
     output_dir: str = "runs/decoder"
     final_dir: str | None = None
@@ -82,25 +87,54 @@ class DecoderTrainConfig:
                                        "only (no core in the loop); set it to 0")
 
 
-def main(config: DecoderTrainConfig) -> TrainResult:
+@dataclass
+class UpscaleTrainConfig:
+    """Everything :func:`main` needs to train an upscale decoder (``kind: upscale`` in a config file)."""
+
+    kind: Literal["upscale"] = "upscale"
+    tokenizer: str = "pkg://anygen-tiny/tokenizers/image"
+    output_dir: str = "runs/decoder-upscale"
+    final_dir: str | None = None
+    decoder: UpscaleDecoderConfig = field(default_factory=UpscaleDecoderConfig)
+    data: DecoderDataConfig = field(default_factory=DecoderDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+KINDS = {"diffusion": DecoderTrainConfig, "upscale": UpscaleTrainConfig}
+
+
+def decoder_train_config(path: str | Path | None = None,
+                         overrides: list[str] | None = None) -> DecoderTrainConfig | UpscaleTrainConfig:
+    """The config of a YAML file plus ``key=value`` overrides, of the class its ``kind`` names (default
+    ``diffusion``)."""
+    raw = read_config(path, overrides)
+    kind = raw.get("kind", "diffusion")
+    if kind not in KINDS:
+        raise InvalidArgumentError(f"kind={kind!r} must be one of {sorted(KINDS)}")
+    return from_dict(KINDS[kind], raw)
+
+
+def main(config: DecoderTrainConfig | UpscaleTrainConfig) -> TrainResult:
     """Train (or resume) the decoder described by ``config``; returns the last evaluation."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     set_seed(config.train.seed)
     return train_task(DecoderTask(config), config.train, config.output_dir, config.final_dir,
-                      desc="train diffusion decoder", hparams=to_dict(config))
+                      desc=f"train {config.kind} decoder", hparams=to_dict(config))
 
 
 class DecoderTask:
     """What the shared loop (:func:`~anygen.training.tokenizer.train_task`) needs to train a decoder: images ->
-    codes of the frozen tokenizer -> noisy images -> the DDPM loss."""
+    codes of the frozen tokenizer -> noisy images -> the DDPM loss; or, for an upscale decoder, the squared error
+    of its rendering of the codes."""
 
-    def __init__(self, config: DecoderTrainConfig) -> None:
+    def __init__(self, config: DecoderTrainConfig | UpscaleTrainConfig) -> None:
         self.config = config
         self.image_size: tuple[int, int] = (0, 0)
 
-    def build_model(self) -> DiffusionDecoder:
-        decoder = DiffusionDecoder(self.config.decoder, _load_tokenizer(self.config.tokenizer))
+    def build_model(self) -> DiffusionDecoder | UpscaleDecoder:
+        cls = UpscaleDecoder if self.config.kind == "upscale" else DiffusionDecoder
+        decoder = cls(self.config.decoder, _load_tokenizer(self.config.tokenizer))
         self.image_size = decoder.image_size
         return decoder.train()
 
@@ -110,26 +144,32 @@ class DecoderTask:
                            data.folder)
 
     def losses(self, model: torch.nn.Module, batch: torch.Tensor) -> StepLosses:
+        if self.config.kind == "upscale":
+            return StepLosses(total=model(batch), logs={})
         loss = model(batch, condition_dropout=self.config.condition_dropout)
         return StepLosses(total=loss, logs={})  # one term: the loop logs it as ``loss``
 
-    def evaluate(self, model: DiffusionDecoder) -> dict[str, float]:
+    def evaluate(self, model: DiffusionDecoder | UpscaleDecoder) -> dict[str, float]:
         return evaluate(model, self.config)
 
 
 @torch.no_grad()
-def evaluate(decoder: DiffusionDecoder, config: DecoderTrainConfig) -> dict[str, float]:
-    """PSNR (dB) per source of held-out images rendered from their codes: with ``data.eval_steps`` DDIM steps
-    (``psnr_*``), with one step (``psnr_1step_*``, the direct estimate) and by the tokenizer (``vq_psnr_*``; upsampled
-    bicubically to the decoder's size when it renders larger than the tokenizer)."""
+def evaluate(decoder: DiffusionDecoder | UpscaleDecoder,
+             config: DecoderTrainConfig | UpscaleTrainConfig) -> dict[str, float]:
+    """PSNR (dB) per source of held-out images rendered from their codes: by an upscale decoder (``psnr_*``), or by a
+    diffusion decoder with ``data.eval_steps`` DDIM steps (``psnr_*``) and with one step (``psnr_1step_*``, the
+    direct estimate); and by the tokenizer (``vq_psnr_*``; upsampled bicubically to the decoder's size when it
+    renders larger than the tokenizer)."""
     decoder.eval()
     metrics: dict[str, float] = {}
     for source in sorted(config.data.eval_sources):
         images = torch.cat([image_batch({source: 1.0}, config.train.batch_size, decoder.image_size, EVAL_SEED, i,
                                         "eval", config.data.folder) for i in range(config.data.eval_batches)])
-        images = images.to(decoder.null_tokens.device)
+        images = images.to(next(decoder.parameters()).device)
         codes = decoder.encode(images)
-        for steps in sorted({1, config.data.eval_steps}):
+        if isinstance(decoder, UpscaleDecoder):
+            metrics[f"psnr_{source}"] = psnr(decoder.decode(codes), images)
+        for steps in [] if isinstance(decoder, UpscaleDecoder) else sorted({1, config.data.eval_steps}):
             rendered = decoder.decode(codes, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
             metrics[f"psnr_{source}" if steps == config.data.eval_steps else f"psnr_1step_{source}"] = psnr(
                 rendered, images)
