@@ -60,6 +60,10 @@ def read_config(directory: Path) -> dict[str, Any]:
         hint = (f" It holds pickle weights {pickles}, which anygen never loads (they can run code): convert them "
                 "once in a trusted environment with safetensors.torch.save_file(torch.load(f, weights_only=True), "
                 f"'{WEIGHTS}').") if pickles else ""
+        if not hint and not (directory / CONFIG).is_file():
+            raise CheckpointError(f"{directory} is not an anygen model folder: it has neither {CONFIG} nor {WEIGHTS} "
+                                  "(name a folder written by AnyGen.save_pretrained or `anygen train`, or "
+                                  "'anygen-tiny' for the shipped model)")
         raise CheckpointError(f"{directory / WEIGHTS} not found.{hint}")
     path = directory / CONFIG
     try:

@@ -138,6 +138,14 @@ def test_integer_weights_are_never_cast_to_float() -> None:
 def test_missing_directory_and_small_core_raise(tiny_model: AnyGen, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         AnyGen.from_pretrained(tmp_path / "nope")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(CheckpointError, match="other is not an anygen model folder: it has neither config.json nor "
+                                              "model.safetensors .*'anygen-tiny'"):
+        AnyGen.from_pretrained(tmp_path / "other")
+    tiny_model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors not found"):
+        AnyGen.from_pretrained(tmp_path / "m")
     with pytest.raises(InvalidArgumentError, match="embedding rows"):
         AnyGen(tiny_model.core, type(tiny_model.vocab)(10_000, []), tiny_model.text_tokenizer, {})
 
