@@ -59,7 +59,7 @@ def check_rendering(render: Rendering, size: tuple[int, int], tokenizer: Any,
         if render.decoder == "vq":
             return render
     decoder = learned_decoder(render.decoder, tokenizer, decoders)
-    codes_size = tuple(decoder.codes_size)
+    codes_size = tuple(getattr(decoder, "codes_size", decoder.image_size))
     if codes_size != tuple(size):
         raise InvalidArgumentError(f"the {render.decoder} decoder renders the codes of {codes_size} images but this "
                                    f"pipeline makes {tuple(size)} ones; use decoder='vq'")
