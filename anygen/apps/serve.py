@@ -37,6 +37,7 @@ from anygen.apps.serve_io import (ApiError, Limits, audio_from_bytes, b64, bad_r
                                   png_bytes, wav_bytes)
 from anygen.apps.serve_schemas import (ChatCompletionRequest, ImageEditRequest, ImageFields, ImageGenerationRequest,
                                        ModelCard, ModelList, SpeechRequest, TranscriptionRequest)
+from anygen.decoders.rendering import DECODER_KEYS
 from anygen.errors import InvalidArgumentError
 from anygen.generation.request_scope import RequestScope, request_scope
 from anygen.generation.scheduler import Scheduler, SchedulerBusy
@@ -110,12 +111,20 @@ class Server:
             raise bad_request(f"{param}={n} is more than this server makes per request ({self.limits.max_images})",
                               param, "n_too_large")
 
-    def image_size(self, size: str | None) -> tuple[int, int]:
-        native = self.pipe.image_size
-        if size in (None, "auto", f"{native[1]}x{native[0]}"):
-            return native
-        raise bad_request(f"size={size!r}: this model makes {native[1]}x{native[0]} images only (or 'auto')", "size",
-                          "unsupported_size")
+    def image_decoder(self, size: str | None) -> str:
+        """The decoder that renders images of OpenAI's ``size`` ("WxH"): the model's own size (also for ``None`` and
+        ``"auto"``) with the VQ decoder, a larger one with its upscale decoder when it has one."""
+        sizes = {}
+        for decoder in ("upscale", "vq"):  # the VQ decoder wins where both render the same size
+            if decoder == "vq" or DECODER_KEYS[decoder] in self.pipe.model.decoders:
+                height, width = self.pipe.output_size(decoder)
+                sizes[f"{width}x{height}"] = decoder
+        if size in (None, "auto"):
+            return "vq"
+        if size in sizes:
+            return sizes[size]
+        raise bad_request(f"size={size!r}: this model makes {' or '.join(sorted(sizes, key=len))} images (or "
+                          "'auto')", "size", "unsupported_size")
 
 
 def _in_scope(scope: RequestScope, task: Callable[[], Any]) -> Any:
@@ -235,11 +244,11 @@ def create_app(server: Server) -> Any:
         server.check_model(body.model)
         check_image_count(body)
         server.check_prompt(body.prompt, "prompt")
-        height, width = server.image_size(body.size)
+        decoder = server.image_decoder(body.size)
         out = await server.run(request, lambda: pipe.text_to_image(
             body.prompt, body.negative_prompt, num_images_per_prompt=body.n, guidance_scale=body.guidance_scale,
             generator=server.generator(body.seed), temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-            height=height, width=width, num_candidates=body.num_candidates))
+            decoder=decoder, num_candidates=body.num_candidates))
         return _images_response(out.images)
 
     @app.post("/v1/images/edits")
@@ -248,7 +257,7 @@ def create_app(server: Server) -> Any:
         server.check_model(body.model)
         check_image_count(body)
         server.check_prompt(body.prompt, "prompt")
-        server.image_size(body.size)
+        decoder = server.image_decoder(body.size)
         if "mask" in uploads:
             raise bad_request("mask is not supported: anygen edits the whole image from the instruction", "mask",
                               "unsupported_parameter")
@@ -259,7 +268,7 @@ def create_app(server: Server) -> Any:
         out = await server.run(request, lambda: pipe.edit_image(
             picture, body.prompt, guidance_scale=body.guidance_scale, image_guidance_scale=body.image_guidance_scale,
             num_images_per_prompt=body.n, generator=server.generator(body.seed), temperature=body.temperature,
-            top_k=body.top_k, top_p=body.top_p, num_candidates=body.num_candidates))
+            top_k=body.top_k, top_p=body.top_p, decoder=decoder, num_candidates=body.num_candidates))
         return _images_response(out.images)
 
     @app.post("/v1/audio/speech")
