@@ -42,7 +42,9 @@ from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
 IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
-PICKED = "Each {} is the model's own pick of {} samples (the pipeline's default num_candidates)."
+SHOWN_PX = 192  # about how wide the page shows a picture
+PICKED = ("Each {} is the model's own pick of {} samples (the pipeline's default num_candidates), drawn by the {} "
+          "decoder.")
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -64,7 +66,8 @@ class Page:
     sections: list[str] = field(default_factory=list)
 
     def image(self, image: Image.Image, name: str) -> str:
-        image.resize((image.width * 3, image.height * 3), Image.Resampling.NEAREST).save(self.out / name)
+        factor = max(1, SHOWN_PX // image.width)  # small pictures enlarged pixel by pixel, larger ones as they are
+        image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST).save(self.out / name)
         return f'<img src="{name}" alt="{html.escape(name)}">'
 
     def audio(self, waveform: torch.Tensor, rate: int, name: str) -> str:
@@ -92,7 +95,8 @@ class Page:
 
 
 def figure(content: str, caption: str, passed: bool | None = None) -> str:
-    mark = "" if passed is None else (" <span class=ok>&#10003;</span>" if passed else " <span class=no>&#10007;</span>")
+    mark = "" if passed is None else (" <span class=ok>&#10003;</span>" if passed else
+                                      " <span class=no>&#10007;</span>")
     return f"<figure>{content}<figcaption>{html.escape(caption)}{mark}</figcaption></figure>"
 
 
@@ -125,7 +129,7 @@ def _text_to_image(page: Page, pipe: AnyGenPipeline, generator: torch.Generator,
         verdicts.append(bool(score_image(image, parse_text(prompt), category)["passed"]))
         body += figure(page.image(image, f"t2i-{i}.png"), f"{prompt} ({category})", verdicts[-1])
     page.add("Text to image", verdicts, body, time.perf_counter() - start,
-             note=PICKED.format("image", CANDIDATES))
+             note=PICKED.format("image", CANDIDATES, decoder))
 
 
 def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int, decoder: str) -> None:
@@ -139,7 +143,8 @@ def _edits(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: i
         verdicts.append(bool(score_edit(before, after, sample)["passed"]))
         body += figure(page.image(before, f"edit-{i}-source.png") + page.image(after, f"edit-{i}-result.png"),
                        instruction, verdicts[-1])
-    page.add("Image editing", verdicts, body, time.perf_counter() - start, note=PICKED.format("edit", EDIT_CANDIDATES))
+    page.add("Image editing", verdicts, body, time.perf_counter() - start,
+             note=PICKED.format("edit", EDIT_CANDIDATES, decoder))
 
 
 def _captions(page: Page, pipe: AnyGenPipeline, size: int) -> None:
