@@ -89,6 +89,17 @@ def test_the_shipped_diffusion_decoder_renders_deterministically(pipe: anygen.An
     assert not torch.equal(a, vq)  # the same codes, rendered by another decoder
 
 
+def test_the_shipped_upscale_decoder_draws_the_vq_picture_at_256_px(pipe: anygen.AnyGenPipeline) -> None:
+    """The same codes as the VQ decoder's picture: area-downsampled back to 64 px, the two agree closely."""
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    settings = {"num_candidates": 1, "output_type": "pt"}
+    big = pipe.text_to_image("a red circle", generator=seed(), decoder="upscale", **settings).images
+    vq = pipe.text_to_image("a red circle", generator=seed(), **settings).images
+    assert big.shape == (1, 3, 256, 256) and pipe.output_size("upscale") == (256, 256)
+    assert (torch.nn.functional.interpolate(big, size=(64, 64), mode="area") - vq).abs().mean() < 0.02
+    assert pipe.text_to_image("a red circle", decoder="upscale", height=256, width=256).images[0].size == (256, 256)
+
+
 def test_only_the_size_the_model_learned_is_accepted(pipe: anygen.AnyGenPipeline) -> None:
     """Other sizes used to come back blank (32x32: mean 0.99, std 0.002): refused before sampling."""
     assert pipe.image_size == (64, 64)
@@ -166,9 +177,10 @@ def test_calls_on_threads_get_what_they_get_alone() -> None:
 
 def test_replacing_a_tokenizer_drops_the_decoder_of_its_codes() -> None:
     model = anygen.AnyGen.from_pretrained(DEFAULT_MODEL)
-    assert "image" in model.decoders
+    assert {"image", "image-upscale"} <= set(model.decoders)
     model.replace_tokenizer("image", model.tokenizers["image"])
-    assert "image" not in model.decoders and model.processor.tokenizers["image"] is model.tokenizers["image"]
+    assert not {"image", "image-upscale"} & set(model.decoders)
+    assert model.processor.tokenizers["image"] is model.tokenizers["image"]
     with pytest.raises(InvalidArgumentError, match="no modality 'video'.*valid: \\['image', 'audio'\\]"):
         model.replace_tokenizer("video", model.tokenizers["audio"])
 

@@ -561,6 +561,13 @@ def test_the_shipped_model_answers_every_endpoint(shipped_server: str) -> None:
     edit = client.images.edit(model=name, image=("in.png", buffer.getvalue(), "image/png"), prompt="make it blue",
                               extra_body={"seed": 0})
     assert png_of(edit.data[0].b64_json).size == (64, 64)
+    big = client.images.generate(model=name, prompt="a red circle", size="256x256", extra_body={"seed": 0}).data[0]
+    assert png_of(big.b64_json).size == (256, 256)
+    bigger = client.images.edit(model=name, image=("in.png", buffer.getvalue(), "image/png"), prompt="make it blue",
+                                size="256x256", extra_body={"seed": 0})
+    assert png_of(bigger.data[0].b64_json).size == (256, 256)
+    with pytest.raises(openai.BadRequestError, match=r"size='512x512': this model makes 64x64 or 256x256 images"):
+        client.images.generate(model=name, prompt="a red circle", size="512x512")
     speech = client.audio.speech.create(model=name, voice="default", input="hello", extra_body={"seed": 0})
     assert wav_of(speech.content)[1] > 0
     heard = client.audio.transcriptions.create(model=name, file=("s.wav", speech.content, "audio/wav"))
