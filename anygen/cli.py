@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("anygen.training.core_cli", "train the core on the mixed corpus from a YAML config"),
     "train-tokenizer": ("anygen.training.tokenizer_cli", "train an image or audio tokenizer from a YAML config"),
     "extend": ("anygen.training.extend_cli", "add a modality to a trained model (modes gated, lora, rows, full)"),
-    "train-decoder": ("anygen.training.decoder_cli", "train a diffusion or upscale decoder for an image tokenizer (YAML config)"),
+    "train-decoder": ("anygen.training.decoder_cli", "train an upscale or diffusion image decoder (YAML config)"),
     "demo": ("anygen.apps.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
     "serve": ("anygen.apps.serve", "serve an OpenAI-compatible HTTP API (chat, images, audio), batching all requests"),
     "convert": ("anygen.interop.convert", "convert a local Chameleon/Anole, Janus or Emu3 checkpoint to an anygen model"),

@@ -42,3 +42,29 @@ def tiny_image_vq() -> ImageVQ:
     tokenizer = ImageVQ(config)
     tokenizer(torch.rand(8, 3, 16, 16))  # k-means initialisation of the codebook
     return tokenizer.eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Models this small run fastest on one thread (and never wait for a busy second core); a module asks for it
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def seed(n: int) -> torch.Generator:
+    return torch.Generator().manual_seed(n)
+
+
+def interrupted_at(step: int, image_batch):
+    """``image_batch`` (a recipe's batch function) that raises KeyboardInterrupt for training step ``step``, as a
+    run killed there."""
+
+    def batch(sources, batch_size, size, seed, at, split="train", folder=None):
+        if split == "train" and at == step:
+            raise KeyboardInterrupt(f"killed at step {step}")
+        return image_batch(sources, batch_size, size, seed, at, split, folder)
+
+    return batch

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CORE
+from conftest import TINY_CORE, interrupted_at, seed
 from conftest import tiny_image_vq as tiny_tokenizer
 
 from anygen.config import load_config
@@ -31,17 +31,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoder" / "image-ti
 TINY_DECODER = {"patch_size": 2, "block_out_channels": [16, 32], "attention_head_dim": 8, "cond_dim": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run fastest on one thread (and never wait for a busy second core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seed(n: int) -> torch.Generator:
-    return torch.Generator().manual_seed(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_decoder(untrained: bool = False, **overrides: object) -> DiffusionDecoder:
@@ -254,13 +244,7 @@ def test_recipe_runs_from_the_cli_and_resumes_to_the_same_weights(tmp_path, monk
     reference = DiffusionDecoder.from_pretrained(tmp_path / "a" / "final").state_dict()
 
     real_batch = recipe.image_batch
-
-    def crash_at_step_3(sources, batch_size, size, seed, step, split="train", folder=None):
-        if split == "train" and step == 3:
-            raise KeyboardInterrupt("killed at step 3")
-        return real_batch(sources, batch_size, size, seed, step, split, folder)
-
-    monkeypatch.setattr(recipe, "image_batch", crash_at_step_3)
+    monkeypatch.setattr(recipe, "image_batch", interrupted_at(3, real_batch))
     with pytest.raises(KeyboardInterrupt):
         cli_main(parse(recipe_args(tmp_path / "b", tmp_path / "tok")))
     assert [p.name for p in committed_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["step-00000002"]

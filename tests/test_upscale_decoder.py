@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import TINY_CORE, tiny_image_vq
+from conftest import TINY_CORE, interrupted_at, seed, tiny_image_vq
 
 from anygen.apps.chat import default_decoder
 from anygen.decoders import DiffusionDecoder, UpscaleDecoder, UpscaleDecoderConfig, load_decoder
@@ -26,16 +26,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoder" / "image-ti
 TINY = {"channels": 8, "blocks": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def seed(n: int) -> torch.Generator:
-    return torch.Generator().manual_seed(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained(decoder: UpscaleDecoder) -> UpscaleDecoder:
@@ -117,13 +108,7 @@ def test_recipe_runs_from_the_cli_and_resumes_to_the_same_weights(tmp_path, monk
     assert not torch.equal(reference["tail.weight"], torch.zeros_like(reference["tail.weight"]))  # it trained
 
     real_batch = recipe.image_batch
-
-    def crash_at_step_3(sources, batch_size, size, seed, step, split="train", folder=None):
-        if split == "train" and step == 3:
-            raise KeyboardInterrupt("killed at step 3")
-        return real_batch(sources, batch_size, size, seed, step, split, folder)
-
-    monkeypatch.setattr(recipe, "image_batch", crash_at_step_3)
+    monkeypatch.setattr(recipe, "image_batch", interrupted_at(3, real_batch))
     with pytest.raises(KeyboardInterrupt):
         cli_main(parse(tmp_path / "b", tmp_path / "tok"))
     monkeypatch.setattr(recipe, "image_batch", real_batch)
