@@ -1,8 +1,8 @@
 """The decoder contract and the simplest decoder: the image tokenizer's own.
 
 A decoder turns the local codes of one image span, ``(B, N)``, into pixels ``(B, 3, H, W)`` in ``[0, 1]``. The
-pipelines pick one per call (``decoder="vq"`` or ``decoder="diffusion"``); both take the same first arguments, and
-a diffusion decoder adds its sampling settings as keyword arguments.
+pipelines pick one per call (``decoder="vq"``, ``"upscale"`` or ``"diffusion"``); all take the same first arguments,
+and a diffusion decoder adds its sampling settings as keyword arguments.
 """
 
 from __future__ import annotations
