@@ -20,8 +20,8 @@ class EosFirst(torch.nn.Module):
         super().__init__()
         self.core, self.config, self.eos_id = core, core.config, eos_id
 
-    def forward(self, **kwargs):
-        out = self.core(**kwargs)
+    def forward(self, cache=None, **kwargs):  # names `cache`, the keyword the loop then passes (loop.cache_argument)
+        out = self.core(cache=cache, **kwargs)
         out.logits[..., self.eos_id] += 1000.0
         return out
 
