@@ -40,8 +40,8 @@ class UpscaleDecoderConfig:
     """
 
     upscale: int = 4
-    channels: int = 32
-    blocks: int = 4
+    channels: int = 48
+    blocks: int = 6
 
     def __post_init__(self) -> None:
         if self.upscale not in (2, 4):
@@ -92,17 +92,20 @@ class UpscaleDecoder(FrozenTokenizerDecoder):
         """The tokenizer's codes for ``(B, 3, H, W)`` images at the output size (area-downsampled to its size)."""
         return self.tokenizer.encode(F.interpolate(images, size=self.codes_size, mode="area"))
 
+    def pictures(self, codes: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's own decoding of ``(B, N)`` codes at its size, ``(B, 3, h, w)`` in ``[0, 1]``."""
+        return self.tokenizer.decode(codes.to(self.stem.weight.device), self.codes_size).clamp(0, 1)
+
     def reconstruction(self, codes: torch.Tensor) -> torch.Tensor:
-        """The tokenizer's own decoding of ``(B, N)`` codes upsampled bicubically to the output size, in ``[0, 1]``:
-        what this decoder improves on."""
-        pictures = self.tokenizer.decode(codes, self.codes_size).clamp(0, 1)
-        return F.interpolate(pictures, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+        """:meth:`pictures` upsampled bicubically to the output size, in ``[0, 1]``: what this decoder improves on."""
+        pictures = F.interpolate(self.pictures(codes), size=self.image_size, mode="bicubic", align_corners=False)
+        return pictures.clamp(0, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Training pass: the mean squared error of the rendering of ``images``' codes to ``images (B, 3, H, W)``
         (in ``[0, 1]``, at the output size)."""
         with torch.no_grad():
-            pictures = self.tokenizer.decode(self.encode(images), self.codes_size).clamp(0, 1)
+            pictures = self.pictures(self.encode(images))
         return F.mse_loss(self.upsample(pictures), images)
 
     @torch.no_grad()
@@ -116,8 +119,7 @@ class UpscaleDecoder(FrozenTokenizerDecoder):
         check_codes(codes, self.tokens_per_image, self.codebook_size)
         if size is not None and tuple(int(s) for s in size) != self.image_size:
             raise InvalidArgumentError(f"size={tuple(size)} is not supported; this decoder renders {self.image_size}")
-        pictures = self.tokenizer.decode(codes.to(self.stem.weight.device), self.codes_size).clamp(0, 1)
-        images = self.upsample(pictures)
+        images = self.upsample(self.pictures(codes))
         if not bool(torch.isfinite(images).all()):
             raise GenerationError("the upscale decoder produced non-finite pixels (corrupt weights?)")
         return images.clamp(0, 1)
