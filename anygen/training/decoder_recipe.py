@@ -169,10 +169,11 @@ def evaluate(decoder: DiffusionDecoder | UpscaleDecoder,
         codes = decoder.encode(images)
         if isinstance(decoder, UpscaleDecoder):
             metrics[f"psnr_{source}"] = psnr(decoder.decode(codes), images)
-        for steps in [] if isinstance(decoder, UpscaleDecoder) else sorted({1, config.data.eval_steps}):
-            rendered = decoder.decode(codes, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
-            metrics[f"psnr_{source}" if steps == config.data.eval_steps else f"psnr_1step_{source}"] = psnr(
-                rendered, images)
+        else:
+            for steps in sorted({1, config.data.eval_steps}):
+                rendered = decoder.decode(codes, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+                metrics[f"psnr_{source}" if steps == config.data.eval_steps else f"psnr_1step_{source}"] = psnr(
+                    rendered, images)
         metrics[f"vq_psnr_{source}"] = psnr(decoder.reconstruction(codes), images)
     decoder.train()
     return metrics
