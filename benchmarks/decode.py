@@ -13,7 +13,6 @@ Both run the same weights in one process, side by side. Rows:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
+from results_file import cpu_name, write_section  # noqa: E402
 
 from anygen.core import CoreConfig, build_core  # noqa: E402
 from anygen.generation import Guidance, SamplingParams, decode_steps, span_rules  # noqa: E402
@@ -190,7 +189,7 @@ def main() -> None:
     body = "\n".join([
         "## Decode speed (batch 1, fp32, CPU)",
         "",
-        f"`{command.strip()}` -- {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"`{command.strip()}` -- {cpu_name()}, torch {torch.__version__}, "
         f"{args.threads} thread(s), {args.new_tokens} text tokens / one 64-code image. Contenders alternate within "
         f"each of {args.repeats} rounds (transformers `generate`, anygen eager, anygen compiled, then a read-"
         "bandwidth measurement); rates are medians, ratios are medians of the per-round ratios with their range. "

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section
+from results_file import cpu_name, write_section
 from tokenizer_quality import Row, render, ssim, timed
 
 from anygen.assets import resolve_path
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = ImageVQ.from_pretrained(resolve_path(args.tokenizer))
     check_same_tokenizer(decoder, tokenizer)
     kind = "Diffusion" if isinstance(decoder, DiffusionDecoder) else "Upscale"
-    header = f"Command: `{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__})."
+    header = f"Command: `{command.strip()}` ({cpu_name()}, {args.threads} threads, torch {torch.__version__})."
     table = render(rows(decoder, tokenizer, args.scenes_per_category, args.photos, args.steps, args.guidance_scale),
                    f"{kind} decoder (`{args.decoder}`) vs the tokenizer's VQ decoder (`{args.tokenizer}`)")
     title = "## Decoders" if kind == "Diffusion" else "## Upscale decoder"

@@ -13,7 +13,6 @@ decoder is timed at 20 steps when the model has one.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
+from results_file import cpu_name, write_section  # noqa: E402
 
 import anygen  # noqa: E402
 from anygen.pipelines import CANDIDATES, EDIT_CANDIDATES, SPEAK_CANDIDATES  # noqa: E402
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     table = ["| task | time | note |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows(pipe, args.repeats))]
     command = "python benchmarks/model_speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     body = (f"## Model speed (anygen-tiny through the Python API)\n\nCommand: `{command.strip()}` "
-            f"(CPU, {args.threads} threads, torch {torch.__version__}, {platform.machine()}; median of "
+            f"({cpu_name()}, {args.threads} threads, torch {torch.__version__}; median of "
             f"{args.repeats} after a warm-up).\n\n" + "\n".join(table))
     print(body)
     if not args.no_write:

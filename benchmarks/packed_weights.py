@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import publish  # noqa: E402
+from results_file import cpu_name, publish  # noqa: E402
 
 import anygen  # noqa: E402
 from anygen.data.scenes import render_scene  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         fast_decode.PACK_MAX_BYTES = limit
     command = "python benchmarks/packed_weights.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = ["## Packed weight copies (anygen-tiny through the Python API)", "",
-             f"`{command.strip()}` (CPU, {args.threads} threads, torch {torch.__version__}): every call with the "
+             f"`{command.strip()}` ({cpu_name()}, {args.threads} threads, torch {torch.__version__}): every call with the "
              "packed copies and with the weights in place, alternated (the order flips each round); seconds are "
              f"medians (min-max) of {args.repeats} rounds, the speed-up the median of the per-round ratios.", "",
              "| task | in place (s) | packed (s) | speed-up |", "|---|---|---|---|"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -24,3 +25,15 @@ def publish(name: str, lines: list[str], write: bool = True) -> None:
     print(body)
     if write:
         write_section(name, body)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for timing tables: the same script runs several times
+    faster or slower on another CPU, so a figure is only comparable with one taken on the same model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"

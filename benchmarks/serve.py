@@ -24,7 +24,6 @@ import argparse
 import base64
 import io
 import os
-import platform
 import shlex
 import socket
 import statistics
@@ -41,7 +40,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
+from results_file import cpu_name, write_section  # noqa: E402
 
 from anygen.assets import model_dir  # noqa: E402
 from anygen.generation.loop import decode_steps  # noqa: E402
@@ -284,7 +283,7 @@ def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Reque
         "## Serving: continuous batching vs one request at a time"
         + ("" if args.threads == 1 else f" ({args.threads} torch threads per process)"),
         "",
-        f"`python benchmarks/serve.py {shlex.join(argv or sys.argv[1:])}` on {platform.processor() or 'CPU'} "
+        f"`python benchmarks/serve.py {shlex.join(argv or sys.argv[1:])}` on {cpu_name()} "
         f"({os.cpu_count()} cores, {args.threads} torch thread(s) per process), torch {torch.__version__}, model "
         f"`{args.model}`; the server batches "
         f"{args.blocks} blocks of {args.block_rows} rows (a block runs only its first rows in use, rounded up to "

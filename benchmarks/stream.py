@@ -17,7 +17,6 @@ its rate exceeds the core's. Medians and the spread (min-max) over the repeats.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
+from results_file import cpu_name, write_section  # noqa: E402
 
 from anygen.assets import DEFAULT_MODEL  # noqa: E402
 from anygen.config import load_config  # noqa: E402
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join([
         "## Training stream vs core (tokens/s, one thread each)",
         "",
-        f"`python benchmarks/stream.py {shlex.join(argv or sys.argv[1:])}` on {platform.processor() or 'CPU'}, "
+        f"`python benchmarks/stream.py {shlex.join(argv or sys.argv[1:])}` on {cpu_name()}, "
         f"torch {torch.__version__}: {len(rows)} rows per step ({config.optim.batch_size} x "
         f"{config.optim.grad_accum}), {statistics.median(row_tokens):.0f} tokens per row (median), a "
         f"{params:.1f}M-parameter core; median (min-max) of {args.repeats} alternated steps.",
