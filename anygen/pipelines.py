@@ -491,7 +491,8 @@ class AnyGenPipeline(PipelineBase):
     def generate(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                  generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
                  output_modalities: Sequence[str] | None = None, return_dict: bool = True,
-                 callback_on_step_end: StepCallback | None = None) -> GenerationPipelineOutput | tuple:
+                 callback_on_step_end: StepCallback | None = None,
+                 min_new_tokens: int = 0) -> GenerationPipelineOutput | tuple:
         """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
 
         Media segments may hold any image / audio input the other tasks take (a PIL image may also stand alone in
@@ -499,26 +500,30 @@ class AnyGenPipeline(PipelineBase):
         :class:`SamplingParams`; one left out samples as :data:`GENERATE_SAMPLING` says (greedy text, media at
         temperature 1). Raises
         :class:`EmptyAnswerError` (a :class:`~anygen.errors.GenerationError`) when the model ends at once
-        (``<|eos|>`` first), rather than return an empty answer.
+        (``<|eos|>`` first), rather than return an empty answer; ``min_new_tokens=1`` keeps it from ending there
+        (what ``anygen serve`` and the demo ask for), as in transformers' ``generate``.
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
         sampled = self._sample([prompt], None, _generate_sampling(sampling),
                                guidance=([drop_condition(prompt)], guidance_scale),
                                generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities,
-                               desc="generate", callback=callback_on_step_end)
+                               desc="generate", callback=callback_on_step_end, min_new_tokens=min_new_tokens)
         answer = self._segments(sampled.rows[0])
         if not answer:
             raise EmptyAnswerError("the model ended its answer at once (its first token was <|eos|>): the prompt is "
                                   "probably unlike the model's training documents; try another generator seed, "
-                                  "fewer media in one prompt, or a prompt that ends with a question")
+                                  "fewer media in one prompt, a prompt that ends with a question, or "
+                                  "min_new_tokens=1")
         return _out(GenerationPipelineOutput([_on_cpu(s) for s in answer], sampled.finished[0]), return_dict)
 
     def chat(self, messages: Sequence[Message | Mapping], max_new_tokens: int = 256, guidance_scale: float = 1.0,
              generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
              output_modalities: Sequence[str] | None = None, return_dict: bool = True,
-             callback_on_step_end: StepCallback | None = None) -> GenerationPipelineOutput | tuple:
-        """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`).
+             callback_on_step_end: StepCallback | None = None,
+             min_new_tokens: int = 0) -> GenerationPipelineOutput | tuple:
+        """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`); the arguments
+        after ``messages`` are :meth:`generate`'s.
 
         Example:
             >>> history = [{"role": "user", "content": "a red circle"}]                     # doctest: +SKIP
@@ -527,7 +532,7 @@ class AnyGenPipeline(PipelineBase):
             >>> pipe.chat(history).segments                                                 # doctest: +SKIP
         """
         return self.generate(self.apply_chat_template(messages), max_new_tokens, guidance_scale, generator, sampling,
-                             output_modalities, return_dict, callback_on_step_end)
+                             output_modalities, return_dict, callback_on_step_end, min_new_tokens)
 
     def apply_chat_template(self, messages: Sequence[Message | Mapping]) -> Interleaved:
         """The prompt segments :meth:`chat` feeds the model for ``messages`` (with :attr:`chat_template`)."""

@@ -514,7 +514,8 @@ def test_a_clip_longer_than_the_context_holds_is_refused_with_the_longest_that_f
 
 
 def test_an_answer_the_model_ends_at_once_is_an_error(pipe: AnyGenPipeline) -> None:
-    """``generate`` never returns an empty answer: a model whose first token is <|eos|> gets EmptyAnswerError."""
+    """``generate`` never returns an empty answer: a model whose first token is <|eos|> gets EmptyAnswerError, or
+    with ``min_new_tokens=1`` (``chat`` too) an answer that starts with another token."""
     from anygen.errors import GenerationError
     from anygen.pipelines import EmptyAnswerError
 
@@ -522,6 +523,12 @@ def test_an_answer_the_model_ends_at_once_is_an_error(pipe: AnyGenPipeline) -> N
         embedding = pipe.model.core.get_input_embeddings().weight  # (V, D), tied with the output layer
         embedding[:, 0] = 1.0
         embedding[pipe.model.vocab.eos_id, 0] = 50.0
-    with pytest.raises(EmptyAnswerError, match=r"first token was <\|eos\|>") as info:
-        pipe.generate(["a red circle", ImageSegment(Image.new("RGB", (32, 32)))], generator=seed(0))
+    prompt = ["a red circle", ImageSegment(Image.new("RGB", (32, 32)))]
+    with pytest.raises(EmptyAnswerError, match=r"first token was <\|eos\|>.*min_new_tokens=1") as info:
+        pipe.generate(prompt, generator=seed(0))
     assert isinstance(info.value, GenerationError)
+    # min_new_tokens=1, as the server asks: the answer starts with the likeliest token after <|eos|>.
+    assert pipe.generate(prompt, generator=seed(0), max_new_tokens=8, min_new_tokens=1).segments
+    assert pipe.chat([{"role": "user", "content": "hi"}], max_new_tokens=8, min_new_tokens=1).segments
+    with pytest.raises(InvalidArgumentError, match=r"min_new_tokens=9 must be an integer in \[0, max_new_tokens=8\]"):
+        pipe.generate(prompt, max_new_tokens=8, min_new_tokens=9)
