@@ -87,7 +87,8 @@ def as_image_tensor(image: ImageInput, size: tuple[int, int] | None = None, *, n
     """One image of any supported kind -> ``(3, H, W)`` float32 in ``[0, 1]``, resized to ``size`` when given.
 
     Args:
-        image: a PIL image (any mode), a float tensor ``(3, H, W)`` or ``(1, 3, H, W)`` in ``[0, 1]``, a numpy
+        image: a PIL image (any mode), a float tensor ``(3, H, W)`` or ``(1, 3, H, W)`` in ``[0, 1]`` (grey:
+            ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)``), a numpy
             array ``(H, W, 3)``, ``(H, W, 4)`` or ``(H, W)`` (uint8, uint16, or float in ``[0, 1]``), a file path,
             or the bytes of an encoded image.
         size: ``(H, W)``; PIL inputs are resized with PIL's bicubic filter, tensors with torch's (antialiased).
@@ -100,10 +101,18 @@ def as_image_tensor(image: ImageInput, size: tuple[int, int] | None = None, *, n
         torch.Size([3, 4, 6])
     """
     if isinstance(image, torch.Tensor):
+        shape = tuple(image.shape)
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
-        if image.ndim != 3:
-            raise MediaError(f"{name} must be one image (3, H, W), got a tensor of shape {tuple(image.shape)}")
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim == 3 and image.shape[0] == 1:  # grey, as numpy (H, W) arrays and PIL "L" images are read
+            image = image.expand(3, -1, -1)
+        if image.ndim != 3 or image.shape[0] != 3:
+            hint = "; for a channels-last tensor pass image.permute(2, 0, 1)" if image.ndim == 3 and \
+                image.shape[-1] in (3, 4) else ""
+            raise MediaError(f"{name} must be one image (3, H, W), or a grey one (H, W) / (1, H, W), got a tensor of "
+                             f"shape {shape}{hint}")
         return _check_tensor(_in_unit_range(image, name), name, size)[0]
     if isinstance(image, np.ndarray):
         image = _array_to_image(image, name)

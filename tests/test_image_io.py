@@ -135,8 +135,10 @@ def test_every_input_kind_gives_the_same_tensor(tmp_path):
         assert out.shape == (3, 6, 8) and out.dtype == torch.float32
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     grey = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    grey_tensor = torch.from_numpy(grey).float() / 255.0
     for source in (grey, grey[..., None], Image.fromarray(grey), grey.astype(np.float64) / 255.0,
-                   Image.fromarray(grey.astype(np.float32) / 255.0, mode="F")):
+                   Image.fromarray(grey.astype(np.float32) / 255.0, mode="F"), grey_tensor, grey_tensor[None],
+                   grey_tensor[None, None]):
         torch.testing.assert_close(as_image_tensor(source), torch.from_numpy(grey).float().expand(3, 6, 8) / 255.0,
                                    atol=1 / 255.0, rtol=0)
     assert as_image_tensor(rgb, size=(3, 4)).shape == (3, 3, 4)
@@ -144,7 +146,9 @@ def test_every_input_kind_gives_the_same_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (torch.rand(4, 3, 8, 8), "one image"), (torch.rand(8, 8, 3), "B, 3, H, W"),
+    (torch.rand(4, 3, 8, 8), "one image"), (torch.rand(8, 8, 3), r"shape \(8, 8, 3\); .* image.permute\(2, 0, 1\)"),
+    (torch.rand(2, 8, 8), r"grey one \(H, W\) / \(1, H, W\), got a tensor of shape \(2, 8, 8\)$"),
+    (torch.randint(0, 255, (1, 4, 4)), "float tensor"),
     (torch.randint(0, 255, (3, 4, 4)), "float tensor"), (torch.rand(3, 4, 4) * 2 - 1, r"\(x \+ 1\) / 2"),
     (torch.full((3, 2, 2), float("nan")), "NaN"), (np.zeros((3, 8, 8), np.uint8), "channels last"),
     (np.zeros((4, 4, 3), np.int64), "uint8"), (np.full((4, 4, 3), 2.0), r"values in \[2, 2\]"),
