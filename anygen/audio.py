@@ -28,6 +28,8 @@ MAX_CHANNELS = 8  # a 2-D waveform's channel axis is the one with at most this m
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 MAX_CLIP_SECONDS = 600.0  # tokenizers refuse longer clips: split them first
 AudioInput = torch.Tensor | np.ndarray | str | Path | bytes | tuple
+PCM_SCALE = {torch.int8: (0, 2**7), torch.uint8: (2**7, 2**7), torch.int16: (0, 2**15), torch.int32: (0, 2**31)}
+"""Integer PCM samples -> floats: ``(x - offset) / scale`` (8-bit WAV samples are unsigned, centred on 128)."""
 
 
 def _all_finite(waveform: torch.Tensor) -> bool:
@@ -42,7 +44,9 @@ def check_waveform(waveform: torch.Tensor | np.ndarray, name: str = "waveform",
     """Validate a waveform and return it as mono float32 ``(T,)``.
 
     Accepts ``(T,)``, ``(channels, T)`` or ``(T, channels)`` -- what ``soundfile.read`` returns -- and averages
-    the channels. Unless ``channels_first`` says which, the channel axis is the shorter one, with at most
+    the channels. Integer samples are PCM (:data:`PCM_SCALE`: full scale becomes 1.0, e.g. what
+    ``scipy.io.wavfile.read`` returns); floats are taken as they are. Unless ``channels_first`` says which, the
+    channel axis is the shorter one, with at most
     :data:`MAX_CHANNELS` entries; a shape where that is ambiguous (``(4, 4)``) is refused. Raises
     :class:`MediaError` naming ``name`` when the input is not array-like, has another rank, is empty, or holds
     NaN / Inf samples.
@@ -56,10 +60,14 @@ def check_waveform(waveform: torch.Tensor | np.ndarray, name: str = "waveform",
                          f"{tuple(waveform.shape)}")
     if waveform.numel() == 0:
         raise MediaError(f"{name} is empty (shape {tuple(waveform.shape)}); need at least one sample")
-    if not (waveform.is_floating_point() or waveform.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8)):
-        raise MediaError(f"{name} has unsupported dtype {waveform.dtype}")
+    if not (waveform.is_floating_point() or waveform.dtype in PCM_SCALE):
+        raise MediaError(f"{name} has unsupported dtype {waveform.dtype}; pass floats in [-1, 1] or integer PCM "
+                         "(int8, uint8, int16, int32)")
     if waveform.dim() == 2 and not _channels_first(tuple(waveform.shape), name, channels_first):
         waveform = waveform.T  # (T, C) -> (C, T)
+    if waveform.dtype in PCM_SCALE:  # full scale -> 1.0, as soundfile reads integer files
+        offset, scale = PCM_SCALE[waveform.dtype]
+        waveform = (waveform.to(torch.float64) - offset) / scale
     waveform = waveform.to(torch.float32)
     if not _all_finite(waveform):
         raise MediaError(f"{name} contains NaN or Inf samples")

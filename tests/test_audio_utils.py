@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -59,6 +60,25 @@ def test_check_waveform_mono_and_dtype():
     out = check_waveform(np.ones((2, 5), dtype=np.float64))
     assert out.shape == (5,) and out.dtype == torch.float32
     assert to_mono(torch.ones(7)).shape == (7,)
+
+
+def test_integer_pcm_is_read_at_full_scale():
+    """int16 / int32 / int8 / uint8 samples (scipy.io.wavfile.read, 8-bit WAV) become the floats soundfile reads."""
+    import soundfile as sf
+
+    tone = (_tone().numpy() * 0.5).astype(np.float32)
+    for subtype, dtype in (("PCM_16", "int16"), ("PCM_32", "int32"), ("PCM_16", "int32")):
+        buffer = io.BytesIO()
+        sf.write(buffer, tone, 16000, subtype=subtype, format="WAV")
+        buffer.seek(0)
+        as_floats, _ = sf.read(buffer, dtype="float32")
+        buffer.seek(0)
+        as_ints, _ = sf.read(buffer, dtype=dtype)
+        torch.testing.assert_close(check_waveform(as_ints), torch.from_numpy(as_floats), atol=1e-6, rtol=0)
+    assert torch.allclose(check_waveform(np.array([0, 128, 255], np.uint8)), torch.tensor([-1.0, 0.0, 127 / 128]))
+    assert torch.allclose(check_waveform(np.array([-128, 0, 64], np.int8)), torch.tensor([-1.0, 0.0, 0.5]))
+    with pytest.raises(MediaError, match="unsupported dtype torch.int64; pass floats in"):
+        check_waveform(np.zeros(4, np.int64))
 
 
 def test_the_channel_axis_is_found_by_shape():
