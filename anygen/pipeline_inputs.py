@@ -93,17 +93,22 @@ def audio_items(value: AudioInput | list[AudioInput]) -> list[AudioInput]:
     return items
 
 
-def check_image_size(height: Any, width: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """``(height, width)`` if this model generates that size (``None`` = its own), else an error naming the size
-    that works. The core learned one image layout; other sizes would decode to blank or scrambled pictures."""
+def check_image_size(height: Any, width: Any, size: tuple[int, int], decoder: str = "vq",
+                     other_sizes: Callable[[], dict[str, tuple[int, int]]] = dict) -> tuple[int, int]:
+    """``(height, width)`` if ``decoder`` renders that size (``size``; ``None`` = its own), else an error naming the
+    size that works, and the decoder of ``other_sizes()`` (decoder -> ``(H, W)``, asked only then) that renders the
+    size asked for, if one does. The core learned one image layout; other sizes would decode to blank or scrambled
+    pictures."""
     for name, value in (("height", height), ("width", width)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidArgumentError(f"{name}={value!r} must be an integer number of pixels")
     wanted = (size[0] if height is None else height, size[1] if width is None else width)
     if wanted != tuple(size):
-        raise InvalidArgumentError(f"height={wanted[0]}, width={wanted[1]} is not a size this model generates: it "
-                                   f"makes {size[0]}x{size[1]} images only (pass height={size[0]}, width={size[1]} "
-                                   "or leave them out)")
+        others = [name for name, other in other_sizes().items() if name != decoder and tuple(other) == wanted]
+        hint = f"; decoder={others[0]!r} renders {wanted[0]}x{wanted[1]}" if others else ""
+        raise InvalidArgumentError(f"height={wanted[0]}, width={wanted[1]} is not a size this model generates with "
+                                   f"decoder={decoder!r}: it makes {size[0]}x{size[1]} images only (pass "
+                                   f"height={size[0]}, width={size[1]} or leave them out){hint}")
     return wanted
 
 

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from anygen.audio import AudioInput, read_audio, resample
 from anygen.chat_template import ChatTemplate, Message
 from anygen.decoders.base import VQDecoder
-from anygen.decoders.rendering import DECODER_KEYS, DECODERS, OutputType, Rendering, check_rendering, render  # noqa: F401 (DECODERS)
+from anygen.decoders.rendering import DECODER_KEYS, DECODERS, OutputType, Rendering, check_rendering, render
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
 from anygen.generation.fast_decode import packed_forward
@@ -181,7 +181,7 @@ class AnyGenPipeline(PipelineBase):
             raise InvalidArgumentError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
         check_count("num_images_per_prompt", num_images_per_prompt)
         check_count("num_candidates", num_candidates)
-        check_image_size(height, width, self.output_size(decoder))
+        check_image_size(height, width, self.output_size(decoder), decoder, self._decoder_sizes)
         size = self.image_size
         render = self._rendering(Rendering(decoder, num_inference_steps, decoder_guidance_scale,
                                            output_type=output_type), size)
@@ -582,6 +582,11 @@ class AnyGenPipeline(PipelineBase):
         if key in self.model.decoders:  # (reads a saved decoder on first use)
             return tuple(self.model.decoders[key].image_size)
         return self.image_size
+
+    def _decoder_sizes(self) -> dict[str, tuple[int, int]]:
+        """:meth:`output_size` of every decoder this model has."""
+        return {name: self.output_size(name) for name in DECODERS
+                if name == "vq" or DECODER_KEYS[name] in self.model.decoders}
 
     def check_decoder(self, decoder: str) -> str:
         """``decoder`` if this model can render with it (``"upscale"`` and ``"diffusion"`` need such a decoder in

@@ -167,7 +167,11 @@ def test_pipelines_render_through_the_upscale_decoder_and_save_it(pipe, tmp_path
     ({"decoder": "upscale", "decoder_guidance_scale": 2.0}, "decoder_guidance_scale=2.0 needs decoder='diffusion'"),
     ({"decoder": "diffusion"}, r"decoder='diffusion' needs the model's diffusion decoder in "
                                r"model.decoders\['image'\]"),
-    ({"decoder": "upscale", "height": 16, "width": 16}, "64"),
+    ({"decoder": "upscale", "height": 16, "width": 16}, r"with decoder='upscale': it makes 64x64 images only "
+                                                        r"\(pass height=64, width=64 or leave them out\); "
+                                                        r"decoder='vq' renders 16x16$"),
+    ({"height": 64, "width": 64}, "decoder='upscale' renders 64x64$"),  # the size says which decoder
+    ({"height": 32, "width": 32}, r"leave them out\)$"),  # no decoder renders 32x32
 ])
 def test_decoder_errors_come_before_sampling(pipe, monkeypatch, kwargs, match) -> None:
     def boom(*_: object, **__: object) -> None:
