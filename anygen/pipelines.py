@@ -467,7 +467,8 @@ class AnyGenPipeline(PipelineBase):
                                guidance=([[]] * len(rows), guidance_scale),
                                generator=_per_candidate(generator, len(rows), num_candidates),
                                audio_samples=int(seconds * tok.sample_rate), desc="speak",
-                               callback=callback_on_step_end)
+                               callback=callback_on_step_end,
+                               budget=(f"max_seconds={seconds:g} of audio", "shorten the text or lower max_seconds"))
         clips = [self._segments(row)[0] for row in sampled.rows]
         if num_candidates > 1:
             heard = [self.model.processor.encode([clip]) for clip in clips]
@@ -600,13 +601,19 @@ class AnyGenPipeline(PipelineBase):
                 image_guidance: tuple[list[Interleaved], float] | None = None, generator: Generators = None,
                 max_new_tokens: int | None = None, open_modalities: Sequence[str] | None = (),
                 audio_samples: int | None = None, desc: str = "",
-                callback: StepCallback | None = None, min_new_tokens: int = 0) -> Sampled:
-        """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row."""
+                callback: StepCallback | None = None, min_new_tokens: int = 0,
+                budget: tuple[str, str] | None = None) -> Sampled:
+        """Encode prompts, run the sampler (a prompt may open a ``begin`` span), return ids per row.
+
+        ``budget``: what set the number of new tokens and how to lower it, for the error when a prompt and its
+        answer exceed the core's context (default: ``max_new_tokens``, or for a single span the span itself)."""
         check_callback(callback)
         rules = self._rules(audio_samples)
         if max_new_tokens is None:  # exactly one span: its codes and the end token
             max_new_tokens = next(r.max_len for r in rules if r.modality == begin) + 1
+            budget = budget or (f"the {begin}", "shorten the prompt")
         prompts, plan = self._prompt_ids(rows, begin, guidance, image_guidance)
+        self._check_context(prompts, plan, max_new_tokens, budget)
         vocab = self.model.vocab
         steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator,
@@ -734,6 +741,21 @@ class AnyGenPipeline(PipelineBase):
             raise InvalidArgumentError(f"output_modalities={value!r} must be a list of this model's modalities "
                                        f"{valid} (text is always allowed: [] or ['text'] for text only)")
         return [n for n in names if n != valid[0]]
+
+    def _check_context(self, prompts: list[list[int]], plan: Guidance | None, max_new_tokens: object,
+                       budget: tuple[str, str] | None) -> None:
+        """The longest prompt (guidance branches included) and ``max_new_tokens`` within the core's context, or an
+        error that says what set the answer's length (``budget``: its name and how to lower it)."""
+        limit = getattr(self.model.core.config, "max_position_embeddings", None)
+        if limit is None or isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            return  # (the sampler refuses a bad max_new_tokens by name)
+        branches = [] if plan is None else [*(plan.uncond_prompts or []), *(plan.uncond_all_prompts or [])]
+        longest, unguided = max(map(len, prompts)), max(map(len, branches), default=0)
+        if max(longest, unguided) + max_new_tokens > limit:
+            what, fix = budget or (f"max_new_tokens={max_new_tokens}", "shorten the prompt or lower max_new_tokens")
+            prompt = "the prompt" if longest >= unguided else "the prompt guidance steers away from (negative_prompt)"
+            raise InvalidArgumentError(f"{prompt} ({max(longest, unguided)} tokens) and {what} ({max_new_tokens} new "
+                                       f"tokens) exceed the model's context of {limit} tokens; {fix}")
 
     def _check_clips_fit(self, clips: list[AudioSegment], max_new_tokens: object) -> None:
         """Each clip's tokens and ``max_new_tokens`` within the core's context, or an error naming the clip, its
