@@ -324,8 +324,9 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.transcribe(torch.zeros(1600)), "pass its sample_rate"),
     (lambda p: p.speak(["hi", ""]), "non-empty"),
     # A prompt and its answer beyond the context: the error names what set the answer's length.
-    (lambda p: p.speak("hi", max_seconds=1000.0), r"max_seconds=1000 of audio \(\d+ new tokens\) exceed the "
-                                                  r"model's context of \d+ tokens; shorten the text or lower max_seconds"),
+    (lambda p: p.speak("hi", max_seconds=1000.0),
+     r"max_seconds=1000 of audio \(\d+ new tokens\) exceed the model's context of \d+ tokens; shorten the text or "
+     "lower max_seconds"),
     (lambda p: p.text_to_image("red " * 600), r"the prompt \(\d+ tokens\) and the image .*; shorten the prompt$"),
     (lambda p: p.text_to_image("red", negative_prompt="blue " * 600), r"\(negative_prompt\) \(\d+ tokens\)"),
     (lambda p: p.generate("red " * 600, max_new_tokens=8), r"max_new_tokens=8 .* or lower max_new_tokens$"),
