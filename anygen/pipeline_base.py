@@ -13,6 +13,37 @@ from tqdm.auto import tqdm
 from anygen.errors import InvalidArgumentError
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if this machine can hold tensors there, else an error naming it: not a
+    device name, not built into this torch (``"cuda"`` on a CPU build), no such index, or ``"meta"`` (which keeps
+    shapes only: a model moved there would lose its weights)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise InvalidArgumentError(f"device={device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1', 'mps'): "
+                                   f"{err}") from err
+    if parsed.type == "meta":
+        raise InvalidArgumentError("device='meta' holds no weights; a model moved there would lose them")
+    try:
+        torch.empty(0, device=parsed)
+    except (AssertionError, RuntimeError) as err:  # torch raises AssertionError for CUDA on a CPU-only build
+        raise InvalidArgumentError(f"device={device!r} is not available on this machine ({err}); "
+                                   "use device='cpu'") from err
+    return parsed
+
+
+def as_dtype(value: torch.dtype | str | None, name: str = "torch_dtype") -> torch.dtype | None:
+    """``value`` as a floating-point ``torch.dtype``: a dtype, or its name as transformers takes it
+    (``"bfloat16"``, ``"torch.float16"``); ``None`` and ``"auto"`` keep the saved dtype (None)."""
+    if value is None or value == "auto":
+        return None
+    dtype = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) else value
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgumentError(f"{name}={value!r} must be a floating-point torch.dtype or its name, e.g. "
+                                   "torch.bfloat16 or 'float16' ('auto' keeps the saved one)")
+    return dtype
+
+
 class PipelineBase:
     """Needs ``self.model`` (an :class:`~anygen.model.AnyGen`)."""
 
@@ -42,7 +73,7 @@ class PipelineBase:
         if dtypes and not dtypes[0].is_floating_point:
             raise InvalidArgumentError(f"torch_dtype={dtypes[0]} must be a floating-point dtype")
         if devices:
-            device = torch.device(devices[0])
+            device = usable_device(devices[0])  # checked before anything moves
             self.model.to(device)
             for part in [*self.model.tokenizers.values(), *self.model.decoders.values()]:
                 if isinstance(part, torch.nn.Module):

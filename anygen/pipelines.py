@@ -40,7 +40,7 @@ from anygen.image import ImageInput
 from anygen.model import AnyGen
 from anygen.outputs import (AudioPipelineOutput, GenerationPipelineOutput, ImagePipelineOutput, PipelineOutput,
                             TextPipelineOutput)
-from anygen.pipeline_base import PipelineBase
+from anygen.pipeline_base import PipelineBase, as_dtype, usable_device
 from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_count, check_image_size,
                                     image_tensors, mask_tensor)
 from anygen.processor import drop_condition, pad_rows
@@ -131,21 +131,29 @@ class AnyGenPipeline(PipelineBase):
         return next(self.model.core.parameters()).device.type == "cuda"
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path | None = None, *, torch_dtype: torch.dtype | None = None,
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, revision: str | None = None,
                         cache_dir: str | Path | None = None, local_files_only: bool | None = None,
-                        token: str | bool | None = None, **kwargs: Any) -> AnyGenPipeline:
+                        token: str | bool | None = None, dtype: torch.dtype | str | None = None,
+                        **kwargs: Any) -> AnyGenPipeline:
         """Load a saved model: ``None`` / ``"anygen-tiny"`` (embedded), a directory, or a Hub repo ``"org/name"``.
 
-        ``torch_dtype`` (e.g. ``torch.bfloat16``) is the core's dtype; ``device`` where the model runs. Hub
-        arguments as in :func:`anygen.hub.resolve_model`; other keywords go to the constructor.
+        ``torch_dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``; ``dtype``, its newer transformers name, is the
+        same) is the core's dtype; ``device`` where the model runs. Hub arguments as in
+        :func:`anygen.hub.resolve_model`; other keywords go to the constructor.
         """
         from anygen.hub import resolve_model
 
+        if dtype is not None and torch_dtype is not None:
+            raise InvalidArgumentError(f"pass dtype or torch_dtype, not both (got dtype={dtype!r}, "
+                                       f"torch_dtype={torch_dtype!r})")
+        cast = as_dtype(torch_dtype if dtype is None else dtype, "torch_dtype" if dtype is None else "dtype")
+        if device is not None:
+            usable_device(device)  # before reading the weights
         directory = resolve_model(name_or_path, revision=revision, cache_dir=cache_dir,
                                   local_files_only=local_files_only, token=token)
         pipe = cls(AnyGen.from_pretrained(directory), **kwargs)
-        return pipe.to(device, torch_dtype)
+        return pipe.to(device, cast)
 
     # ---- tasks ---------------------------------------------------------------------------------------------
     def text_to_image(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,

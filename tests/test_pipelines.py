@@ -445,9 +445,24 @@ def test_dtype_device_and_to(pipe: AnyGenPipeline, tmp_path) -> None:
     pipe.model.save_pretrained(tmp_path / "m")
     loaded = anygen.load(tmp_path / "m", torch_dtype=torch.bfloat16, device="cpu", image_size=(32, 32))
     assert loaded.dtype == torch.bfloat16
+    assert anygen.load(tmp_path / "m", dtype="float16", image_size=(32, 32)).dtype == torch.float16
+    assert anygen.load(tmp_path / "m", torch_dtype="auto", image_size=(32, 32)).dtype == torch.float32
     for bad in ((torch.int64,), ("cpu", "cpu"), (torch.float16, torch.float32), (3,)):
         with pytest.raises(InvalidArgumentError):
             pipe.to(*bad)
+    weights = pipe.model.core.lm_head.weight.clone()
+    for device, match in (("meta", "device='meta' holds no weights"), ("gpu", "device='gpu' is not a device name"),
+                          ("cuda:99", r"device='cuda:99' is not available on this machine \(.*\); use device='cpu'")):
+        with pytest.raises(InvalidArgumentError, match=match):
+            pipe.to(device)
+        with pytest.raises(InvalidArgumentError, match=match):
+            anygen.load(tmp_path / "m", device=device, image_size=(32, 32))
+    assert pipe.device.type == "cpu" and torch.equal(pipe.model.core.lm_head.weight, weights)  # nothing moved
+    for kwargs, match in (({"dtype": "int8"}, "dtype='int8' must be a floating-point"),
+                          ({"torch_dtype": "float17"}, "torch_dtype='float17'"),
+                          ({"dtype": torch.float16, "torch_dtype": torch.float16}, "not both")):
+        with pytest.raises(InvalidArgumentError, match=match):
+            anygen.load(tmp_path / "m", image_size=(32, 32), **kwargs)
 
 
 def test_progress_bars_show_for_slow_calls_and_can_be_disabled(pipe: AnyGenPipeline, capsys) -> None:
