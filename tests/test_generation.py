@@ -126,6 +126,25 @@ def test_bad_arguments_raise_before_any_compute(tiny_model: AnyGen, kwargs: dict
         generate(tiny_model.core, tiny_model.vocab, tiny_model.span_rules(SHAPES), rows, **kwargs)
 
 
+def test_a_decode_larger_than_free_memory_is_refused_before_allocating(tiny_model: AnyGen, monkeypatch) -> None:
+    """A process that runs out of memory is killed with all it held; a decode that cannot fit is refused instead."""
+    from anygen.generation import loop
+
+    rows = [prompt(tiny_model, "a"), prompt(tiny_model, "b")]
+    need = loop.decode_bytes(tiny_model.core, len(rows), len(rows[0]) + 10, len(rows[0]))
+    assert need > 2 * tiny_model.core.config.num_hidden_layers * len(rows) * (len(rows[0]) + 10)  # it counts bytes
+    allocated = []
+    monkeypatch.setattr(loop, "StaticCache", lambda *a, **k: allocated.append(1))
+    monkeypatch.setattr(loop, "free_bytes", lambda device: need - 1)
+    with pytest.raises(InvalidArgumentError, match=r"decoding 2 rows of up to \d+ tokens needs about 0.0 GiB .* "
+                                                   r"more than the 0.0 GiB free on cpu: split the call"):
+        generate(tiny_model.core, tiny_model.vocab, tiny_model.span_rules(SHAPES), rows, max_new_tokens=10)
+    assert not allocated
+    monkeypatch.undo()
+    assert loop.free_bytes(torch.device("cpu")) is None or loop.free_bytes(torch.device("cpu")) > need
+    generate(tiny_model.core, tiny_model.vocab, tiny_model.span_rules(SHAPES), rows, max_new_tokens=10)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"scale": -1.0}, "guidance_scale"), ({"scale": float("nan")}, "guidance"),
     ({"scale": float("inf")}, r"guidance_scale=inf is outside the valid range \[0.0, 100.0\]"),

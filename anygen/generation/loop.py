@@ -57,6 +57,7 @@ class KVRunner:
         self.device = device
         if compile:  # a few cache lengths for all prompt lengths, so a compiled step is seldom traced again
             total = min(-(-total // CACHE_BUCKET) * CACHE_BUCKET, limit or total)
+        check_memory(core, len(ids), total, self.prompt_len, device)
         self.mask = torch.ones(len(ids), total, dtype=torch.long, device=device)  # (R, cache length)
         self.mask[:, : self.prompt_len] = mask
         self.positions = (mask.sum(-1) - 1).to(device)  # (R,) position of each row's last token
@@ -115,6 +116,47 @@ class KVRunner:
             return logits
         return self.forward(self.core, tokens[:, None].to(self.device), self.mask, self.positions[:, None],
                             self.cache, slot, self.cache_key)
+
+
+def decode_bytes(core: torch.nn.Module, rows: int, length: int, prompt_length: int = 0) -> int:
+    """About the most bytes a decode of ``rows`` rows over a cache of ``length`` tokens holds at once: the key/value
+    cache; the prefill's activations over ``prompt_length`` tokens per row (the MLP's, the attention scores); and
+    a few ``(rows, vocab)`` float32 copies of the logits (raw, guided, scaled, masked)."""
+    config = core.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    size = core.get_input_embeddings().weight.dtype.itemsize
+    cache = 2 * config.num_hidden_layers * rows * kv_heads * length * head_dim * size
+    intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    prefill = rows * prompt_length * (3 * intermediate + 4 * config.hidden_size + heads * prompt_length) * size
+    return cache + prefill + 4 * rows * config.vocab_size * 4
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (a CPU's ``MemAvailable``), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as info:
+                for line in info:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check_memory(core: torch.nn.Module, rows: int, length: int, prompt_length: int, device: torch.device) -> None:
+    """An error before anything is allocated when a decode would need more memory than ``device`` has free (a
+    process that runs out is killed, with whatever it held), naming what to lower."""
+    need, free = decode_bytes(core, rows, length, prompt_length), free_bytes(device)
+    if free is not None and need > free:
+        raise InvalidArgumentError(
+            f"decoding {rows} rows of up to {length} tokens needs about {need / 2**30:.1f} GiB (key/value cache, "
+            f"prefill and logits), more than the {free / 2**30:.1f} GiB free on {device}: split the call into fewer "
+            "rows (a call decodes prompts x images x candidates rows, times 2-3 with guidance) or make them shorter")
 
 
 def cache_argument(core: torch.nn.Module) -> str:
