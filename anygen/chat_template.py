@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from anygen.audio import read_audio
 from anygen.errors import InvalidArgumentError
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, Segment, TextSegment
 
@@ -109,7 +110,7 @@ def _part(part: object, name: str) -> Segment:
         return TextSegment(value)
     if kind == "image":
         return ImageSegment(value)
-    return AudioSegment(value, part.get("sample_rate"))
+    return AudioSegment(*read_audio(value, part.get("sample_rate"), name))  # read now: errors name the part
 
 
 __all__ = ["ROLES", "Message", "ChatTemplate", "to_messages"]

@@ -70,6 +70,8 @@ def test_messages_take_strings_segments_and_typed_parts(tmp_path: Path) -> None:
     ([{"role": "user", "content": []}], "non-empty list of parts"),
     ([{"role": "user", "content": [{"type": "video", "video": b""}]}], "type 'text', 'image' or 'audio'"),
     ([{"role": "user", "content": [{"type": "image"}]}], "needs a 'image'"),
+    ([{"role": "user", "content": ["a", {"type": "audio", "audio": torch.zeros(800)}]}],
+     r"messages\[0\]\['content'\]\[1\] is a bare waveform: pass its sample_rate too"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only the first message"),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message must be the user"),
 ])
