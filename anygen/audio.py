@@ -30,6 +30,9 @@ MAX_CLIP_SECONDS = 600.0  # tokenizers refuse longer clips: split them first
 AudioInput = torch.Tensor | np.ndarray | str | Path | bytes | tuple
 PCM_SCALE = {torch.int8: (0, 2**7), torch.uint8: (2**7, 2**7), torch.int16: (0, 2**15), torch.int32: (0, 2**31)}
 """Integer PCM samples -> floats: ``(x - offset) / scale`` (8-bit WAV samples are unsigned, centred on 128)."""
+MAX_FLOAT_PEAK = 2.0
+"""A float waveform passed as input may peak above 1 (a float file that clips), but not above this: such a clip is
+almost surely integer samples cast to float (int16 reaches 32767), which the codec would hear as noise."""
 
 
 def _all_finite(waveform: torch.Tensor) -> bool:
@@ -172,7 +175,14 @@ def read_audio(audio: AudioInput, sample_rate: object = None, name: str = "audio
         return wave, rate
     if sample_rate is None:
         raise InvalidArgumentError(f"{name} is a bare waveform: pass its sample_rate too")
-    return check_waveform(audio, name), check_sample_rate(sample_rate, f"{name}'s sample_rate")
+    floats = isinstance(audio, torch.Tensor) and audio.is_floating_point() or \
+        isinstance(audio, np.ndarray) and np.issubdtype(audio.dtype, np.floating)
+    wave = check_waveform(audio, name)
+    peak = float(np.abs(wave.detach().numpy()).max()) if wave.device.type == "cpu" else float(wave.abs().max())
+    if floats and peak > MAX_FLOAT_PEAK:
+        raise MediaError(f"{name} reaches {peak:.2f}, but float waveforms are in [-1, 1] (integer samples cast to "
+                         "float? divide int16 samples by 32768, or pass the integer array as it is)")
+    return wave, check_sample_rate(sample_rate, f"{name}'s sample_rate")
 
 
 def load_audio(path: str | Path | bytes, sample_rate: int | None = 16000) -> tuple[torch.Tensor, int]:

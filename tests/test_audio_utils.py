@@ -81,6 +81,18 @@ def test_integer_pcm_is_read_at_full_scale():
         check_waveform(np.zeros(4, np.int64))
 
 
+def test_float_input_far_beyond_full_scale_is_refused():
+    """int16 samples cast to float (peaks near 32767) are refused as input, not heard as noise; a float clip that
+    clips a little (a float file) and loud integer PCM are read."""
+    tone = _tone().numpy() * 1.8  # peak 0.9
+    cast = (tone * 32767).astype(np.int16).astype(np.float32)
+    for bad in (cast, torch.from_numpy(cast), tone * 3):
+        with pytest.raises(MediaError, match=r"audio reaches [\d.]+, but float waveforms are in \[-1, 1\]"):
+            read_audio(bad, 16000)
+    assert read_audio(tone * 1.5, 16000)[0].abs().max() > 1.3
+    assert read_audio((tone * 32767).astype(np.int16), 16000)[0].abs().max() < 1
+
+
 def test_the_channel_axis_is_found_by_shape():
     """soundfile.read returns (T, channels); torchaudio (channels, T); both become the same mono clip."""
     stereo = np.stack([_tone().numpy(), np.zeros(8000, dtype=np.float32)])  # (2, T)
