@@ -20,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from PIL import Image
 
 from anygen.audio import read_audio
 from anygen.errors import InvalidArgumentError
+from anygen.image import as_image_tensor
 from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, Segment, TextSegment
 
 ROLES = ("system", "user", "assistant")
@@ -108,8 +111,9 @@ def _part(part: object, name: str) -> Segment:
         raise InvalidArgumentError(f"{name} of type {kind!r} needs a {kind!r} (or 'path') entry")
     if kind == "text":
         return TextSegment(value)
-    if kind == "image":
-        return ImageSegment(value)
+    if kind == "image":  # arrays and tensors are checked now (errors name the part); files when they are read
+        return ImageSegment(as_image_tensor(value, name=name) if isinstance(value, (np.ndarray, torch.Tensor)) else
+                            value)
     return AudioSegment(*read_audio(value, part.get("sample_rate"), name))  # read now: errors name the part
 
 

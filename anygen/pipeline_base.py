@@ -37,11 +37,19 @@ def as_dtype(value: torch.dtype | str | None, name: str = "torch_dtype") -> torc
     (``"bfloat16"``, ``"torch.float16"``); ``None`` and ``"auto"`` keep the saved dtype (None)."""
     if value is None or value == "auto":
         return None
-    dtype = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) else value
+    dtype = _named_dtype(value)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgumentError(f"{name}={value!r} must be a floating-point torch.dtype or its name, e.g. "
                                    "torch.bfloat16 or 'float16' ('auto' keeps the saved one)")
     return dtype
+
+
+def _named_dtype(value: object) -> object:
+    """The ``torch.dtype`` a string names (``"bfloat16"``, ``"torch.float16"``), else ``value`` as it is."""
+    if isinstance(value, str):
+        found = getattr(torch, value.removeprefix("torch."), None)
+        return found if isinstance(found, torch.dtype) else value
+    return value
 
 
 class PipelineBase:
@@ -61,11 +69,13 @@ class PipelineBase:
         return push_to_hub(self.model, repo_id, **kwargs)
 
     def to(self, *args: str | torch.device | torch.dtype | None) -> "PipelineBase":
-        """Move to a device and/or cast, as ``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)`` or both.
+        """Move to a device and/or cast, as ``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)`` (or ``"bfloat16"``) or
+        both.
 
         The dtype applies to the core (the transformer); the media tokenizers and decoders stay in float32, the
         dtype their inputs arrive in, and move with the device. Returns the pipeline.
         """
+        args = tuple(_named_dtype(a) for a in args)
         dtypes = [a for a in args if isinstance(a, torch.dtype)]
         devices = [a for a in args if a is not None and not isinstance(a, torch.dtype)]
         if len(dtypes) > 1 or len(devices) > 1 or any(not isinstance(d, (str, torch.device)) for d in devices):

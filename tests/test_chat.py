@@ -10,7 +10,7 @@ from PIL import Image
 
 from anygen.apps.chat import ChatSettings, Renderer, chat_turn, fit_context
 from anygen.chat_template import ChatTemplate, Message, to_messages
-from anygen.errors import InvalidArgumentError
+from anygen.errors import InvalidArgumentError, MediaError
 from anygen.generation.loop import decode_steps
 from anygen.generation.sampling import SamplingParams
 from anygen.model import AnyGen
@@ -78,6 +78,13 @@ def test_messages_take_strings_segments_and_typed_parts(tmp_path: Path) -> None:
 def test_bad_conversations_are_refused(messages, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         ChatTemplate().apply(messages)
+
+
+def test_media_parts_that_cannot_be_read_name_the_part() -> None:
+    with pytest.raises(MediaError, match=r"messages\[0\]\['content'\]\[1\] must be one image \(3, H, W\)"):
+        to_messages([{"role": "user", "content": ["a", {"type": "image", "image": torch.rand(5, 8, 8)}]}])
+    grey = to_messages([{"role": "user", "content": [{"type": "image", "image": torch.rand(8, 8)}]}])[0].content[0]
+    assert grey.image.shape == (3, 8, 8)
 
 
 def test_the_template_wraps_each_role() -> None:

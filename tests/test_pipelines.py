@@ -446,6 +446,7 @@ def test_dtype_device_and_to(pipe: AnyGenPipeline, tmp_path) -> None:
     loaded = anygen.load(tmp_path / "m", torch_dtype=torch.bfloat16, device="cpu", image_size=(32, 32))
     assert loaded.dtype == torch.bfloat16
     assert anygen.load(tmp_path / "m", dtype="float16", image_size=(32, 32)).dtype == torch.float16
+    assert pipe.to("bfloat16").dtype == torch.bfloat16 and pipe.to("cpu", "torch.float32").dtype == torch.float32
     assert anygen.load(tmp_path / "m", torch_dtype="auto", image_size=(32, 32)).dtype == torch.float32
     for bad in ((torch.int64,), ("cpu", "cpu"), (torch.float16, torch.float32), (3,)):
         with pytest.raises(InvalidArgumentError):
