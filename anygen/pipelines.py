@@ -35,7 +35,7 @@ from anygen.generation.loop import cache_argument, check_generator_type, decode_
 from anygen.generation.ranking import (CAPTION_TEXT_WEIGHT, SHORTLIST, RankingTexts, caption_options,
                                        edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts)
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
-from anygen.generation.streaming import Event, stream_events
+from anygen.generation.streaming import Event, SegmentDone, stream_events
 from anygen.image import ImageInput
 from anygen.model import AnyGen
 from anygen.outputs import (AudioPipelineOutput, GenerationPipelineOutput, ImagePipelineOutput, PipelineOutput,
@@ -44,7 +44,8 @@ from anygen.pipeline_base import PipelineBase, as_dtype, usable_device
 from anygen.pipeline_inputs import (as_list, audio_items, check_callback, check_count, check_image_size,
                                     image_tensors, mask_tensor)
 from anygen.processor import drop_condition, pad_rows
-from anygen.types import AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, TextSegment
+from anygen.types import (AudioSegment, CodesSegment, ImageSegment, Interleaved, MediaSegment, Segment,
+                          TextSegment)
 
 CANDIDATES = 16
 """The default ``num_candidates`` of :meth:`AnyGenPipeline.text_to_image`: anygen-tiny's pick of 16 samples passes
@@ -500,8 +501,9 @@ class AnyGenPipeline(PipelineBase):
     def generate(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                  generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
                  output_modalities: Sequence[str] | None = None, return_dict: bool = True,
-                 callback_on_step_end: StepCallback | None = None,
-                 min_new_tokens: int = 0) -> GenerationPipelineOutput | tuple:
+                 callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
+                 num_inference_steps: int | None = None,
+                 decoder_guidance_scale: float = 1.0) -> GenerationPipelineOutput | tuple:
         """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
 
         Media segments may hold any image / audio input the other tasks take (a PIL image may also stand alone in
@@ -510,15 +512,19 @@ class AnyGenPipeline(PipelineBase):
         temperature 1). Raises
         :class:`EmptyAnswerError` (a :class:`~anygen.errors.GenerationError`) when the model ends at once
         (``<|eos|>`` first), rather than return an empty answer; ``min_new_tokens=1`` keeps it from ending there
-        (what ``anygen serve`` and the demo ask for), as in transformers' ``generate``.
+        (what ``anygen serve`` and the demo ask for), as in transformers' ``generate``. ``decoder``,
+        ``num_inference_steps`` and ``decoder_guidance_scale`` say how the answer's pictures are drawn from their
+        codes, as in :meth:`text_to_image` (e.g. ``decoder="upscale"``: 256x256 px for anygen-tiny).
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
+        render = self._answer_rendering(decoder, num_inference_steps, decoder_guidance_scale)
         sampled = self._sample([prompt], None, _generate_sampling(sampling),
                                guidance=([drop_condition(prompt)], guidance_scale),
                                generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities,
                                desc="generate", callback=callback_on_step_end, min_new_tokens=min_new_tokens)
-        answer = self._segments(sampled.rows[0])
+        answer = [self._answer_segment(x, render, generator)
+                  for x in self.model.processor.decode(sampled.rows[0], decode_media=False)]
         if not answer:
             raise EmptyAnswerError("the model ended its answer at once (its first token was <|eos|>): the prompt is "
                                   "probably unlike the model's training documents; try another generator seed, "
@@ -529,8 +535,9 @@ class AnyGenPipeline(PipelineBase):
     def chat(self, messages: Sequence[Message | Mapping], max_new_tokens: int = 256, guidance_scale: float = 1.0,
              generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
              output_modalities: Sequence[str] | None = None, return_dict: bool = True,
-             callback_on_step_end: StepCallback | None = None,
-             min_new_tokens: int = 0) -> GenerationPipelineOutput | tuple:
+             callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
+             num_inference_steps: int | None = None,
+             decoder_guidance_scale: float = 1.0) -> GenerationPipelineOutput | tuple:
         """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`); the arguments
         after ``messages`` are :meth:`generate`'s.
 
@@ -541,7 +548,8 @@ class AnyGenPipeline(PipelineBase):
             >>> pipe.chat(history).segments                                                 # doctest: +SKIP
         """
         return self.generate(self.apply_chat_template(messages), max_new_tokens, guidance_scale, generator, sampling,
-                             output_modalities, return_dict, callback_on_step_end, min_new_tokens)
+                             output_modalities, return_dict, callback_on_step_end, min_new_tokens, decoder,
+                             num_inference_steps, decoder_guidance_scale)
 
     def apply_chat_template(self, messages: Sequence[Message | Mapping]) -> Interleaved:
         """The prompt segments :meth:`chat` feeds the model for ``messages`` (with :attr:`chat_template`)."""
@@ -553,20 +561,49 @@ class AnyGenPipeline(PipelineBase):
 
     def stream(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,
                generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
-               output_modalities: Sequence[str] | None = None, min_new_tokens: int = 0) -> Iterator[Event]:
+               output_modalities: Sequence[str] | None = None, min_new_tokens: int = 0, decoder: str = "vq",
+               num_inference_steps: int | None = None, decoder_guidance_scale: float = 1.0) -> Iterator[Event]:
         """Like :meth:`generate`, as typed events (text deltas, media codes so far, finished segments).
 
         The iterator may be resumed on any thread. For a conversation, pass ``pipe.apply_chat_template(messages)``.
         ``min_new_tokens=1`` keeps the model from ending before its first token (an answer is never empty).
+        A finished picture's :class:`SegmentDone` holds it as ``decoder`` draws it (:meth:`generate`).
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
+        render = self._answer_rendering(decoder, num_inference_steps, decoder_guidance_scale)
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=_generate_sampling(sampling), guidance=plan,
                              open_modalities=output_modalities, generator=generator, compile=self._compiled(),
                              min_new_tokens=min_new_tokens)
-        return stream_events(self.model.processor, steps, rows)
+        return self._rendered(stream_events(self.model.processor, steps, rows, decode_media=False), render,
+                              generator)
+
+    def _rendered(self, events: Iterator[Event], render: Rendering, generator: Generators) -> Iterator[Event]:
+        """``events`` with each finished media span decoded (:meth:`_answer_segment`); closing it closes them (and
+        so frees the decode's rows at once)."""
+        try:
+            for event in events:
+                if isinstance(event, SegmentDone) and isinstance(event.segment, CodesSegment):
+                    event = SegmentDone(event.row, self._answer_segment(event.segment, render, generator))
+                yield event
+        finally:
+            events.close()
+
+    def _answer_rendering(self, decoder: str, steps: int | None, guidance_scale: float) -> Rendering:
+        """How :meth:`generate` draws the pictures of an answer (checked before anything is sampled)."""
+        return self._rendering(Rendering(decoder, steps, guidance_scale, output_type="pt"), self.image_size)
+
+    def _answer_segment(self, segment: Segment, render: Rendering, generator: Generators) -> Segment:
+        """A generated segment as :meth:`generate` returns it: a media span's codes decoded by its tokenizer, or a
+        picture's drawn by ``render``'s decoder."""
+        if not isinstance(segment, CodesSegment):
+            return segment
+        if segment.modality == "image" and render.decoder != "vq":
+            generator = generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
+            return ImageSegment(self._render(segment.codes[None], self.image_size, render, generator)[0])
+        return self.model.processor.media_segment(segment.modality, segment.codes)
 
     def render_codes(self, codes: torch.Tensor, decoder: str = "vq", num_inference_steps: int | None = None,
                      decoder_guidance_scale: float = 1.0, generator: Generators = None,

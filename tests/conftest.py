@@ -68,3 +68,20 @@ def interrupted_at(step: int, image_batch):
         return image_batch(sources, batch_size, size, seed, at, split, folder)
 
     return batch
+
+
+def answer_with_one_picture(pipe) -> int:
+    """Make ``pipe``'s core answer any prompt with one picture of random codes, then ``<|eos|>``; returns the
+    ``max_new_tokens`` that holds exactly that answer. Every token embeds as the same vector, so the last layer puts
+    out the same ``h`` at every position; the output matrix (untied) is zero but for the rows of ``<|image|>`` and
+    ``<|eos|>``, along ``h``, the first twice as far: greedy text opens the picture, and ends once no other fits."""
+    core, vocab = pipe.model.core, pipe.model.vocab
+    with torch.no_grad():
+        embed = core.get_input_embeddings().weight
+        embed.copy_(embed[:1].expand_as(embed).clone())
+        h = core.model(input_ids=torch.tensor([[vocab.bos_id]])).last_hidden_state[0, -1]
+        head = torch.zeros_like(core.lm_head.weight)
+        head[vocab.begin_id("image")] = 10 * h / h.dot(h)
+        head[vocab.eos_id] = 5 * h / h.dot(h)
+        core.lm_head.weight = torch.nn.Parameter(head)
+    return int(pipe.model.tokenizers["image"].tokens_for(pipe.image_size)) + 3

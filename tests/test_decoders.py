@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CORE, interrupted_at, seed
+from conftest import TINY_CORE, answer_with_one_picture, interrupted_at, seed
 from conftest import tiny_image_vq as tiny_tokenizer
 
 from anygen.config import load_config
@@ -398,27 +398,28 @@ def test_render_codes_matches_the_pipeline_s_own_rendering(pipe) -> None:
         pipe.render_codes(codes, decoder="diffusion", num_inference_steps=0)
 
 
-def test_chat_renders_finished_images_with_the_chosen_decoder(pipe) -> None:
+def test_answers_render_finished_images_with_the_diffusion_decoder(pipe) -> None:
     from anygen.apps.chat import CHAT_IMAGE_SIZE, Answer, check_decoder, default_decoder, enlarge
+    from anygen.generation.streaming import MediaProgress, SegmentDone
+    from anygen.types import CodesSegment
 
     assert default_decoder(pipe) == "vq"  # a diffusion decoder at the tokenizer's own size is not the default
-    from anygen.generation.streaming import MediaProgress, SegmentDone
-    from anygen.types import ImageSegment
-
-    codes = pipe.model.tokenizers["image"].encode(torch.rand(1, 3, 16, 16, generator=seed(3)))[0]  # (N,)
-    vq_image = pipe.render_codes(codes[None]).images[0]
-
-    def finished_part(decoder: str) -> Image.Image:
-        answer = Answer(pipe, decoder=decoder, generator=seed(0))
-        answer.apply(MediaProgress(0, "image", codes, codes.numel()))
-        answer.apply(SegmentDone(0, ImageSegment(vq_image)))
-        (part,) = answer.parts
-        return part
-
-    expected = pipe.render_codes(codes[None], decoder="diffusion", generator=seed(0)).images[0]
-    assert not np.array_equal(np.asarray(expected), np.asarray(vq_image))
-    assert np.array_equal(np.asarray(finished_part("diffusion")), np.asarray(enlarge(expected, CHAT_IMAGE_SIZE)))
-    assert np.array_equal(np.asarray(finished_part("vq")), np.asarray(enlarge(vq_image, CHAT_IMAGE_SIZE)))
+    budget = answer_with_one_picture(pipe)
+    settings = {"decoder": "diffusion", "num_inference_steps": 2}
+    events = list(pipe.stream("draw", budget, generator=seed(0), **settings))
+    codes = [e.codes for e in events if isinstance(e, MediaProgress)][-1]
+    (done,) = [e.segment for e in events if isinstance(e, SegmentDone)]
+    vq_image = pipe.render_codes(codes[None], output_type="pt").images[0]
+    assert done.image.shape == vq_image.shape and not torch.allclose(done.image, vq_image, atol=0.05)
+    (again,) = pipe.generate("draw", budget, generator=seed(0), **settings).segments  # the same seed: the same
+    assert torch.equal(again.image, done.image)
+    answer = Answer(pipe)  # the demo's chat shows the picture drawn and reads back its codes in the next turn
+    for event in events:
+        answer.apply(event)
+    (part,) = answer.parts
+    assert np.array_equal(np.asarray(part), np.asarray(enlarge(to_pil(done.image)[0], CHAT_IMAGE_SIZE)))
+    (said,) = answer.said
+    assert isinstance(said, CodesSegment) and torch.equal(said.codes, codes)
     assert check_decoder(pipe, "diffusion") == "diffusion"
     pipe.model.decoders.clear()
     with pytest.raises(InvalidArgumentError, match="train-decoder"):

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_CORE
+from conftest import TINY_CORE, answer_with_one_picture, tiny_image_vq
 from PIL import Image
 
 openai = pytest.importorskip("openai")
@@ -35,6 +35,7 @@ pytest.importorskip("fastapi")
 from anygen.apps.serve import BackgroundServer, Server, create_app  # noqa: E402
 from anygen.apps.serve_io import Limits  # noqa: E402
 from anygen.cli import main as cli_main  # noqa: E402
+from anygen.decoders import UpscaleDecoder, UpscaleDecoderConfig  # noqa: E402
 from anygen.generation.scheduler import Scheduler  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.pipelines import AnyGenPipeline  # noqa: E402
@@ -197,6 +198,32 @@ def test_chat_answers_with_media_parts(client) -> None:
     assert seen & {"image_url", "input_audio"}
 
 
+def test_chat_draws_the_answers_pictures_at_the_size_asked_for(text_tokenizer: TextTokenizer) -> None:
+    tokenizer = tiny_image_vq()  # 16x16 px; its upscale decoder draws the same codes at 64x64
+    model = AnyGen.create(text_tokenizer, {"image": tokenizer}, TINY_CORE)
+    model.decoders["image-upscale"] = UpscaleDecoder(UpscaleDecoderConfig(channels=8, blocks=1), tokenizer)
+    budget = answer_with_one_picture(AnyGenPipeline(model.eval()))
+    scheduler = Scheduler(model.core, model.vocab, block_rows=2, blocks=1, max_queue=4)
+    try:
+        with serve(Served(model, scheduler)) as background:
+            client = openai.OpenAI(api_key="unused", base_url=background.url + "/v1", max_retries=0, timeout=60)
+
+            def picture(stream: bool = False, **extra: object) -> Image.Image:
+                out = client.chat.completions.create(model=MODEL, messages=user("draw"), max_tokens=budget, seed=0,
+                                                     stream=stream, extra_body=extra)
+                parts = [p for c in out if c.choices and isinstance(c.choices[0].delta.content, list)
+                         for p in c.choices[0].delta.content] if stream else out.choices[0].message.content
+                (part,) = [p for p in parts if p["type"] == "image_url"]
+                return png_of(part["image_url"]["url"].split(",", 1)[1])
+
+            assert picture().size == picture(size="auto").size == (16, 16)
+            assert picture(size="64x64").size == picture(stream=True, size="64x64").size == (64, 64)
+            with pytest.raises(openai.BadRequestError, match="size='32x32': this model makes 16x16 or 64x64"):
+                picture(size="32x32")
+    finally:
+        scheduler.close()
+
+
 def test_chat_streams_text_deltas_and_usage(client) -> None:
     kwargs = dict(model=MODEL, messages=user("say hello"), max_tokens=30, seed=6, modalities=["text"])
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
@@ -290,6 +317,7 @@ BAD_JSON = [  # (endpoint, body, status, param)
     ("chat/completions", {**CHAT, "max_tokens": 100000}, 400, "max_tokens"),
     ("chat/completions", {**CHAT, "n": 3}, 400, "n"),
     ("chat/completions", {**CHAT, "seed": -1}, 400, "seed"),
+    ("chat/completions", {**CHAT, "size": "64x64"}, 400, "size"),
     ("chat/completions", {**CHAT, "temprature": 0.5}, 400, "temprature"),
     ("chat/completions", {**CHAT, "messages": []}, 400, "messages"),
     ("chat/completions", {**CHAT, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),

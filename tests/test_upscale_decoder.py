@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import TINY_CORE, interrupted_at, seed, tiny_image_vq
+from conftest import TINY_CORE, answer_with_one_picture, interrupted_at, seed, tiny_image_vq
 
 from anygen.apps.chat import default_decoder
 from anygen.decoders import DiffusionDecoder, UpscaleDecoder, UpscaleDecoderConfig, load_decoder
 from anygen.errors import CheckpointError, InvalidArgumentError
 from anygen.model import AnyGen
+from anygen.generation.streaming import MediaProgress, SegmentDone
 from anygen.pipelines import AnyGenPipeline
 from anygen.training import decoder_recipe as recipe
 from anygen.training.decoder_cli import add_arguments
@@ -160,6 +161,26 @@ def test_pipelines_render_through_the_upscale_decoder_and_save_it(pipe, tmp_path
     assert list(loaded.model.decoders) == ["image-upscale"]
     assert torch.equal(first, loaded.text_to_image("a red circle", generator=seed(0), decoder="upscale",
                                                    output_type="pt", num_candidates=1).images)
+
+
+def test_answers_draw_their_pictures_with_the_decoder_asked_for(pipe) -> None:
+    budget = answer_with_one_picture(pipe)
+    events = list(pipe.stream("draw", budget, generator=seed(0), decoder="upscale"))
+    codes = [e.codes for e in events if isinstance(e, MediaProgress)][-1]
+    (done,) = [e.segment for e in events if isinstance(e, SegmentDone)]
+    expected = pipe.model.decoders["image-upscale"].decode(codes[None])[0]
+    assert done.image.shape == (3, 64, 64) and torch.equal(done.image, expected)
+    (picture,) = pipe.generate("draw", budget, generator=seed(0), decoder="upscale").segments
+    assert torch.equal(picture.image, expected)
+    (small,) = pipe.generate("draw", budget, generator=seed(0)).segments  # the same codes, the VQ decoder's picture
+    assert torch.equal(small.image, pipe.model.tokenizers["image"].decode(codes[None])[0].clamp(0, 1))
+    (chatted,) = pipe.chat([{"role": "user", "content": "draw"}], budget, decoder="upscale").segments
+    assert chatted.image.shape == (3, 64, 64)
+    for call in (pipe.generate, pipe.stream):  # checked before anything is sampled
+        with pytest.raises(InvalidArgumentError, match="num_inference_steps=4 needs decoder='diffusion'"):
+            call("draw", budget, decoder="upscale", num_inference_steps=4)
+        with pytest.raises(InvalidArgumentError, match="decoder='diffusion' needs"):
+            call("draw", budget, decoder="diffusion")
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -93,8 +93,6 @@ class Answer:
     pipe: AnyGenPipeline
     parts: list[Part] = field(default_factory=list)
     open: bool = False
-    decoder: str = "vq"
-    generator: torch.Generator | None = None
     said: Interleaved = field(default_factory=list)  # the finished segments, as the next turn's prompt holds them
     _codes: torch.Tensor | None = None  # the open media span's codes so far
     _text: str = ""  # the open text segment so far
@@ -117,11 +115,7 @@ class Answer:
         return [*self.said, *([TextSegment(self._text)] if self._text else [])]
 
     def _finish(self, segment: Segment) -> None:
-        if isinstance(segment, ImageSegment) and self.decoder != "vq" and self._codes is not None:
-            (image,) = self.pipe.render_codes(self._codes[None], decoder=self.decoder,
-                                              generator=self.generator).images
-            self._put(enlarge(image, CHAT_IMAGE_SIZE))
-        elif not isinstance(segment, TextSegment):
+        if not isinstance(segment, TextSegment):  # (a picture as the stream's decoder drew it)
             self._put(media_part(segment))
         codes = self._codes
         self.said.append(segment if isinstance(segment, TextSegment) or codes is None else
@@ -321,12 +315,13 @@ def chat_turn(pipe: AnyGenPipeline, message: dict | None, history: list[dict] | 
     segments, shown = read_message(message)
     turns = fit_context(pipe, [*(conversation or []), Message("user", segments)], settings.max_new_tokens)
     history = [*(history or []), renderer.message("user", shown)]
-    answer = Answer(pipe, decoder=settings.decoder, generator=settings.generator)
+    answer = Answer(pipe)
     yield [*history, renderer.message("assistant", [])], turns
     prompt = pipe.apply_chat_template(turns)
     worker = EventThread(lambda: pipe.stream(prompt, max_new_tokens=settings.max_new_tokens,
                                              generator=settings.generator, sampling=settings.sampling,
-                                             output_modalities=settings.output_modalities))
+                                             output_modalities=settings.output_modalities,
+                                             decoder=settings.decoder))
     try:
         for events in worker.batches():
             for event in events:

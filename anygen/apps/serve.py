@@ -123,7 +123,8 @@ class Server:
             return "vq"
         if size in sizes:
             return sizes[size]
-        raise bad_request(f"size={size!r}: this model makes {' or '.join(sorted(sizes, key=len))} images (or "
+        smallest_first = sorted(sizes, key=lambda wh: [int(n) for n in wh.split("x")])
+        raise bad_request(f"size={size!r}: this model makes {' or '.join(smallest_first)} images (or "
                           "'auto')", "size", "unsupported_size")
 
 
@@ -200,12 +201,13 @@ def create_app(server: Server) -> Any:
     async def chat_completions(request: Request) -> Any:
         body = await parse_json(request, ChatCompletionRequest)
         plan = await asyncio.to_thread(chat_plan, server, body)  # decodes media: off the event loop
+        decoder = server.image_decoder(body.size)
         generator = server.generator(body.seed)
         server.enter()
         try:
             pump = EventPump(server, lambda: pipe.stream(
                 pipe.apply_chat_template(plan.conversation), plan.max_new_tokens, body.guidance_scale, generator,
-                plan.sampling, plan.output_modalities, min_new_tokens=1))  # a completion is never empty
+                plan.sampling, plan.output_modalities, min_new_tokens=1, decoder=decoder))  # never empty
             events = pump.events(request)
             first = await anext(events, None)  # errors before the first event are HTTP errors
         except BaseException:

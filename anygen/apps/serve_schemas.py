@@ -110,6 +110,8 @@ class ChatCompletionRequest(SamplingFields):
     audio: AudioOutput | None = None
     guidance_scale: float = Field(1.0, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
                                   description="anygen extra: classifier-free guidance of media spans")
+    size: str | None = Field(None, description="anygen extra: the answer's images, 'WxH' as /v1/images/generations "
+                                               "takes it (default: the model's own size)")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: only 0")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: only 0")
     logprobs: Literal[False] = False
