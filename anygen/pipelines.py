@@ -863,11 +863,24 @@ def _on_cpu(segment: Any) -> Any:
 
 
 def _generate_sampling(sampling: Mapping[str, SamplingParams] | None) -> dict[str, SamplingParams]:
-    """``sampling`` over :data:`GENERATE_SAMPLING`: what ``generate`` and ``stream`` sample each modality with."""
+    """``sampling`` over :data:`GENERATE_SAMPLING`: what ``generate`` and ``stream`` sample each modality with. A
+    modality's settings may also be a dict of :class:`SamplingParams`' fields (``{"temperature": 0.5}``)."""
     if sampling is not None and not isinstance(sampling, Mapping):
         raise InvalidArgumentError(f"sampling must map modality names to SamplingParams, got "
                                    f"{type(sampling).__name__}")
-    return {**GENERATE_SAMPLING, **(sampling or {})}
+    fields = list(SamplingParams.__dataclass_fields__)
+    given = {}
+    for name, params in (sampling or {}).items():
+        if isinstance(params, Mapping):
+            unknown = sorted(set(params) - set(fields), key=str)
+            if unknown:
+                raise InvalidArgumentError(f"sampling[{name!r}] has unknown field(s) {unknown}; valid: {fields}")
+            params = SamplingParams(**params)
+        elif not isinstance(params, SamplingParams):
+            raise InvalidArgumentError(f"sampling[{name!r}] must be a SamplingParams or a dict of its fields "
+                                       f"{fields}, got {type(params).__name__}")
+        given[name] = params
+    return {**GENERATE_SAMPLING, **given}
 
 
 def _per_candidate(generator: Generators, rows: int, k: int) -> Generators:

@@ -129,6 +129,15 @@ def test_generate_reads_text_greedily_unless_told_otherwise(pipe: AnyGenPipeline
     assert len(hot) > 1  # text sampled as asked varies with the seed; the default does not
     with pytest.raises(InvalidArgumentError, match="sampling"):
         pipe.generate(prompt, sampling=[SamplingParams()])
+    as_dict = pipe.generate(prompt, max_new_tokens=12, generator=seed(5), output_modalities=[],
+                            sampling={"text": {"do_sample": False}})  # a dict of SamplingParams' fields is one too
+    assert pipe.prompt_ids(as_dict.segments) == pipe.prompt_ids(default.segments)
+    with pytest.raises(InvalidArgumentError, match=r"sampling\['text'\] has unknown field\(s\) \['temprature'\]"):
+        pipe.generate(prompt, sampling={"text": {"temprature": 0.5}})
+    with pytest.raises(InvalidArgumentError, match=r"sampling\['text'\] must be a SamplingParams or a dict"):
+        pipe.generate(prompt, sampling={"text": 0.5})
+    with pytest.raises(InvalidArgumentError, match="temperature"):
+        pipe.stream(prompt, sampling={"text": {"temperature": 0.0}})
 
 
 def test_text_to_image_returns_the_candidate_the_model_ranks_first(pipe: AnyGenPipeline) -> None:
