@@ -592,8 +592,12 @@ class AnyGenPipeline(PipelineBase):
             events.close()
 
     def _answer_rendering(self, decoder: str, steps: int | None, guidance_scale: float) -> Rendering:
-        """How :meth:`generate` draws the pictures of an answer (checked before anything is sampled)."""
-        return self._rendering(Rendering(decoder, steps, guidance_scale, output_type="pt"), self.image_size)
+        """How :meth:`generate` draws the pictures of an answer (checked before anything is sampled; a model
+        without pictures takes the defaults)."""
+        render = Rendering(decoder, steps, guidance_scale, output_type="pt")
+        if render == Rendering(output_type="pt") and "image" not in self.model.tokenizers:
+            return render
+        return self._rendering(render, self.image_size)
 
     def _answer_segment(self, segment: Segment, render: Rendering, generator: Generators) -> Segment:
         """A generated segment as :meth:`generate` returns it: a media span's codes decoded by its tokenizer, or a
