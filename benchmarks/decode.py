@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name, write_section  # noqa: E402
 
 from anygen.core import CoreConfig, build_core  # noqa: E402
-from anygen.generation import Guidance, SamplingParams, decode_steps, span_rules  # noqa: E402
+from anygen.generation import Guidance, SamplingParams, decode_steps, fast_decode, span_rules  # noqa: E402
 from anygen.tokenizers.simple import GridImageTokenizer  # noqa: E402
 from anygen.vocab import ModalitySpec, Vocab  # noqa: E402
 
@@ -196,9 +196,11 @@ def main() -> None:
         "The bandwidth floor is weight bytes per token over the measured read bandwidth; floor / generate is the "
         "most any decoder that reads every weight once per token from memory could gain over `generate`. anygen reads "
         "only the output-matrix rows of the ids the grammar allows (the codes in an image span, the text ids and "
-        "specials in text), so it may pass that floor. anygen's eager step multiplies by oneDNN-packed copies of the "
-        "weights at 100M and by the weights in place at 6M (below `fast_decode.PACK_MIN_BYTES`); the compiled step "
-        "always by the weights in place.",
+        "specials in text), so it may pass that floor. " + (
+            "anygen's eager step multiplies by oneDNN-packed copies of the weights at 100M and by the weights in place "
+            "at 6M (below `fast_decode.PACK_MIN_BYTES`); " if fast_decode.PACK_MAX_BYTES else
+            "anygen's eager step multiplies by the weights in place (no packed copies on an Intel CPU, "
+            "`fast_decode.PACK_MAX_BYTES`); ") + "the compiled step always by the weights in place.",
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
         "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |",

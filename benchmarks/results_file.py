@@ -37,3 +37,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "CPU"
+
+
+def cpu_vendor() -> str:
+    """``intel``, ``amd`` or the machine's architecture: tables whose winner depends on the CPU maker (e.g. MKL's
+    kernels) keep one section per maker."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                return {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, vendor.lower())
+    except OSError:
+        pass
+    return platform.machine().lower() or "cpu"

@@ -51,12 +51,19 @@ def _forward(core, tokens, mask, positions, cache, slot, cache_key):
                 use_cache=True, cache_position=slot).logits[:, -1]
 
 
+def allow_packing(monkeypatch) -> None:
+    """Pack the test cores' weights however small they are, on every CPU (Intel CPUs read them in place by
+    default)."""
+    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    monkeypatch.setattr(fast_decode, "PACK_MAX_BYTES", 2 * 2**30)
+
+
 @pytest.fixture(params=[False, True], ids=["in-place", "packed"])
 def packing(request, monkeypatch) -> bool:
     """Runs a test with the small test cores' weights read in place and through packed copies (cores this small
     are not packed by default)."""
     if request.param:
-        monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+        allow_packing(monkeypatch)
     return request.param
 
 
@@ -159,7 +166,7 @@ def test_a_step_told_which_ids_may_follow_computes_only_their_logits(packing: bo
 def test_packed_copies_follow_weights_that_change_between_steps(monkeypatch) -> None:
     """A core that trains between two calls (an optimizer's in-place update, a replaced parameter) decodes with its
     new weights: every packed copy is made again from the weights as they are now."""
-    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    allow_packing(monkeypatch)
     core, prompts = llama(), [[1, 5, 9, 200], [1, 250]]
 
     def first_step(ids: slice | None = None) -> torch.Tensor:
@@ -187,7 +194,7 @@ def test_packed_copies_follow_weights_that_change_between_steps(monkeypatch) -> 
 def test_packing_applies_to_float32_cores_on_a_cpu_within_its_size_bounds(monkeypatch) -> None:
     core = llama()  # ~0.3 MB of weights: cache-resident, read in place by default
     assert fast_decode.packed_weights(core) is None
-    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    allow_packing(monkeypatch)
     packs = fast_decode.packed_weights(core)
     assert packs is not None and fast_decode.packed_weights(core) is packs  # one set of copies per core
     assert fast_decode.packed_weights(llama(dtype=torch.bfloat16)) is None
@@ -203,7 +210,7 @@ def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeyp
         plain = core(input_ids=ids).logits
         with fast_decode.packed_forward(core):  # too small to pack by default: nothing changes
             assert torch.equal(core(input_ids=ids).logits, plain)
-    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    allow_packing(monkeypatch)
     packs = fast_decode.packed_weights(core)
     with torch.inference_mode(), fast_decode.packed_forward(core):
         packed = core(input_ids=ids).logits
@@ -216,7 +223,7 @@ def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeyp
 
 
 def test_a_step_taken_while_autograd_records_reads_the_weights_themselves(monkeypatch) -> None:
-    monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
+    allow_packing(monkeypatch)
     core = llama()
     step = fast_decode.LlamaDecodeStep(core, slot_cache(core, 1, 4, torch.zeros(1, dtype=torch.long)))
     assert step.packs is not None

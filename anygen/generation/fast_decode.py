@@ -8,11 +8,12 @@ gpt-fast): RMSNorm, the attention projections, the core's own rotary embedding, 
 boolean mask, and the SwiGLU MLP. Prompts go through the same layers, all their tokens at once
 (:meth:`LlamaDecodeStep.prefill`).
 
-On a CPU the matrix products of a float32 core too large for the CPU's caches read oneDNN-packed copies of its
-weight matrices (:class:`PackedWeights`): at one to a few dozen rows a packed product streams the weights from
-memory about twice as fast as ``F.linear`` does (benchmarks/RESULTS.md, decode speed), and decoding is reading the
-weights. A copy is renewed whenever its weight changes (its version counter moves, as every in-place update
-does, or it gets new storage), so a model that trains between two calls is seen as it is now. A change made
+On a CPU other than Intel's, the matrix products of a float32 core too large for the CPU's caches read
+oneDNN-packed copies of its weight matrices (:class:`PackedWeights`): at one to a few dozen rows a packed product
+streams the weights from memory about twice as fast as ``F.linear`` (MKL) does on an AMD CPU (benchmarks/RESULTS.md,
+decode speed), and decoding is reading the weights; on an Intel CPU MKL is as fast (:data:`PACK_MAX_BYTES`). A
+copy is renewed whenever its weight changes (its version counter moves, as every in-place update does, or it gets
+new storage), so a model that trains between two calls is seen as it is now. A change made
 behind the version counter (through ``param.data``) is not seen: set :data:`PACK_MAX_BYTES` to 0 to read the
 weights in place instead (no second copy in memory either).
 
@@ -25,6 +26,7 @@ caller that knows which ids may come next passes those rows of the output matrix
 
 from __future__ import annotations
 
+import platform
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -41,10 +43,26 @@ PACK_MIN_BYTES = 32 * 2**20
 """Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
 where ``F.linear`` is fast and a packed product's fixed cost per call (~8 us more) is not repaid (a 23 MB core
 decodes ~10% slower packed, a 54 MB one 30-60% faster)."""
-PACK_MAX_BYTES = 2 * 2**30
+
+
+def _mkl_on_intel() -> bool:
+    """Whether ``F.linear`` runs on MKL (the BLAS of torch's x86 wheels) on an Intel CPU, where MKL picks its fastest
+    kernels."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in info)
+    except OSError:
+        return "GenuineIntel" in platform.processor()
+
+
+PACK_MAX_BYTES = 0 if _mkl_on_intel() else 2 * 2**30
 """Cores whose weights take more bytes than this decode from the weights in place too: the packed copies double the
 weights' memory (and copy the output matrix's rows once more for each id range a step narrows to, e.g. an image
-span's codes). 0 turns packing off."""
+span's codes). 0 turns packing off, the default on Intel CPUs: there MKL's ``F.linear`` reads the weights as fast
+as a packed product or faster (anygen-tiny's tasks 0.7-1.1x as fast packed, `benchmarks/packed_weights.py`), while
+on the AMD CPU of benchmarks/RESULTS.md the packed products made them 1.4-1.9x faster."""
 PACK_ROWS = 2  # the row count oneDNN packs for: streams faster than a one-row packing even at one row, and at more
 
 
