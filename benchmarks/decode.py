@@ -7,7 +7,7 @@ Both run the same weights in one process, side by side. Rows:
   image codes);
 * the memory-bandwidth floor: weight bytes read per token / measured read bandwidth.
 
-    python benchmarks/decode.py            # prints the table and writes the decode section of RESULTS.md
+    python benchmarks/decode.py            # prints the table and writes the decode-<maker> section of RESULTS.md
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import cpu_name, write_section  # noqa: E402
+from results_file import cpu_name, cpu_vendor, write_section  # noqa: E402
 
 from anygen.core import CoreConfig, build_core  # noqa: E402
 from anygen.generation import Guidance, SamplingParams, decode_steps, fast_decode, span_rules  # noqa: E402
@@ -187,7 +187,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     command = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     body = "\n".join([
-        "## Decode speed (batch 1, fp32, CPU)",
+        f"## Decode speed (batch 1, fp32, {cpu_vendor()} CPU)",
         "",
         f"`{command.strip()}` -- {cpu_name()}, torch {torch.__version__}, "
         f"{args.threads} thread(s), {args.new_tokens} text tokens / one 64-code image. Contenders alternate within "
@@ -209,7 +209,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section("decode", body)
+        write_section(f"decode-{cpu_vendor()}", body)  # which path wins depends on the CPU's maker (MKL)
 
 
 if __name__ == "__main__":
