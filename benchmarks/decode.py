@@ -198,9 +198,9 @@ def main() -> None:
         "only the output-matrix rows of the ids the grammar allows (the codes in an image span, the text ids and "
         "specials in text), so it may pass that floor. " + (
             "anygen's eager step multiplies by oneDNN-packed copies of the weights at 100M and by the weights in place "
-            "at 6M (below `fast_decode.PACK_MIN_BYTES`); " if fast_decode.PACK_MAX_BYTES else
+            "at 6M (below `fast_decode.PACK_MIN_BYTES`); " if fast_decode.PACK_BY_DEFAULT else
             "anygen's eager step multiplies by the weights in place (no packed copies on an Intel CPU, "
-            "`fast_decode.PACK_MAX_BYTES`); ") + "the compiled step always by the weights in place.",
+            "`fast_decode.PACK_BY_DEFAULT`); ") + "the compiled step always by the weights in place.",
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
         "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |",

@@ -1,8 +1,8 @@
 """What the packed weight copies buy anygen-tiny's tasks: each call with the core's matrix products over its
 oneDNN-packed copies and over the weights in place (``fast_decode.PACK_MAX_BYTES = 0``), the two alternated call by
 call in one process; writes the ``packed-weights-<maker>`` section of benchmarks/RESULTS.md (``intel``, ``amd``): the
-winner depends on the CPU's maker, and the library packs by default except on Intel CPUs
-(``fast_decode.PACK_MAX_BYTES``).
+winner depends on the CPU's maker, and the pipelines pack by default except on Intel CPUs
+(``fast_decode.PACK_BY_DEFAULT``).
 
     python benchmarks/packed_weights.py --threads 2 --repeats 5
 """
@@ -27,7 +27,7 @@ from anygen.evaluation.shapes import ShapesEval  # noqa: E402
 from anygen.generation import fast_decode  # noqa: E402
 
 
-PACKED = 2 * 2**30  # fast_decode.PACK_MAX_BYTES that packs anygen-tiny's weights on every CPU
+PACKED = 2 * 2**30  # a fast_decode.PACK_MAX_BYTES that packs anygen-tiny's weights
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         "speak (default: pick of 8)": lambda: pipe.speak("hello", generator=seed()),
         "speak, 1 sample": lambda: pipe.speak("hello", generator=seed(), num_candidates=1),
     }
-    limit, core, copies = fast_decode.PACK_MAX_BYTES, pipe.model.core, None
+    limit, default, core, copies = fast_decode.PACK_MAX_BYTES, fast_decode.PACK_BY_DEFAULT, pipe.model.core, None
     seconds: dict[tuple[str, bool], list[float]] = {}
     try:
         for round_ in range(args.repeats + 1):  # the first round warms up (and packs), uncounted
             for packed in (True, False) if round_ % 2 else (False, True):
-                fast_decode.PACK_MAX_BYTES = PACKED if packed else 0
+                fast_decode.PACK_MAX_BYTES, fast_decode.PACK_BY_DEFAULT = (PACKED, True) if packed else (0, default)
                 if packed and copies is not None:  # the copies made before (reading in place dropped them)
                     fast_decode._packed[core] = copies
                 for name, task in tasks.items():
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> None:
                 if packed:
                     copies = fast_decode._packed.get(core)
     finally:
-        fast_decode.PACK_MAX_BYTES = limit
+        fast_decode.PACK_MAX_BYTES, fast_decode.PACK_BY_DEFAULT = limit, default
     command = "python benchmarks/packed_weights.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [f"## Packed weight copies (anygen-tiny through the Python API; {cpu_vendor()} CPU)", "",
              f"`{command.strip()}` ({cpu_name()}, {args.threads} threads, torch {torch.__version__}): every call "
              "with the packed copies and with the weights in place, alternated (the order flips each round); "
              f"seconds are medians (min-max) of {args.repeats} rounds, the speed-up the median of the per-round "
-             f"ratios. The library's default on this CPU: {'packed' if limit else 'in place'}.", "",
+             f"ratios. The library's default on this CPU: {'packed' if default else 'in place'}.", "",
              "| task | in place (s) | packed (s) | speed-up |", "|---|---|---|---|"]
     for name in tasks:
         before, after = seconds[(name, False)], seconds[(name, True)]

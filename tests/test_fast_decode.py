@@ -55,7 +55,7 @@ def allow_packing(monkeypatch) -> None:
     """Pack the test cores' weights however small they are, on every CPU (Intel CPUs read them in place by
     default)."""
     monkeypatch.setattr(fast_decode, "PACK_MIN_BYTES", 0)
-    monkeypatch.setattr(fast_decode, "PACK_MAX_BYTES", 2 * 2**30)
+    monkeypatch.setattr(fast_decode, "PACK_BY_DEFAULT", True)
 
 
 @pytest.fixture(params=[False, True], ids=["in-place", "packed"])
@@ -198,8 +198,24 @@ def test_packing_applies_to_float32_cores_on_a_cpu_within_its_size_bounds(monkey
     packs = fast_decode.packed_weights(core)
     assert packs is not None and fast_decode.packed_weights(core) is packs  # one set of copies per core
     assert fast_decode.packed_weights(llama(dtype=torch.bfloat16)) is None
+    monkeypatch.setattr(fast_decode, "PACK_BY_DEFAULT", False)  # a CPU that reads the weights as fast in place
+    assert fast_decode.packed_weights(core) is None and fast_decode.packed_weights(core, always=True) is packs
+    cache = slot_cache(core, 1, 4, torch.zeros(1, dtype=torch.long))
+    assert [fast_decode.LlamaDecodeStep(core, cache, pack=p).packs for p in (None, True, False)] == [None, packs, None]
     monkeypatch.setattr(fast_decode, "PACK_MAX_BYTES", 0)  # off
-    assert fast_decode.packed_weights(core) is None
+    assert fast_decode.packed_weights(core) is None and fast_decode.packed_weights(core, always=True) is None
+
+
+def test_the_schedulers_blocks_pack_on_every_cpu(monkeypatch, tiny_model) -> None:
+    """A packed product computes each row alike at every row count, so a block may run only its rows in use."""
+    allow_packing(monkeypatch)
+    monkeypatch.setattr(fast_decode, "PACK_BY_DEFAULT", False)
+    scheduler = Scheduler(tiny_model.core, tiny_model.vocab, block_rows=4, blocks=1)
+    try:
+        packs = fast_decode.packed_weights(tiny_model.core, always=True)
+        assert packs is not None and all(step.packs is packs for step in scheduler._fast[0].values())
+    finally:
+        scheduler.close()
 
 
 def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeypatch) -> None:

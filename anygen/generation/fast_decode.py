@@ -11,7 +11,7 @@ boolean mask, and the SwiGLU MLP. Prompts go through the same layers, all their 
 On a CPU other than Intel's, the matrix products of a float32 core too large for the CPU's caches read
 oneDNN-packed copies of its weight matrices (:class:`PackedWeights`): at one to a few dozen rows a packed product
 streams the weights from memory about twice as fast as ``F.linear`` (MKL) does on an AMD CPU (benchmarks/RESULTS.md,
-decode speed), and decoding is reading the weights; on an Intel CPU MKL is as fast (:data:`PACK_MAX_BYTES`). A
+decode speed), and decoding is reading the weights; on an Intel CPU MKL is as fast (:data:`PACK_BY_DEFAULT`). A
 copy is renewed whenever its weight changes (its version counter moves, as every in-place update does, or it gets
 new storage), so a model that trains between two calls is seen as it is now. A change made
 behind the version counter (through ``param.data``) is not seen: set :data:`PACK_MAX_BYTES` to 0 to read the
@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "packed_forward", "PACK_MIN_BYTES",
-           "PACK_MAX_BYTES"]
+           "PACK_MAX_BYTES", "PACK_BY_DEFAULT"]
 
 PACK_MIN_BYTES = 32 * 2**20
 """Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
@@ -57,12 +57,16 @@ def _mkl_on_intel() -> bool:
         return "GenuineIntel" in platform.processor()
 
 
-PACK_MAX_BYTES = 0 if _mkl_on_intel() else 2 * 2**30
+PACK_MAX_BYTES = 2 * 2**30
 """Cores whose weights take more bytes than this decode from the weights in place too: the packed copies double the
 weights' memory (and copy the output matrix's rows once more for each id range a step narrows to, e.g. an image
-span's codes). 0 turns packing off, the default on Intel CPUs: there MKL's ``F.linear`` reads the weights as fast
-as a packed product or faster (anygen-tiny's tasks 0.7-1.1x as fast packed, `benchmarks/packed_weights.py`), while
-on the AMD CPU of benchmarks/RESULTS.md the packed products made them 1.4-1.9x faster."""
+span's codes). 0 turns packing off."""
+PACK_BY_DEFAULT = not _mkl_on_intel()
+"""Whether the pipelines' decoding and scoring read packed copies on this CPU (within the bounds above): not on an
+Intel CPU, where MKL's ``F.linear`` reads the weights as fast as a packed product or faster (anygen-tiny's calls
+0.65-1.08x as fast packed, ``benchmarks/packed_weights.py``), while on the AMD CPU of benchmarks/RESULTS.md the
+packed products made them 1.4-1.9x faster. The server's scheduler packs on every CPU (``always``): a packed
+product computes each row alike at every row count, so a block may run only the rows in use."""
 PACK_ROWS = 2  # the row count oneDNN packs for: streams faster than a one-row packing even at one row, and at more
 
 
@@ -129,10 +133,12 @@ class PackedWeights:
 _packed: weakref.WeakKeyDictionary[nn.Module, PackedWeights] = weakref.WeakKeyDictionary()
 
 
-def packed_weights(core: nn.Module) -> PackedWeights | None:
+def packed_weights(core: nn.Module, always: bool = False) -> PackedWeights | None:
     """The core's :class:`PackedWeights` (shared by every step over it), or None where packing does not apply: not
-    a float32 core on a CPU, no oneDNN in this torch build, or weights outside :data:`PACK_MIN_BYTES` to
-    :data:`PACK_MAX_BYTES`."""
+    a float32 core on a CPU, no oneDNN in this torch build, weights outside :data:`PACK_MIN_BYTES` to
+    :data:`PACK_MAX_BYTES`, or a CPU that reads them as fast in place (:data:`PACK_BY_DEFAULT`) unless ``always``."""
+    if not (PACK_BY_DEFAULT or always):
+        return None
     weights = {p.data_ptr(): p for p in core.parameters()}.values()
     if not weights or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in weights) \
             or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
@@ -176,16 +182,18 @@ def packed_forward(core: nn.Module) -> Iterator[None]:
 class LlamaDecodeStep:
     """Decode one token per row of a core for which :func:`supports` holds, over static per-layer key/value tensors
     ``(R, kv_heads, C, head_dim)`` (a :class:`transformers.StaticCache` that a prefill filled, or the scheduler's
-    slot cache): each row writes its new key and value at its own column and attends where ``mask`` says."""
+    slot cache): each row writes its new key and value at its own column and attends where ``mask`` says.
+    ``pack``: multiply by the packed copies where this CPU gains by them (``None``, :data:`PACK_BY_DEFAULT`),
+    wherever they apply (``True``), or never (``False``)."""
 
-    def __init__(self, core: nn.Module, cache: object, pack: bool = True) -> None:
+    def __init__(self, core: nn.Module, cache: object, pack: bool | None = None) -> None:
         config = core.config
         self.core, self.cache = core, cache
         self.layers = list(core.model.layers[: config.num_hidden_layers])
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.scaling = self.layers[0].self_attn.scaling if self.layers else self.head_dim ** -0.5
-        self.packs = packed_weights(core) if pack else None
+        self.packs = None if pack is False else packed_weights(core, always=bool(pack))
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor,
                  rows: slice | None = None) -> torch.Tensor:

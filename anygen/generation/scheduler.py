@@ -171,10 +171,13 @@ class Scheduler:
         # Llama cores decode through the lean step of fast_decode (the same function, less Python per step); with
         # ``compile`` a compiled step takes over once a background trace on a scratch cache has finished.
         # Row counts a block may run on (the eager fast step only; a compiled step keeps one shape), and a fast step
-        # over the first rows of each block's cache for each.
+        # over the first rows of each block's cache for each. The steps multiply by the packed weight copies on every
+        # CPU (pack=True): a packed product computes each row alike at every row count, so a lone request runs one
+        # or two rows, where MKL's products agree only from 4 or 16 rows up (one client 1.7x faster on an Intel Xeon,
+        # docs/serving.md).
         fast = fast_decode.supports(core)
         self.row_sizes = self._alike_row_counts() if fast and not compile else [block_rows]
-        self._fast = [{n: fast_decode.LlamaDecodeStep(core, _first_rows(c, n)) for n in self.row_sizes}
+        self._fast = [{n: fast_decode.LlamaDecodeStep(core, _first_rows(c, n), pack=True) for n in self.row_sizes}
                       for c in self._caches] if fast else None
         self.compiled = False  # True once decoding runs through the compiled step
         if compile and self._fast is not None:
@@ -337,7 +340,7 @@ class Scheduler:
             cache = slot_cache(self.core, len(prompts), width, torch.zeros(len(prompts), dtype=torch.long,
                                                                            device=self.device))
             attend = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
-            logits = fast_decode.LlamaDecodeStep(self.core, cache).prefill(
+            logits = fast_decode.LlamaDecodeStep(self.core, cache, pack=True).prefill(
                 ids.to(self.device), positions, attend.expand(len(prompts), 1, width, width), last.to(self.device))
         else:
             cache = DynamicCache(config=self.core.config)
@@ -506,10 +509,10 @@ class Scheduler:
         mask = (torch.arange(width, device=self.device)[None, :] <= positions)[:, None, None, :]
         sizes = []
         with torch.inference_mode():
-            full = fast_decode.LlamaDecodeStep(self.core, scratch)(tokens, positions, positions[:, 0], mask)
+            full = fast_decode.LlamaDecodeStep(self.core, scratch, pack=True)(tokens, positions, positions[:, 0], mask)
             for n in (2 ** i for i in range(rows.bit_length())):
-                if n < rows and torch.equal(fast_decode.LlamaDecodeStep(self.core, _first_rows(scratch, n))(
-                        tokens[:n], positions[:n], positions[:n, 0], mask[:n]), full[:n]):
+                step = fast_decode.LlamaDecodeStep(self.core, _first_rows(scratch, n), pack=True)
+                if n < rows and torch.equal(step(tokens[:n], positions[:n], positions[:n, 0], mask[:n]), full[:n]):
                     sizes.append(n)
         return [*sizes, rows]
 
