@@ -173,7 +173,7 @@ class Scheduler:
         # Row counts a block may run on (the eager fast step only; a compiled step keeps one shape), and a fast step
         # over the first rows of each block's cache for each. The steps multiply by the packed weight copies on every
         # CPU (pack=True): a packed product computes each row alike at every row count, so a lone request runs one
-        # or two rows, where MKL's products agree only from 4 or 16 rows up (one client 1.7x faster on an Intel Xeon,
+        # or two rows, where MKL's products agree only from 4 or 16 rows up (one client 1.4x faster on an Intel Xeon,
         # docs/serving.md).
         fast = fast_decode.supports(core)
         self.row_sizes = self._alike_row_counts() if fast and not compile else [block_rows]
