@@ -27,26 +27,27 @@ def publish(name: str, lines: list[str], write: bool = True) -> None:
         write_section(name, body)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), for timing tables: the same script runs several times
-    faster or slower on another CPU, so a figure is only comparable with one taken on the same model."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` of ``/proc/cpuinfo`` (Linux), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "CPU"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for timing tables: the same script runs several times faster or slower on another CPU,
+    so a figure is only comparable with one taken on the same model."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "CPU"
 
 
 def cpu_vendor() -> str:
     """``intel``, ``amd`` or the machine's architecture: tables whose winner depends on the CPU maker (e.g. MKL's
     kernels) keep one section per maker."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                vendor = line.split(":", 1)[1].strip()
-                return {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, vendor.lower())
-    except OSError:
-        pass
-    return platform.machine().lower() or "cpu"
+    vendor = _cpuinfo("vendor_id")
+    if vendor is None:
+        return platform.machine().lower() or "cpu"
+    return {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, vendor.lower())
