@@ -511,8 +511,10 @@ class Scheduler:
         with torch.inference_mode():
             full = fast_decode.LlamaDecodeStep(self.core, scratch, pack=True)(tokens, positions, positions[:, 0], mask)
             for n in (2 ** i for i in range(rows.bit_length())):
+                if n == rows:
+                    continue
                 step = fast_decode.LlamaDecodeStep(self.core, _first_rows(scratch, n), pack=True)
-                if n < rows and torch.equal(step(tokens[:n], positions[:n], positions[:n, 0], mask[:n]), full[:n]):
+                if torch.equal(step(tokens[:n], positions[:n], positions[:n, 0], mask[:n]), full[:n]):
                     sizes.append(n)
         return [*sizes, rows]
 
