@@ -70,6 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnygenError as err:  # expected failures: one clear line, no traceback
         print(f"anygen {name}: error: {one_line(err)}", file=sys.stderr)
         return USER_ERROR
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group a multi-process command (``anygen train`` under ``accelerate launch``) created.
+    Left to the interpreter's exit, gloo's threads are torn down in no set order and a process can abort after its
+    work is done ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

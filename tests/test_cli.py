@@ -169,6 +169,22 @@ def test_library_errors_reach_the_terminal_as_one_line(tmp_path: Path, capsys: p
     assert len(err.strip().splitlines()) == 1 and "not plain YAML data" in err
 
 
+def test_a_command_leaves_the_process_group_it_ran_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A multi-process command's group is destroyed before the interpreter exits (gloo's threads, left to the exit,
+    can abort a finished process), also when the command fails."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        config = tmp_path / "bad.yaml"
+        config.write_text("optim:\n  steps: [1\n")
+        assert cli.main(["train", "--config", str(config)]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # ---- paths: the same meaning from every folder --------------------------------------------------------------------
 
 
