@@ -147,10 +147,12 @@ def _array_to_image(array: np.ndarray, name: str) -> Image.Image | torch.Tensor:
     if not shape_ok:
         raise MediaError(f"{name} as a numpy array must be (H, W), (H, W, 3) or (H, W, 4) (channels last), got "
                          f"shape {array.shape}; pass channels-first images as a torch tensor (3, H, W)")
-    if array.dtype in (np.uint8, np.uint16) and not (array.dtype == np.uint16 and array.ndim == 3):
+    if array.dtype == np.uint16 and array.ndim == 3:  # 16-bit colour (imageio, OpenCV): 8 bits, as 16-bit files
+        array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if array.dtype in (np.uint8, np.uint16):
         return Image.fromarray(np.ascontiguousarray(array))
     if not np.issubdtype(array.dtype, np.floating) or array.ndim == 3 and array.shape[-1] == 4:
-        raise MediaError(f"{name} as a numpy array must be uint8, uint16 (grey) or float in [0, 1] (grey or RGB), "
+        raise MediaError(f"{name} as a numpy array must be uint8, uint16 or float in [0, 1] (grey or RGB), "
                          f"got {array.dtype} of shape {array.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     tensor = tensor.expand(3, *tensor.shape) if tensor.ndim == 2 else tensor.permute(2, 0, 1)  # (3, H, W)

@@ -122,14 +122,15 @@ def test_float_images_in_unit_range_keep_their_brightness():
 
 
 def test_every_input_kind_gives_the_same_tensor(tmp_path):
-    """PIL (several modes), tensors, numpy (uint8 / float, grey / RGB / RGBA), paths and bytes agree."""
+    """PIL (several modes), tensors, numpy (uint8 / uint16 / float, grey / RGB / RGBA), paths and bytes agree."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     expected = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0  # (3, H, W)
     Image.fromarray(rgb).save(tmp_path / "a.png")
     sources = [Image.fromarray(rgb), rgb, rgb.astype(np.float32) / 255.0, expected, expected[None],
                tmp_path / "a.png", str(tmp_path / "a.png"), (tmp_path / "a.png").read_bytes(),
-               np.dstack([rgb, np.full((6, 8), 255, np.uint8)])]
+               np.dstack([rgb, np.full((6, 8), 255, np.uint8)]), rgb.astype(np.uint16) * 257,  # 16-bit colour
+               np.dstack([rgb, np.full((6, 8), 255, np.uint8)]).astype(np.uint16) * 257]
     for source in sources:
         out = as_image_tensor(source)
         assert out.shape == (3, 6, 8) and out.dtype == torch.float32
