@@ -12,10 +12,12 @@ ends with its slowest request; with several requests per client, requests join t
 
 Reported: images/s and generated tokens/s over the pass (guidance branches not counted), and the p50 / p99 of the
 requests' latencies (p99 of one pass is close to its slowest request); medians (min-max) over ``--repeats``. A
-second table times one core call over a block of R rows (the scheduler's unit of work; the eager loop runs 2 rows
-for an image with guidance), R alternated, which bounds what batching can gain on this machine.
+second table times one core call over a block of R rows (the scheduler's unit of work, its products in the server's
+``--matmul-dtype``) and the pipelines' own step over 2 rows (an image with guidance), alternated, which bounds what
+batching can gain on this machine. Sections are named by the CPU's maker and the products' dtype.
 
     python benchmarks/serve.py --repeats 5 --clients 1 4 16 --requests 64
+    python benchmarks/serve.py --repeats 5 --clients 1 4 16 --requests 64 --matmul-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import cpu_name, write_section  # noqa: E402
+from results_file import cpu_name, cpu_vendor, write_section  # noqa: E402
 
 from anygen.assets import model_dir  # noqa: E402
+from anygen.generation.fast_decode import MATMUL_DTYPES, LlamaDecodeStep, fastest_matmul_dtype  # noqa: E402
 from anygen.generation.loop import decode_steps  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.pipelines import AnyGenPipeline  # noqa: E402
@@ -166,25 +169,35 @@ class Tally:
         return [statistics.quantiles(p.latencies, n=100, method="inclusive")[int(q) - 1] for p in self.passes]
 
 
-def block_costs(model: AnyGen, sizes: list[int], repeats: int, calls: int = 20) -> dict[int, list[float]]:
-    """Milliseconds per eager fast-step call on ``R`` rows of a slot cache whose rows use 64 columns (one decode step
-    of a block, as the scheduler runs it), sizes alternated."""
-    from anygen.generation.fast_decode import LlamaDecodeStep
+def block_costs(model: AnyGen, sizes: list[int], repeats: int, matmul_dtype: str,
+                calls: int = 20) -> dict[str, tuple[int, list[float]]]:
+    """Milliseconds per eager fast-step call on ``R`` rows of a slot cache whose rows use 64 columns: the scheduler's
+    step (packed products in ``matmul_dtype``) for each of ``sizes``, the same in float32 over the largest size when
+    ``matmul_dtype`` is another, and the pipelines' own step over 2 rows, all alternated. Keyed by a label, each with
+    its row count."""
     from anygen.generation.slot_cache import slot_cache
 
     core, length, used = model.core, 512, 64
-    steps = {r: LlamaDecodeStep(core, slot_cache(core, r, length, torch.zeros(r, dtype=torch.long))) for r in sizes}
-    costs: dict[int, list[float]] = {r: [] for r in sizes}
+
+    def cache(r: int) -> object:
+        return slot_cache(core, r, length, torch.zeros(r, dtype=torch.long))
+
+    steps = {f"server, {r}": (r, LlamaDecodeStep(core, cache(r), pack=True, matmul_dtype=MATMUL_DTYPES[matmul_dtype]))
+             for r in sizes}
+    if matmul_dtype != "float32":
+        steps[f"server in float32, {sizes[-1]}"] = (sizes[-1], LlamaDecodeStep(core, cache(sizes[-1]), pack=True))
+    steps["pipelines, 2"] = (2, LlamaDecodeStep(core, cache(2)))
+    costs: dict[str, tuple[int, list[float]]] = {label: (r, []) for label, (r, _) in steps.items()}
     with torch.inference_mode():
         for repeat in range(repeats + 1):  # the first round warms up
-            for r in sizes:
+            for label, (r, step) in steps.items():
                 mask = (torch.arange(used)[None] <= 20)[:, None, None, :].expand(r, 1, 1, used)
                 args = (torch.zeros(r, 1, dtype=torch.long), torch.full((r, 1), 20), torch.full((r,), 20), mask)
                 began = time.perf_counter()
                 for _ in range(calls):
-                    steps[r](*args)
+                    step(*args)
                 if repeat:
-                    costs[r].append(1000 * (time.perf_counter() - began) / calls)
+                    costs[label][1].append(1000 * (time.perf_counter() - began) / calls)
     return costs
 
 
@@ -195,14 +208,14 @@ def spread(values: list[float], digits: int = 1) -> str:
 # ---- the server process --------------------------------------------------------------------------------------
 
 
-def start_server(model: str, block_rows: int, blocks: int, threads: int,
-                 compile: bool) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, block_rows: int, blocks: int, threads: int, compile: bool,
+                 matmul_dtype: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "anygen", "serve", "--model", model, "--port", str(port), "--log-level",
                "warning", "--served-model-name", "m", "--block-rows", str(block_rows), "--blocks", str(blocks),
-               "--max-queue", "64", "--compile" if compile else "--no-compile"]
+               "--max-queue", "64", "--compile" if compile else "--no-compile", "--matmul-dtype", matmul_dtype]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -230,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each process (client, server)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="the server's compiled decode step (timing starts once it is traced)")
+    parser.add_argument("--matmul-dtype", default="auto", choices=["auto", *sorted(MATMUL_DTYPES)],
+                        help="the server's --matmul-dtype (the pipelines' one-at-a-time contender keeps float32)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     say = lambda what: print(f"[{time.perf_counter() - began:6.0f} s] {what}", flush=True)  # noqa: E731
     model = AnyGen.from_pretrained(directory)
+    if args.matmul_dtype == "auto":  # as the server resolves it
+        args.matmul_dtype = "float32" if args.compile else str(fastest_matmul_dtype(model.core)).removeprefix("torch.")
     sampler = CountingSampler(done_mode=len(model.vocab.modality_names))  # the grammar's mode after <|eos|>
     pipe = AnyGenPipeline(model, sampler=sampler)
     pipe.set_progress_bar_config(disable=True)
@@ -244,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe.text_to_image("a red circle", generator=torch.Generator().manual_seed(0)).images[0].save(picture, "PNG")
     requests = workload(picture.getvalue(), args.requests)
     say("model loaded")
-    costs = block_costs(model, [2, 8, 16, 32], args.repeats)
+    costs = block_costs(model, [2, 8, 16, 32], args.repeats, args.matmul_dtype)
     say("timed the core calls")
-    process, url = start_server(args.model, args.block_rows, args.blocks, args.threads, args.compile)
+    process, url = start_server(args.model, args.block_rows, args.blocks, args.threads, args.compile,
+                                args.matmul_dtype)
     row_sizes = httpx.get(url + "/health").json()["row_sizes"]
     say(f"server up; a block runs {row_sizes} rows")
     try:
@@ -270,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         process.wait(30)
     body = table(args, argv, requests, tallies, load, row_sizes) + "\n\n" + cost_table(costs)
     print(body)
-    if not args.no_write:  # one section per thread count
-        write_section("serve" if args.threads == 1 else f"serve-threads-{args.threads}", body)
+    if not args.no_write:  # one section per CPU maker, products' dtype and thread count
+        name = "-".join(["serve", cpu_vendor(), *([] if args.matmul_dtype == "float32" else [args.matmul_dtype]),
+                         *([] if args.threads == 1 else [f"threads-{args.threads}"])])
+        write_section(name, body)
     return 0
 
 
@@ -285,7 +305,7 @@ def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Reque
         "",
         f"`python benchmarks/serve.py {shlex.join(argv or sys.argv[1:])}` on {cpu_name()} "
         f"({os.cpu_count()} cores, {args.threads} torch thread(s) per process), torch {torch.__version__}, model "
-        f"`{args.model}`; the server batches "
+        f"`{args.model}`; the server multiplies in {args.matmul_dtype} and batches "
         f"{args.blocks} blocks of {args.block_rows} rows (a block runs only its first rows in use, rounded up to "
         f"one of {row_sizes}). A pass is {len(requests)} requests: "
         f"{kinds['image']} text-to-image (guidance 2: two rows each), {kinds['speech']} speech (guidance 2), "
@@ -304,10 +324,10 @@ def table(args: argparse.Namespace, argv: list[str] | None, requests: list[Reque
     return "\n".join(lines)
 
 
-def cost_table(costs: dict[int, list[float]]) -> str:
-    lines = ["| rows per core call | ms per call | ms per row |", "|---|---|---|"]
-    for rows, values in costs.items():
-        lines.append(f"| {rows} | {spread(values, 1)} | {spread([v / rows for v in values], 2)} |")
+def cost_table(costs: dict[str, tuple[int, list[float]]]) -> str:
+    lines = ["| whose step, rows per core call | ms per call | ms per row |", "|---|---|---|"]
+    for label, (rows, values) in costs.items():
+        lines.append(f"| {label} | {spread(values, 1)} | {spread([v / rows for v in values], 2)} |")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, StaticCache
 
 from anygen.core import CoreConfig, build_core
+from anygen.errors import InvalidArgumentError
 from anygen.generation import fast_decode
 from anygen.generation.loop import KVRunner, generate
 from anygen.generation.sampling import Guidance, SamplingParams
@@ -216,6 +217,39 @@ def test_the_schedulers_blocks_pack_on_every_cpu(monkeypatch, tiny_model) -> Non
         assert packs is not None and all(step.packs is packs for step in scheduler._fast[0].values())
     finally:
         scheduler.close()
+
+
+@pytest.mark.skipif(not fast_decode.bf16_matmul_supported(), reason="this CPU does not multiply in bfloat16")
+def test_bfloat16_products_round_only_the_products() -> None:
+    """bfloat16 copies of their own; float32 logits, within bfloat16's rounding of the float32 step's."""
+    core = llama()
+    cache = slot_cache(core, 3, 16, torch.zeros(3, dtype=torch.long))
+    step = fast_decode.LlamaDecodeStep(core, cache, matmul_dtype=torch.bfloat16)
+    assert step.packs is fast_decode.packed_weights(core, always=True, dtype=torch.bfloat16)
+    assert step.packs is not fast_decode.packed_weights(core, always=True) and step.packs.dtype == torch.bfloat16
+    exact = fast_decode.LlamaDecodeStep(core, slot_cache(core, 3, 16, torch.zeros(3, dtype=torch.long)), pack=False)
+    tokens = torch.tensor([[5], [250], [7]])
+    positions, mask = torch.tensor([[0], [0], [0]]), torch.ones(3, 1, 1, 1, dtype=torch.bool)
+    with torch.inference_mode():
+        rounded, float32 = (s(tokens, positions, positions[:, 0], mask) for s in (step, exact))
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, float32)
+    torch.testing.assert_close(rounded, float32, atol=0.05 * float32.abs().max().item(), rtol=0.05)
+
+
+def test_bfloat16_products_are_refused_where_they_do_not_apply(monkeypatch, tiny_model) -> None:
+    core = llama()
+    cache = slot_cache(core, 1, 4, torch.zeros(1, dtype=torch.long))
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.float16 is not one of float32, bfloat16"):
+        fast_decode.LlamaDecodeStep(core, cache, matmul_dtype=torch.float16)
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=.*pack=False"):
+        fast_decode.LlamaDecodeStep(core, cache, pack=False, matmul_dtype=torch.bfloat16)
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=.*compile"):
+        Scheduler(tiny_model.core, tiny_model.vocab, block_rows=2, compile=True, matmul_dtype=torch.bfloat16)
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: False)  # e.g. a CPU without AMX / AVX512-BF16
+    assert fast_decode.packed_weights(core, always=True, dtype=torch.bfloat16) is None
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.bfloat16 needs a CPU that multiplies in "
+                                                   "bfloat16 natively"):
+        Scheduler(tiny_model.core, tiny_model.vocab, block_rows=2, matmul_dtype=torch.bfloat16)
 
 
 def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeypatch) -> None:

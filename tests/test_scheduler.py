@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from anygen.errors import GenerationError, InvalidArgumentError
+from anygen.generation.fast_decode import bf16_matmul_supported
 from anygen.generation.loop import generate
 from anygen.generation.sampling import Guidance, SamplingParams
 from anygen.generation.scheduler import (RequestCancelled, RequestScope, RequestTimeout, Scheduler, SchedulerBusy,
@@ -74,9 +75,18 @@ def test_guided_rows_match_the_eager_loop(setup) -> None:
     assert served.sequences == eager.sequences
 
 
-def test_a_request_gets_the_same_tokens_alone_and_among_others(setup) -> None:
-    """Jobs of every kind join a running batch at different steps; each one's tokens equal its tokens alone."""
+BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not bf16_matmul_supported(), reason="this CPU does not multiply in bfloat16 natively"))
+
+
+@pytest.mark.parametrize("matmul_dtype", [torch.float32, BF16], ids=["float32", "bfloat16"])
+def test_a_request_gets_the_same_tokens_alone_and_among_others(setup, matmul_dtype: torch.dtype) -> None:
+    """Jobs of every kind join a running batch at different steps; each one's tokens equal its tokens alone (also
+    with the products in bfloat16)."""
     model, rules, scheduler = setup
+    if matmul_dtype != torch.float32:
+        scheduler = Scheduler(model.core, model.vocab, block_rows=4, blocks=3, matmul_dtype=matmul_dtype)
+        assert scheduler.stats()["matmul_dtype"] == "bfloat16"
     bos = model.vocab.bos_id
     image_begin = model.vocab.begin_id("image")
     jobs = {  # name -> (prompts, kwargs)
@@ -109,6 +119,8 @@ def test_a_request_gets_the_same_tokens_alone_and_among_others(setup) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    if scheduler is not setup[2]:
+        scheduler.close()
     assert together == alone
 
 
@@ -277,7 +289,7 @@ def test_jobs_that_can_never_fit_are_refused_before_queueing(setup) -> None:
     with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
         scheduler.submit(rules, prompts[:1], max_new_tokens=0)
     assert scheduler.stats() == {"active_rows": 0, "active_jobs": 0, "waiting": 0, "steps": 0, "tokens": 0,
-                                 "compiled": False, "row_sizes": scheduler.row_sizes}
+                                 "compiled": False, "row_sizes": scheduler.row_sizes, "matmul_dtype": "float32"}
 
 
 def test_a_closed_scheduler_fails_its_jobs(tiny_model: AnyGen) -> None:

@@ -36,6 +36,7 @@ from anygen.apps.serve import BackgroundServer, Server, create_app  # noqa: E402
 from anygen.apps.serve_io import Limits  # noqa: E402
 from anygen.cli import main as cli_main  # noqa: E402
 from anygen.decoders import UpscaleDecoder, UpscaleDecoderConfig  # noqa: E402
+from anygen.generation import fast_decode  # noqa: E402
 from anygen.generation.scheduler import Scheduler  # noqa: E402
 from anygen.model import AnyGen  # noqa: E402
 from anygen.pipelines import AnyGenPipeline  # noqa: E402
@@ -536,6 +537,31 @@ def test_the_command_refuses_a_missing_model_before_loading(capsys, tmp_path: Pa
     assert "--model" in capsys.readouterr().err
     assert cli_main(["serve", "--port", "70000"]) == 2
     assert "--port=70000" in capsys.readouterr().err
+    assert cli_main(["serve", "--matmul-dtype", "bfloat16", "--compile"]) == 2
+    assert "--matmul-dtype=bfloat16 runs the eager fast step; drop --compile" in capsys.readouterr().err
+
+
+def test_the_command_refuses_bfloat16_products_on_a_cpu_without_them(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: False)
+    assert cli_main(["serve", "--matmul-dtype", "bfloat16"]) == 2
+    assert "--matmul-dtype=bfloat16 needs a CPU that multiplies in bfloat16 natively" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not fast_decode.bf16_matmul_supported(), reason="this CPU does not multiply in bfloat16 natively"))])
+def test_the_server_multiplies_in_bfloat16_by_default_where_the_cpu_does_natively(monkeypatch, native: bool) -> None:
+    import anygen.apps.serve as serve_module
+    from anygen.cli import command_parser
+
+    if not native:
+        monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: False)
+    args = command_parser("serve", serve_module).parse_args([])
+    assert args.matmul_dtype == "auto"
+    server = serve_module.build_server(args)
+    try:
+        assert server.scheduler.stats()["matmul_dtype"] == ("bfloat16" if native else "float32")
+    finally:
+        server.scheduler.close()
 
 
 def test_the_command_binds_loopback_by_default() -> None:

@@ -17,6 +17,12 @@ new storage), so a model that trains between two calls is seen as it is now. A c
 behind the version counter (through ``param.data``) is not seen: set :data:`PACK_MAX_BYTES` to 0 to read the
 weights in place instead (no second copy in memory either).
 
+A step may also multiply in bfloat16 (``matmul_dtype=torch.bfloat16``, the server's ``--matmul-dtype bfloat16``):
+the packed copies are then bfloat16 and each product's input is rounded to bfloat16, its output read back as
+float32; everything else (norms, rotary, attention, the residual stream, the cache) stays float32. On a CPU with
+bfloat16 matrix units (AMX, AVX512-BF16: :func:`bf16_matmul_supported`) a block of 32 rows then runs 1.2-2x as fast
+(docs/serving.md); at one or two rows, where decoding is Python and small ops, it gains little.
+
 It applies only where it is provably the same computation (:func:`supports`): a ``LlamaForCausalLM`` whose
 projections are plain ``nn.Linear`` without bias, no module carrying a forward hook, SiLU activation, ``sdpa`` or
 ``eager`` attention. Anything else (hooks such as gated adapters, other architectures, wrapped cores) decodes through
@@ -36,8 +42,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from anygen.errors import InvalidArgumentError
+
 __all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "packed_forward", "PACK_MIN_BYTES",
-           "PACK_MAX_BYTES", "PACK_BY_DEFAULT"]
+           "PACK_MAX_BYTES", "PACK_BY_DEFAULT", "MATMUL_DTYPES", "bf16_matmul_supported", "bf16_matmul_problem",
+           "fastest_matmul_dtype"]
 
 PACK_MIN_BYTES = 32 * 2**20
 """Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
@@ -68,6 +77,15 @@ Intel CPU, where MKL's ``F.linear`` reads the weights as fast as a packed produc
 packed products made them 1.4-1.9x faster. The server's scheduler packs on every CPU (``always``): a packed
 product computes each row alike at every row count, so a block may run only the rows in use."""
 PACK_ROWS = 2  # the row count oneDNN packs for: streams faster than a one-row packing even at one row, and at more
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""The dtypes a step's matrix products may run in, by name."""
+
+
+def bf16_matmul_supported() -> bool:
+    """Whether this torch build and CPU multiply in bfloat16 natively through oneDNN (AMX or AVX512-BF16); elsewhere
+    oneDNN would emulate it, slower than float32."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def supports(core: nn.Module) -> bool:
@@ -109,9 +127,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
 class PackedWeights:
     """oneDNN-packed copies of one core's weight matrices, each made on first use and made again once one of its
     weights has changed in place or been replaced. Matrices that read the same input are packed as one (the
-    query, key and value projections; the gate and up projections), which streams faster than three or two."""
+    query, key and value projections; the gate and up projections), which streams faster than three or two.
+    ``dtype``: the copies' dtype; a product's input is cast to it and its output back to the input's dtype."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
         # key (the weights' ids and a row range) -> (weak references to the weights, their versions and storage
         # at packing time, the packed copy); an entry goes when one of its weights does.
         self._copies: dict[tuple, tuple[tuple, tuple, torch.Tensor]] = {}
@@ -123,31 +143,38 @@ class PackedWeights:
         entry = self._copies.get(key)
         if entry is None or entry[1] != stamp or any(ref() is not w for ref, w in zip(entry[0], weights)):
             source = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
-            source = source if rows is None else source[rows]
+            source = (source if rows is None else source[rows]).to(self.dtype)
             forget = lambda _, copies=self._copies: copies.pop(key, None)  # noqa: E731
             entry = self._copies[key] = (tuple(weakref.ref(w, forget) for w in weights), stamp,
                                          torch.ops.mkldnn._reorder_linear_weight(source, PACK_ROWS))
-        return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
+        if x.dtype == self.dtype:
+            return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), entry[2], None, "none", [], "").to(x.dtype)
 
 
-_packed: weakref.WeakKeyDictionary[nn.Module, PackedWeights] = weakref.WeakKeyDictionary()
+_packed: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, PackedWeights]] = weakref.WeakKeyDictionary()
 
 
-def packed_weights(core: nn.Module, always: bool = False) -> PackedWeights | None:
-    """The core's :class:`PackedWeights` (shared by every step over it), or None where packing does not apply: not
-    a float32 core on a CPU, no oneDNN in this torch build, weights outside :data:`PACK_MIN_BYTES` to
-    :data:`PACK_MAX_BYTES`, or a CPU that reads them as fast in place (:data:`PACK_BY_DEFAULT`) unless ``always``."""
-    if not (PACK_BY_DEFAULT or always):
+def packed_weights(core: nn.Module, always: bool = False,
+                   dtype: torch.dtype = torch.float32) -> PackedWeights | None:
+    """The core's :class:`PackedWeights` of ``dtype`` (shared by every step over it), or None where packing does not
+    apply: not a float32 core on a CPU, no oneDNN in this torch build, weights outside :data:`PACK_MIN_BYTES` to
+    :data:`PACK_MAX_BYTES`, or a CPU that reads them as fast in place (:data:`PACK_BY_DEFAULT`) unless ``always``.
+    bfloat16 copies are for products that run faster in bfloat16, so only :data:`PACK_MAX_BYTES` bounds them, and
+    only a CPU that multiplies in bfloat16 natively (:func:`bf16_matmul_supported`) has them."""
+    if not (PACK_BY_DEFAULT or always) or dtype not in MATMUL_DTYPES.values():
         return None
     weights = {p.data_ptr(): p for p in core.parameters()}.values()
     if not weights or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in weights) \
-            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
+            or dtype == torch.bfloat16 and not bf16_matmul_supported():
         return None
     size = sum(p.numel() * p.element_size() for p in weights)
-    if not PACK_MIN_BYTES <= size <= PACK_MAX_BYTES:
-        _packed.pop(core, None)
+    smallest = PACK_MIN_BYTES if dtype == torch.float32 else 0
+    if not smallest <= size <= PACK_MAX_BYTES:
+        _packed.get(core, {}).pop(dtype, None)
         return None
-    return _packed.setdefault(core, PackedWeights())
+    return _packed.setdefault(core, {}).setdefault(dtype, PackedWeights(dtype))
 
 
 class _PackedLinears(TorchFunctionMode):
@@ -179,21 +206,51 @@ def packed_forward(core: nn.Module) -> Iterator[None]:
         yield
 
 
+def bf16_matmul_problem(core: nn.Module | None, pack: bool | None = True) -> str:
+    """Why a :class:`LlamaDecodeStep` over ``core`` cannot multiply in bfloat16 (the end of an error message), or
+    '' if it can (``core=None``: whether this CPU and torch can at all)."""
+    if pack is False:
+        return "multiplies by packed copies, which pack=False turns off"
+    if not bf16_matmul_supported():
+        return ("needs a CPU that multiplies in bfloat16 natively (AMX or AVX512-BF16) and a torch built with "
+                "oneDNN; here it would be emulated, slower than float32: use float32")
+    if core is not None and (not supports(core) or packed_weights(core, always=True, dtype=torch.bfloat16) is None):
+        return ("applies to a float32 Llama core on the CPU whose weights take at most fast_decode.PACK_MAX_BYTES; "
+                "use float32 for this one")
+    return ""
+
+
+def fastest_matmul_dtype(core: nn.Module) -> torch.dtype:
+    """bfloat16 where a step over ``core`` can multiply in it natively (:func:`bf16_matmul_problem` finds nothing),
+    else float32: the server's ``--matmul-dtype auto``."""
+    return torch.float32 if bf16_matmul_problem(core) else torch.bfloat16
+
+
 class LlamaDecodeStep:
     """Decode one token per row of a core for which :func:`supports` holds, over static per-layer key/value tensors
     ``(R, kv_heads, C, head_dim)`` (a :class:`transformers.StaticCache` that a prefill filled, or the scheduler's
     slot cache): each row writes its new key and value at its own column and attends where ``mask`` says.
     ``pack``: multiply by the packed copies where this CPU gains by them (``None``, :data:`PACK_BY_DEFAULT`),
-    wherever they apply (``True``), or never (``False``)."""
+    wherever they apply (``True``), or never (``False``). ``matmul_dtype=torch.bfloat16`` multiplies by bfloat16
+    packed copies (``pack`` must not be ``False``); :class:`~anygen.errors.InvalidArgumentError` where they do not
+    apply (:func:`bf16_matmul_problem`)."""
 
-    def __init__(self, core: nn.Module, cache: object, pack: bool | None = None) -> None:
+    def __init__(self, core: nn.Module, cache: object, pack: bool | None = None,
+                 matmul_dtype: torch.dtype = torch.float32) -> None:
         config = core.config
         self.core, self.cache = core, cache
         self.layers = list(core.model.layers[: config.num_hidden_layers])
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.scaling = self.layers[0].self_attn.scaling if self.layers else self.head_dim ** -0.5
-        self.packs = None if pack is False else packed_weights(core, always=bool(pack))
+        if matmul_dtype == torch.float32:
+            self.packs = None if pack is False else packed_weights(core, always=bool(pack))
+            return
+        problem = bf16_matmul_problem(core, pack) if matmul_dtype == torch.bfloat16 else \
+            f"is not one of {', '.join(MATMUL_DTYPES)}"
+        if problem:
+            raise InvalidArgumentError(f"matmul_dtype={matmul_dtype} {problem}")
+        self.packs = packed_weights(core, always=True, dtype=matmul_dtype)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor,
                  rows: slice | None = None) -> torch.Tensor:
