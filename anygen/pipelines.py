@@ -15,6 +15,7 @@ Empty prompts: ``text_to_image("")`` samples unconditionally; ``speak("")`` is a
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,7 +478,7 @@ class AnyGenPipeline(PipelineBase):
                                generator=_per_candidate(generator, len(rows), num_candidates),
                                audio_samples=int(seconds * tok.sample_rate), desc="speak",
                                callback=callback_on_step_end,
-                               budget=(f"max_seconds={seconds:g} of audio", "shorten the text or lower max_seconds"))
+                               budget=(f"max_seconds={seconds:g} of audio", self._lower_max_seconds))
         clips = [self._segments(row)[0] for row in sampled.rows]
         if num_candidates > 1:
             heard = [self.model.processor.encode([clip]) for clip in clips]
@@ -792,9 +793,10 @@ class AnyGenPipeline(PipelineBase):
         return [n for n in names if n != valid[0]]
 
     def _check_context(self, prompts: list[list[int]], plan: Guidance | None, max_new_tokens: object,
-                       budget: tuple[str, str] | None) -> None:
+                       budget: tuple[str, str | Callable[[int], str]] | None) -> None:
         """The longest prompt (guidance branches included) and ``max_new_tokens`` within the core's context, or an
-        error that says what set the answer's length (``budget``: its name and how to lower it)."""
+        error that says what set the answer's length (``budget``: its name and how to lower it, or a function of
+        the new tokens that would fit that says so)."""
         limit = getattr(self.model.core.config, "max_position_embeddings", None)
         if limit is None or isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             return  # (the sampler refuses a bad max_new_tokens by name)
@@ -803,8 +805,18 @@ class AnyGenPipeline(PipelineBase):
         if max(longest, unguided) + max_new_tokens > limit:
             what, fix = budget or (f"max_new_tokens={max_new_tokens}", "shorten the prompt or lower max_new_tokens")
             prompt = "the prompt" if longest >= unguided else "the prompt guidance steers away from (negative_prompt)"
+            fix = fix(limit - max(longest, unguided)) if callable(fix) else fix
             raise InvalidArgumentError(f"{prompt} ({max(longest, unguided)} tokens) and {what} ({max_new_tokens} new "
                                        f"tokens) exceed the model's context of {limit} tokens; {fix}")
+
+    def _lower_max_seconds(self, room: int) -> str:
+        """How to fit speech into ``room`` new tokens (its span's codes and end token): the longest ``max_seconds``
+        that fits, in tenths of a second."""
+        tok = self._tokenizer("audio")
+        seconds = math.floor(10 * (room - 1) / tok.tokens_for(tok.sample_rate)) / 10
+        while seconds > 0 and tok.tokens_for(max(1, int(seconds * tok.sample_rate))) + 1 > room:
+            seconds = round(seconds - 0.1, 1)
+        return f"lower max_seconds to {seconds:g} or less, or shorten the text" if seconds > 0 else "shorten the text"
 
     def _check_clips_fit(self, clips: list[AudioSegment], max_new_tokens: object) -> None:
         """Each clip's tokens and ``max_new_tokens`` within the core's context, or an error naming the clip, its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -334,8 +335,8 @@ def test_edit_caption_speak_transcribe_generate(pipe: AnyGenPipeline) -> None:
     (lambda p: p.speak(["hi", ""]), "non-empty"),
     # A prompt and its answer beyond the context: the error names what set the answer's length.
     (lambda p: p.speak("hi", max_seconds=1000.0),
-     r"max_seconds=1000 of audio \(\d+ new tokens\) exceed the model's context of \d+ tokens; shorten the text or "
-     "lower max_seconds"),
+     r"max_seconds=1000 of audio \(\d+ new tokens\) exceed the model's context of \d+ tokens; lower max_seconds to "
+     r"\d+(\.\d)? or less, or shorten the text$"),
     (lambda p: p.text_to_image("red " * 600), r"the prompt \(\d+ tokens\) and the image .*; shorten the prompt$"),
     (lambda p: p.text_to_image("red", negative_prompt="blue " * 600), r"\(negative_prompt\) \(\d+ tokens\)"),
     (lambda p: p.generate("red " * 600, max_new_tokens=8), r"max_new_tokens=8 .* or lower max_new_tokens$"),
@@ -348,6 +349,17 @@ def test_bad_arguments_raise_clear_errors(pipe: AnyGenPipeline, call, match: str
     monkeypatch.setattr(pipe, "sampler", no_sampling)
     with pytest.raises(InvalidArgumentError, match=match):
         call(pipe)
+
+
+def test_the_speech_that_fits_the_context_is_what_the_error_says(pipe: AnyGenPipeline) -> None:
+    """The longest max_seconds the error names fits (a tenth of a second more would not)."""
+    with pytest.raises(InvalidArgumentError, match="lower max_seconds to") as refused:
+        pipe.speak("hello there", max_seconds=1000.0, num_candidates=1)
+    fits = float(re.search(r"lower max_seconds to ([\d.]+)", str(refused.value)).group(1))
+    with pytest.raises(InvalidArgumentError, match="exceed the model's context"):
+        pipe.speak("hello there", max_seconds=fits + 0.1, num_candidates=1)
+    out = pipe.speak("hello there", max_seconds=fits, num_candidates=1, generator=torch.Generator().manual_seed(0))
+    assert out.audios[0].shape[-1] > 0
 
 
 @pytest.mark.parametrize("call, match", [
