@@ -1,3 +1,3 @@
-from anygen.cli import main
+from anygen.cli import run
 
-raise SystemExit(main())
+run()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from types import ModuleType
 from typing import NoReturn, Sequence
@@ -74,14 +76,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         _leave_process_group()
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``anygen`` as a program (the console script, ``python -m anygen`` and the recipes' modules) and exit with
+    its status. One of several processes a launcher started (``WORLD_SIZE`` > 1: torchrun, ``accelerate launch``)
+    exits at once once its output is flushed, skipping the interpreter's teardown: there gloo's threads, still
+    holding tensors, can abort a process whose work is done ("terminate called without an active exception"),
+    even after :func:`main` destroyed the process group."""
+    code = main(argv)
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _leave_process_group() -> None:
-    """Destroy the process group a multi-process command (``anygen train`` under ``accelerate launch``) created.
-    Left to the interpreter's exit, gloo's threads are torn down in no set order and a process can abort after its
-    work is done ("terminate called without an active exception")."""
+    """Destroy the process group a multi-process command (``anygen train`` under ``accelerate launch``) created,
+    while the interpreter is whole."""
     dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

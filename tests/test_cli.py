@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -184,6 +185,18 @@ def test_a_command_leaves_the_process_group_it_ran_in(tmp_path: Path, capsys: py
         if dist.is_initialized():
             dist.destroy_process_group()
 
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_one_of_several_launched_processes_exits_without_the_interpreters_teardown(world_size: str,
+                                                                                   tmp_path: Path) -> None:
+    """Under a launcher (WORLD_SIZE > 1) the program flushes its output and exits with its status at once; alone it
+    exits as any program does (exit handlers run)."""
+    code = ("import atexit, sys; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
+            "from anygen.cli import run; run(['train', '--config', 'missing.yaml'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "WORLD_SIZE": world_size})
+    assert done.returncode == 2 and "config file 'missing.yaml' does not exist" in done.stderr
+    assert ("teardown ran" in done.stderr) is (world_size == "1")
 
 # ---- paths: the same meaning from every folder --------------------------------------------------------------------
 

@@ -40,6 +40,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # the same command as `anygen train`, for launchers that start modules
-    from anygen.cli import main as anygen
+    from anygen.cli import run
 
-    raise SystemExit(anygen(["train", *sys.argv[1:]]))
+    run(["train", *sys.argv[1:]])

@@ -32,6 +32,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # the same command as `anygen train-decoder`, for launchers that start modules
-    from anygen.cli import main as anygen
+    from anygen.cli import run
 
-    raise SystemExit(anygen(["train-decoder", *sys.argv[1:]]))
+    run(["train-decoder", *sys.argv[1:]])

@@ -51,6 +51,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # the same command as `anygen extend`, for launchers that start modules
-    from anygen.cli import main as anygen
+    from anygen.cli import run
 
-    raise SystemExit(anygen(["extend", *sys.argv[1:]]))
+    run(["extend", *sys.argv[1:]])

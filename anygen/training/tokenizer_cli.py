@@ -30,6 +30,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # the same command as `anygen train-tokenizer`, for launchers that start modules
-    from anygen.cli import main as anygen
+    from anygen.cli import run
 
-    raise SystemExit(anygen(["train-tokenizer", *sys.argv[1:]]))
+    run(["train-tokenizer", *sys.argv[1:]])
