@@ -31,8 +31,9 @@ from anygen.decoders.base import VQDecoder
 from anygen.decoders.rendering import DECODER_KEYS, DECODERS, OutputType, Rendering, check_rendering, render
 from anygen.errors import GenerationError, InvalidArgumentError, check_range
 from anygen.gated_lora import has_gated_adapters
+from anygen.generation import fast_decode
 from anygen.generation.fast_decode import packed_forward
-from anygen.generation.loop import cache_argument, check_generator_type, decode_steps
+from anygen.generation.loop import cache_argument, check_generator_type, check_matmul_dtype, decode_steps
 from anygen.generation.ranking import (CAPTION_TEXT_WEIGHT, SHORTLIST, RankingTexts, caption_options,
                                        edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts)
 from anygen.generation.sampling import GUIDANCE_RANGE, Generators, Guidance, SamplingParams
@@ -93,7 +94,7 @@ def _over_packed_weights(method: Callable[..., Any]) -> Callable[..., Any]:
     """A scoring method whose core forwards multiply by the packed weights (:func:`packed_forward`)."""
     @functools.wraps(method)
     def wrapper(self: AnyGenPipeline, *args: Any, **kwargs: Any) -> Any:
-        with packed_forward(self.model.core):
+        with packed_forward(self.model.core, self._matmul_dtype() or torch.float32):
             return method(self, *args, **kwargs)
     return wrapper
 
@@ -112,11 +113,18 @@ class AnyGenPipeline(PipelineBase):
         compile: ``torch.compile`` the decode step. ``None`` (default) compiles where it pays: on a GPU. On a CPU
             the first call of each shape would spend seconds to a minute tracing to save a fraction of a second per
             call, so calls there run the eager fast path unless you ask (benchmarks/RESULTS.md, decode speed).
+        matmul_dtype: what the core's matrix products multiply in, in decoding and in scoring candidates:
+            ``"float32"`` (``None``, the default: the core's own dtype, as the model card measured),
+            ``"bfloat16"`` (each product's input rounded to bfloat16, its output read back as float32; everything
+            else stays float32; for a float32 Llama core on a CPU that multiplies in bfloat16 natively, AMX or
+            AVX512-BF16, where the default image and edit run ~1.5x as fast; docs/pipelines.md), or ``"auto"``
+            (bfloat16 where it applies, else float32). A ``sampler`` that is a scheduler's multiplies in its own.
     """
 
     def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0,
                  chat_template: ChatTemplate | None = None,
-                 sampler: Callable[..., Iterator[Any]] | None = None, compile: bool | None = None) -> None:
+                 sampler: Callable[..., Iterator[Any]] | None = None, compile: bool | None = None,
+                 matmul_dtype: str | torch.dtype | None = None) -> None:
         self.model = model.eval()
         self.image_size = tuple(image_size or _default_image_size(model.tokenizers.get("image")))
         if "image" in model.tokenizers:
@@ -126,11 +134,29 @@ class AnyGenPipeline(PipelineBase):
         self._progress_bar_config: dict[str, Any] = {}
         self.sampler = sampler or decode_steps
         self.compile = compile
+        self.matmul_dtype = _matmul_dtype_name(matmul_dtype)
+        if self.matmul_dtype == "bfloat16":
+            check_matmul_dtype(model.core, torch.bfloat16, self._compiled())
 
     def _compiled(self) -> bool:
         if self.compile is not None:
             return self.compile
         return next(self.model.core.parameters()).device.type == "cuda"
+
+    def _matmul_dtype(self) -> torch.dtype | None:
+        """What this call's products multiply in (:attr:`matmul_dtype` with ``"auto"`` resolved for the core as it
+        is now), or None for the sampler's own choice (a scheduler's dtype, the loop's float32)."""
+        if self.matmul_dtype is None:
+            return None
+        if self.matmul_dtype == "auto":
+            core = self.model.core
+            return torch.float32 if self._compiled() else fast_decode.fastest_matmul_dtype(core)
+        return fast_decode.MATMUL_DTYPES[self.matmul_dtype]
+
+    def _sampler_options(self) -> dict[str, Any]:
+        """The keywords every sampler call gets besides its rows: ``compile`` and, when set, ``matmul_dtype``."""
+        dtype = self._matmul_dtype()
+        return {"compile": self._compiled(), **({} if dtype is None else {"matmul_dtype": dtype})}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, torch_dtype: torch.dtype | str | None = None,
@@ -576,8 +602,8 @@ class AnyGenPipeline(PipelineBase):
         rows, plan = self._prompt_ids([prompt], None, ([drop_condition(prompt)], guidance_scale), None)
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=_generate_sampling(sampling), guidance=plan,
-                             open_modalities=output_modalities, generator=generator, compile=self._compiled(),
-                             min_new_tokens=min_new_tokens)
+                             open_modalities=output_modalities, generator=generator, min_new_tokens=min_new_tokens,
+                             **self._sampler_options())
         return self._rendered(stream_events(self.model.processor, steps, rows, decode_media=False), render,
                               generator)
 
@@ -667,7 +693,7 @@ class AnyGenPipeline(PipelineBase):
         vocab = self.model.vocab
         steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator,
-                             compile=self._compiled(), min_new_tokens=min_new_tokens)
+                             min_new_tokens=min_new_tokens, **self._sampler_options())
         tokens = []
         with self.progress_bar(total=max_new_tokens, desc=desc) as bar:
             for step in steps:
@@ -909,6 +935,20 @@ def _per_candidate(generator: Generators, rows: int, k: int) -> Generators:
         raise InvalidArgumentError(f"generator is a list of {len(generator)} but the call makes {rows // k} outputs; "
                                    "pass one per output")
     return [g for g in generator for _ in range(k)]
+
+
+def _matmul_dtype_name(value: str | torch.dtype | None) -> str | None:
+    """``matmul_dtype`` as a name of :data:`~anygen.generation.fast_decode.MATMUL_DTYPES` or ``"auto"`` (None
+    stays None); an :class:`~anygen.errors.InvalidArgumentError` naming the choices for anything else."""
+    if value is None:
+        return None
+    names = {dtype: name for name, dtype in fast_decode.MATMUL_DTYPES.items()}
+    if isinstance(value, torch.dtype) and value in names:
+        return names[value]
+    if isinstance(value, str) and (value in fast_decode.MATMUL_DTYPES or value == "auto"):
+        return value
+    raise InvalidArgumentError(f"matmul_dtype={value!r} must be one of {[*fast_decode.MATMUL_DTYPES, 'auto']} "
+                               "(or torch.float32 / torch.bfloat16)")
 
 
 def check_guidance_scales(guidance_scale: float, image_guidance_scale: float) -> None:

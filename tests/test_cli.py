@@ -137,6 +137,8 @@ EXTEND = ["extend", "--model", "anygen-tiny", "--modality", "signal", "--config"
     (["eval", "--ground-truth", "--n", "0"], "--n=0"),
     (["eval", "--model", "anygen-tiny", "--num-candidates", "0"], "--num-candidates=0"),
     (["eval", "--ground-truth", "--num-candidates", "2"], "--num-candidates"),
+    (["eval", "--ground-truth", "--matmul-dtype", "bfloat16"], "--matmul-dtype"),
+    (["eval", "--model", "anygen-tiny", "--matmul-dtype", "float16"], "--matmul-dtype"),
     (["demo", "--port", "-1"], "--port=-1"),
     (["demo", "--port", "70000"], "--port=70000"),
     (["demo", "--port", "x"], "--port"),

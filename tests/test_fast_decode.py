@@ -252,6 +252,70 @@ def test_bfloat16_products_are_refused_where_they_do_not_apply(monkeypatch, tiny
         Scheduler(tiny_model.core, tiny_model.vocab, block_rows=2, matmul_dtype=torch.bfloat16)
 
 
+@pytest.mark.skipif(not fast_decode.bf16_matmul_supported(), reason="this CPU does not multiply in bfloat16")
+def test_a_pipeline_asked_for_bfloat16_products_decodes_and_scores_with_them(tiny_model: AnyGen) -> None:
+    """The loop's prompt and steps multiply in bfloat16 when asked (logits within bfloat16's rounding of float32's,
+    not equal to them), the pipeline asks its sampler for it, and its scores are rounded likewise."""
+    from anygen.generation.loop import decode_steps
+
+    exact, rounded = AnyGenPipeline(tiny_model), AnyGenPipeline(tiny_model, matmul_dtype="bfloat16")
+    assert rounded.matmul_dtype == "bfloat16" and rounded._matmul_dtype() == torch.bfloat16
+    vocab = tiny_model.vocab
+    prompt = [vocab.bos_id, *tiny_model.processor.encode([TextSegment("a red circle")]), vocab.begin_id("image")]
+    with torch.inference_mode():
+        runners = [KVRunner(tiny_model.core, [prompt], vocab.pad_id, 4, matmul_dtype=d)
+                   for d in (torch.float32, torch.bfloat16)]
+        (a, b), (c, d) = ([r.prefill(), r.decode(torch.tensor([vocab.span("image").start]))] for r in runners)
+    for float32, bfloat16 in ((a, c), (b, d)):
+        assert bfloat16.dtype == torch.float32 and not torch.equal(float32, bfloat16)
+        torch.testing.assert_close(bfloat16, float32, atol=0.05 * float32.abs().max().item(), rtol=0.05)
+    asked = []
+
+    def recording(*args, **options):
+        asked.append(options.get("matmul_dtype"))
+        return decode_steps(*args, **options)
+
+    rounded.sampler = exact.sampler = recording
+    for pipe in (rounded, exact):
+        pipe.text_to_image("a red circle", num_candidates=1, generator=torch.Generator().manual_seed(3))
+    assert asked == [torch.bfloat16, None]  # None: the sampler's own dtype, float32 for the loop
+    picture = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = ["a red circle", "two blue squares"]
+    a, b = (pipe.caption_likelihood([picture, picture], texts) for pipe in (exact, rounded))
+    assert a != b and a == pytest.approx(b, abs=0.5)
+
+
+def test_a_pipelines_matmul_dtype_is_checked_where_it_is_given(monkeypatch, tiny_model: AnyGen) -> None:
+    from anygen.generation.loop import decode_steps
+
+    with pytest.raises(InvalidArgumentError, match=r"matmul_dtype='float16' must be one of \['float32', "
+                                                   r"'bfloat16', 'auto'\]"):
+        AnyGenPipeline(tiny_model, matmul_dtype="float16")
+    assert AnyGenPipeline(tiny_model, matmul_dtype=torch.float32).matmul_dtype == "float32"
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.bfloat16 cannot run with compile=True"):
+        AnyGenPipeline(tiny_model, matmul_dtype="bfloat16", compile=True)
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.float16 is not one of float32, bfloat16"):
+        next(decode_steps(tiny_model.core, tiny_model.vocab, [], [[tiny_model.vocab.bos_id]], max_new_tokens=2,
+                          matmul_dtype=torch.float16))
+    scheduler = Scheduler(tiny_model.core, tiny_model.vocab, block_rows=2)
+    try:  # a scheduler multiplies in its own dtype for every request
+        with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.bfloat16: this scheduler multiplies in "
+                                                       "torch.float32"):
+            scheduler.decode_steps(tiny_model.core, tiny_model.vocab, [], [[tiny_model.vocab.bos_id]],
+                                   max_new_tokens=2, matmul_dtype=torch.bfloat16)
+    finally:
+        scheduler.close()
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: False)  # e.g. a CPU without AMX / AVX512-BF16
+    with pytest.raises(InvalidArgumentError, match="matmul_dtype=torch.bfloat16 needs a CPU that multiplies in "
+                                                   "bfloat16 natively"):
+        AnyGenPipeline(tiny_model, matmul_dtype="bfloat16")
+    assert AnyGenPipeline(tiny_model, matmul_dtype="auto")._matmul_dtype() == torch.float32
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: True)
+    assert AnyGenPipeline(tiny_model, matmul_dtype="auto")._matmul_dtype() == torch.bfloat16
+    assert AnyGenPipeline(tiny_model, matmul_dtype="auto", compile=True)._matmul_dtype() == torch.float32
+    assert AnyGenPipeline(tiny_model)._matmul_dtype() is None  # the sampler's own
+
+
 def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeypatch) -> None:
     """The core's own forward (scoring passes) gives the same logits through the packed copies, which it fills; with
     autograd on, or for a core that packing does not apply to, it is the plain forward."""

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-candidates", type=int, default=None,
                         help="num_candidates of text_to_image and edit_image (default: the pipelines', the "
                              "model's pick of 16 images and of 8 edits; 1 scores single samples)")
+    parser.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="what the core's matrix products multiply in (the pipelines' matmul_dtype; default "
+                             "float32, as the model card measured)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of the model (default 0: torch's own choice); sampled results can differ "
                              "by an item between thread counts, so a published number names its count")
@@ -87,14 +90,16 @@ def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) 
                           generate=generate)
 
 
-def load_model(name_or_path: str, seed: int, num_candidates: int | None = None) -> ModelCallables:
-    """Load a saved pipeline lazily; a clear error when pipelines are unavailable or the path is wrong."""
+def load_model(name_or_path: str, seed: int, num_candidates: int | None = None,
+               matmul_dtype: str = "float32") -> ModelCallables:
+    """Load a saved pipeline lazily (products in ``matmul_dtype``); a clear error when pipelines are unavailable or
+    the path is wrong."""
     path = model_dir(name_or_path)
     try:
         from anygen.pipelines import AnyGenPipeline
     except ImportError as exc:
         raise InvalidArgumentError(f"anygen.pipelines is not available ({exc}); use --ground-truth") from exc
-    return pipeline_callables(AnyGenPipeline.from_pretrained(path), seed, num_candidates)
+    return pipeline_callables(AnyGenPipeline.from_pretrained(path, matmul_dtype=matmul_dtype), seed, num_candidates)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -137,13 +142,16 @@ def main(args: argparse.Namespace) -> int:
     check_outputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = None if args.ground_truth else load_model(args.model, args.seed, args.num_candidates)
+    if args.ground_truth and args.matmul_dtype != "float32":
+        raise InvalidArgumentError("--matmul-dtype applies to --model, not to --ground-truth")
+    model = None if args.ground_truth else load_model(args.model, args.seed, args.num_candidates, args.matmul_dtype)
     classifier = keyword_classifier(args.keyword_model)
     results = run_suite(args.suite, args.n, args.seed, args.split, model, classifier)
     print(format_table(results))
     if args.json_path:
         payload = {"source": "ground-truth" if args.ground_truth else args.model, "suite": args.suite,
                    "n": args.n, "seed": args.seed, "split": args.split, "threads": torch.get_num_threads(),
+                   "matmul_dtype": args.matmul_dtype,
                    "results": [json.loads(r.to_json()) for r in results]}
         Path(args.json_path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return 0

@@ -17,7 +17,8 @@ new storage), so a model that trains between two calls is seen as it is now. A c
 behind the version counter (through ``param.data``) is not seen: set :data:`PACK_MAX_BYTES` to 0 to read the
 weights in place instead (no second copy in memory either).
 
-A step may also multiply in bfloat16 (``matmul_dtype=torch.bfloat16``, the server's ``--matmul-dtype bfloat16``):
+A step may also multiply in bfloat16 (``matmul_dtype=torch.bfloat16``; the server's ``--matmul-dtype bfloat16``, the
+pipelines' ``matmul_dtype="bfloat16"``; :func:`packed_forward` likewise for scoring passes):
 the packed copies are then bfloat16 and each product's input is rounded to bfloat16, its output read back as
 float32; everything else (norms, rotary, attention, the residual stream, the cache) stays float32. On a CPU with
 bfloat16 matrix units (AMX, AVX512-BF16: :func:`bf16_matmul_supported`) a block of 32 rows then runs 1.2-2x as fast
@@ -193,11 +194,12 @@ class _PackedLinears(TorchFunctionMode):
 
 
 @contextmanager
-def packed_forward(core: nn.Module) -> Iterator[None]:
+def packed_forward(core: nn.Module, dtype: torch.dtype = torch.float32) -> Iterator[None]:
     """Within the block, the core's own ``forward`` multiplies by the packed copies of its bias-free ``nn.Linear``
     weights where :func:`packed_weights` applies (scoring passes over many rows run ~2.5x faster products on this
-    CPU); elsewhere, or while autograd records, it is the plain forward."""
-    packs = packed_weights(core)
+    CPU); elsewhere, or while autograd records, it is the plain forward. ``dtype=torch.bfloat16``: by bfloat16
+    copies wherever they apply (:func:`bf16_matmul_problem`), as a bfloat16 :class:`LlamaDecodeStep` does."""
+    packs = packed_weights(core, always=dtype != torch.float32, dtype=dtype)
     if packs is None:
         yield
         return

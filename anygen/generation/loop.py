@@ -40,11 +40,12 @@ class KVRunner:
     """Prefill and single-token decode of a transformers causal LM over a preallocated static cache.
 
     Rows are left-padded, so every row writes the same cache slot at each step; each row keeps its own
-    position ids (padding does not count).
+    position ids (padding does not count). ``matmul_dtype``: as :func:`decode_steps`.
     """
 
     def __init__(self, core: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
-                 max_new_tokens: int, compile: bool = False) -> None:
+                 max_new_tokens: int, compile: bool = False, matmul_dtype: torch.dtype = torch.float32) -> None:
+        check_matmul_dtype(core, matmul_dtype, compile)
         ids, mask = pad_rows(prompts, pad_id, "left")  # (R, T)
         self.core, self.ids, self.prompt_len = core, ids, ids.shape[1]
         total = self.prompt_len + max_new_tokens
@@ -72,7 +73,7 @@ class KVRunner:
         if self.fast:
             self.columns = torch.arange(total, device=device)
             self.key_mask = self.mask.bool()
-            self.eager = fast_decode.LlamaDecodeStep(core, self.cache)
+            self.eager = fast_decode.LlamaDecodeStep(core, self.cache, matmul_dtype=matmul_dtype)
             empty = torch.zeros(len(ids), self.eager.kv_heads, 1, self.eager.head_dim, dtype=core.lm_head.weight.dtype,
                                 device=device)
             for layer in self.cache.layers:  # the fast step writes into the cache's tensors: allocate them now
@@ -243,10 +244,26 @@ def check_generator_type(generator: Generators) -> None:
                                    "e.g. torch.Generator().manual_seed(0)")
 
 
+def check_matmul_dtype(core: torch.nn.Module, matmul_dtype: torch.dtype, compile: bool = False) -> None:
+    """:class:`~anygen.errors.InvalidArgumentError` naming ``matmul_dtype`` where the decoding loop cannot multiply
+    in it: anything but float32 and bfloat16, bfloat16 with ``compile`` (the compiled step multiplies in the core's
+    dtype) or where :func:`~anygen.generation.fast_decode.bf16_matmul_problem` finds a problem."""
+    if matmul_dtype == torch.float32:
+        return
+    if matmul_dtype != torch.bfloat16:
+        problem = f"is not one of {', '.join(fast_decode.MATMUL_DTYPES)}"
+    else:
+        problem = "cannot run with compile=True (the compiled step multiplies in the core's dtype); use float32" \
+            if compile else fast_decode.bf16_matmul_problem(core)
+    if problem:
+        raise InvalidArgumentError(f"matmul_dtype={matmul_dtype} {problem}")
+
+
 def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule], prompts: Sequence[Sequence[int]],
                  *, max_new_tokens: int, sampling: Mapping[str, SamplingParams] | None = None,
                  guidance: Guidance | None = None, open_modalities: Sequence[str] | None = None,
-                 generator: Generators = None, compile: bool = False, min_new_tokens: int = 0) -> Iterator[Step]:
+                 generator: Generators = None, compile: bool = False, min_new_tokens: int = 0,
+                 matmul_dtype: torch.dtype = torch.float32) -> Iterator[Step]:
     """Yield one :class:`Step` per generated token until every row is done or the budget is spent.
 
     Args:
@@ -262,9 +279,13 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
             e.g. 1 so that a caption is never empty.
         compile: ``torch.compile`` the decode step (worth it for long generations: the first call traces the
             core, tens of seconds on a CPU; later calls with the same batch size and cache length reuse it).
+        matmul_dtype: ``torch.bfloat16`` runs the prompt's and each step's matrix products in bfloat16, on a CPU
+            that multiplies in it natively and a float32 Llama core (:mod:`~anygen.generation.fast_decode`; not
+            with ``compile``); the default float32 computes in the core's own dtype.
     """
     # 1. Validate everything before allocating caches.
     _check_inputs(prompts, max_new_tokens, guidance, generator, min_new_tokens)
+    check_matmul_dtype(core, matmul_dtype, compile)
     grammar = Grammar(vocab, rules, open_modalities)
     tables = _sampling_tables(vocab, sampling)
     state = grammar.initial_state(prompts, max_new_tokens)
@@ -282,7 +303,7 @@ def decode_steps(core: torch.nn.Module, vocab: Vocab, rules: Sequence[SpanRule],
     # 3. Prefill, then one token per step. Inference mode is entered per step, never held across a `yield`:
     #    a consumer may resume this generator on another thread (as web servers do).
     with torch.inference_mode():
-        runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile)
+        runner = KVRunner(core, rows, vocab.pad_id, max_new_tokens, compile, matmul_dtype)
         logits = runner.prefill()
         allowed = eos_after(grammar.allowed(state, max_new_tokens), vocab.eos_id, 0, min_new_tokens)
     noise = NoiseSource(b, generator)

@@ -211,14 +211,19 @@ class Scheduler:
                      prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                      sampling: Mapping[str, SamplingParams] | None = None, guidance: Guidance | None = None,
                      open_modalities: Sequence[str] | None = None, generator: Generators = None,
-                     compile: bool = False, min_new_tokens: int = 0) -> Iterator[Step]:
-        """:func:`~anygen.generation.loop.decode_steps`, decoded in the shared batch (``compile`` is ignored).
+                     compile: bool = False, min_new_tokens: int = 0,
+                     matmul_dtype: torch.dtype | None = None) -> Iterator[Step]:
+        """:func:`~anygen.generation.loop.decode_steps`, decoded in the shared batch (``compile`` is ignored; a
+        ``matmul_dtype`` other than the scheduler's own, :attr:`matmul_dtype`, is refused).
 
         Raises (before queueing): :class:`InvalidArgumentError` for bad arguments or a job that can never fit,
         :class:`SchedulerBusy` when the queue is full, :class:`RequestCancelled` in a cancelled scope.
         """
         if core is not self.core or vocab is not self.vocab:
             raise InvalidArgumentError("this scheduler serves one model: pass its own core and vocab")
+        if matmul_dtype not in (None, self.matmul_dtype):
+            raise InvalidArgumentError(f"matmul_dtype={matmul_dtype}: this scheduler multiplies in "
+                                       f"{self.matmul_dtype} for every request (Scheduler(matmul_dtype=...))")
         return self.submit(rules, prompts, max_new_tokens=max_new_tokens, sampling=sampling, guidance=guidance,
                            open_modalities=open_modalities, generator=generator,
                            min_new_tokens=min_new_tokens).steps()
