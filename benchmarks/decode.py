@@ -5,7 +5,10 @@ Both run the same weights in one process, side by side. Rows:
 * image + CFG: one 64-code image span with classifier-free guidance (anygen: cond + uncond in one batch;
   transformers: ``guidance_scale`` + ``negative_prompt_ids``, with ``prefix_allowed_tokens_fn`` keeping it to
   image codes);
-* the memory-bandwidth floor: weight bytes read per token / measured read bandwidth.
+* the memory-bandwidth floor: weight bytes read per token / measured read bandwidth;
+* on a CPU that multiplies in bfloat16 natively, anygen's eager step with its products in bfloat16 as well
+  (``matmul_dtype=torch.bfloat16``: bfloat16 copies of the weights, half the bytes per token, so its own floor is
+  twice the float32 one).
 
     python benchmarks/decode.py            # prints the table and writes the decode-<maker> section of RESULTS.md
 """
@@ -35,6 +38,7 @@ CONFIGS = {
                                intermediate_size=2048)),
 }
 GREEDY = SamplingParams(do_sample=False)
+BF16 = fast_decode.bf16_matmul_supported()  # add the eager step with bfloat16 products as a contender
 
 
 @dataclass
@@ -74,12 +78,12 @@ def prompt_ids(s: Setup, length: int = 16) -> list[int]:
     return [s.vocab.bos_id, *torch.randint(0, s.vocab.text_size, (length,), generator=g).tolist()]
 
 
-def anygen_text(s: Setup, new: int, compile: bool):
+def anygen_text(s: Setup, new: int, compile: bool, matmul_dtype: torch.dtype = torch.float32):
     prompt = prompt_ids(s)
 
     def run() -> int:
         steps = decode_steps(s.core, s.vocab, s.rules, [prompt], max_new_tokens=new, open_modalities=[],
-                             sampling={"text": GREEDY}, compile=compile)
+                             sampling={"text": GREEDY}, compile=compile, matmul_dtype=matmul_dtype)
         return sum(1 for _ in steps)
     return run
 
@@ -95,14 +99,14 @@ def hf_text(s: Setup, new: int):
     return run
 
 
-def anygen_image(s: Setup, compile: bool, scale: float = 2.0):
+def anygen_image(s: Setup, compile: bool, scale: float = 2.0, matmul_dtype: torch.dtype = torch.float32):
     begin = s.vocab.begin_id("image")
     prompt = prompt_ids(s) + [begin]
     guidance = Guidance([[s.vocab.bos_id, begin]], scale)
 
     def run() -> int:
         steps = decode_steps(s.core, s.vocab, s.rules, [prompt], max_new_tokens=65, guidance=guidance,
-                             sampling={"image": GREEDY}, compile=compile)
+                             sampling={"image": GREEDY}, compile=compile, matmul_dtype=matmul_dtype)
         return sum(1 for _ in steps) - 1  # the 64 codes (the last step emits the forced end token)
     return run
 
@@ -149,8 +153,12 @@ def measure(s: Setup, task: str, new_tokens: int, repeats: int) -> dict[str, lis
     if task == "text":
         runs = {"hf": hf_text(s, new_tokens), "eager": anygen_text(s, new_tokens, False),
                 "compiled": anygen_text(s, new_tokens, True)}
+        if BF16:
+            runs["bf16"] = anygen_text(s, new_tokens, False, torch.bfloat16)
     else:
         runs = {"hf": hf_image(s), "eager": anygen_image(s, False), "compiled": anygen_image(s, True)}
+        if BF16:
+            runs["bf16"] = anygen_image(s, False, matmul_dtype=torch.bfloat16)
     for run in runs.values():
         run()  # warm up (and trace, when compiling)
     rates: dict[str, list[float]] = {name: [] for name in [*runs, "floor"]}
@@ -183,7 +191,9 @@ def main() -> None:
                         f"{spread(ratio('eager', 'hf'))}x | {spread(ratio('compiled', 'hf'))}x | "
                         f"{statistics.median(r['floor']):.1f} | {spread(ratio('floor', 'hf'))}x | "
                         f"{spread([100 * x for x in ratio('eager', 'floor')], 0)}% | "
-                        f"{spread([100 * x for x in ratio('compiled', 'floor')], 0)}% |")
+                        f"{spread([100 * x for x in ratio('compiled', 'floor')], 0)}% |" + (
+                            f" {statistics.median(r['bf16']):.1f} | {spread(ratio('bf16', 'hf'))}x | "
+                            f"{spread([50 * x for x in ratio('bf16', 'floor')], 0)}% |" if BF16 else ""))
             print(rows[-1], flush=True)
     command = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     body = "\n".join([
@@ -191,8 +201,9 @@ def main() -> None:
         "",
         f"`{command.strip()}` -- {cpu_name()}, torch {torch.__version__}, "
         f"{args.threads} thread(s), {args.new_tokens} text tokens / one 64-code image. Contenders alternate within "
-        f"each of {args.repeats} rounds (transformers `generate`, anygen eager, anygen compiled, then a read-"
-        "bandwidth measurement); rates are medians, ratios are medians of the per-round ratios with their range. "
+        f"each of {args.repeats} rounds (transformers `generate`, anygen eager, anygen compiled, "
+        f"{'anygen eager with bfloat16 products, ' if BF16 else ''}then a read-bandwidth measurement); rates are "
+        "medians, ratios are medians of the per-round ratios with their range. "
         "The bandwidth floor is weight bytes per token over the measured read bandwidth; floor / generate is the "
         "most any decoder that reads every weight once per token from memory could gain over `generate`. anygen reads "
         "only the output-matrix rows of the ids the grammar allows (the codes in an image span, the text ids and "
@@ -200,11 +211,15 @@ def main() -> None:
             "anygen's eager step multiplies by oneDNN-packed copies of the weights at 100M and by the weights in place "
             "at 6M (below `fast_decode.PACK_MIN_BYTES`); " if fast_decode.PACK_BY_DEFAULT else
             "anygen's eager step multiplies by the weights in place (no packed copies on an Intel CPU, "
-            "`fast_decode.PACK_BY_DEFAULT`); ") + "the compiled step always by the weights in place.",
+            "`fast_decode.PACK_BY_DEFAULT`); ") + "the compiled step always by the weights in place." + (
+            " The bfloat16 contender (this CPU multiplies in bfloat16 natively) is the eager step with "
+            "`matmul_dtype=torch.bfloat16`, alternated with the others: it reads bfloat16 copies of the weights, "
+            "half the bytes, so its own floor is twice the float32 floor of the table." if BF16 else ""),
         "",
         "| core | task | `generate` tok/s | anygen eager tok/s | anygen compiled tok/s | eager / generate | "
-        "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "compiled / generate | bandwidth floor tok/s | floor / generate | eager / floor | compiled / floor |" + (
+            " anygen eager, bfloat16 products tok/s | bfloat16 / generate | bfloat16 / its floor |" if BF16 else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if BF16 else ""),
         *rows,
     ])
     print(body)

@@ -14,7 +14,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +36,22 @@ def spread(values: list[float], digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def api_calls(pipe: Any) -> dict[str, Callable[[], Any]]:
+    """The timed calls, by name: each task's default and its single sample, on fixed inputs and seeds."""
+    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    prompt = "a red circle above a blue square"
+    picture = render_scene(ShapesEval(n_per_category=1, seed=0, split="test").samples[0].scene, 64)
+    return {
+        "text to image (default: pick of 16)": lambda: pipe.text_to_image(prompt, generator=seed()),
+        "text to image, 1 sample": lambda: pipe.text_to_image(prompt, generator=seed(), num_candidates=1),
+        "edit image (default: pick of 8)": lambda: pipe.edit_image(picture, "make the circle green",
+                                                                   generator=seed()),
+        "caption (default: checked)": lambda: pipe.caption(picture),
+        "speak (default: pick of 8)": lambda: pipe.speak("hello", generator=seed()),
+        "speak, 1 sample": lambda: pipe.speak("hello", generator=seed(), num_candidates=1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -43,18 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = anygen.load()
     pipe.set_progress_bar_config(disable=True)
-    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    prompt = "a red circle above a blue square"
-    picture = render_scene(ShapesEval(n_per_category=1, seed=0, split="test").samples[0].scene, 64)
-    tasks = {
-        "text to image (default: pick of 16)": lambda: pipe.text_to_image(prompt, generator=seed()),
-        "text to image, 1 sample": lambda: pipe.text_to_image(prompt, generator=seed(), num_candidates=1),
-        "edit image (default: pick of 8)": lambda: pipe.edit_image(picture, "make the circle green",
-                                                                   generator=seed()),
-        "caption (default: checked)": lambda: pipe.caption(picture),
-        "speak (default: pick of 8)": lambda: pipe.speak("hello", generator=seed()),
-        "speak, 1 sample": lambda: pipe.speak("hello", generator=seed(), num_candidates=1),
-    }
+    tasks = api_calls(pipe)
     limit, default, core, copies = fast_decode.PACK_MAX_BYTES, fast_decode.PACK_BY_DEFAULT, pipe.model.core, None
     seconds: dict[tuple[str, bool], list[float]] = {}
     try:
