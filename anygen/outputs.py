@@ -42,7 +42,8 @@ class ImagePipelineOutput(PipelineOutput):
 
 @dataclass
 class AudioPipelineOutput(PipelineOutput):
-    """``audios``: one mono float32 waveform ``(T,)`` per input (on the CPU), all at ``sample_rate`` Hz."""
+    """``audios``: one mono float32 waveform ``(T,)`` in ``[-1, 1]`` per input (on the CPU), all at ``sample_rate``
+    Hz."""
 
     audios: list[torch.Tensor]
     sample_rate: int

@@ -30,7 +30,8 @@ class ImageSegment:
 
 @dataclass
 class AudioSegment:
-    """One mono waveform ``(T,)`` (float, roughly in ``[-1, 1]``) at ``sample_rate`` Hz (what the model emits).
+    """One mono waveform ``(T,)`` (float in ``[-1, 1]``, as the model's decoded audio always is) at ``sample_rate``
+    Hz.
 
     The pipelines also take a numpy array, a ``(channels, T)`` / ``(T, channels)`` waveform, or a file path or
     bytes with ``sample_rate=None`` (the file's own rate), and convert it.
@@ -76,9 +77,15 @@ def encode_segment(segment: Segment, tokenizer) -> torch.Tensor:
 
 
 def decoded_segment(modality: str, item: object, tokenizer) -> Segment:
-    """Wrap one item of ``tokenizer.decode(...)`` output in the segment type of its modality."""
+    """Wrap one item of ``tokenizer.decode(...)`` output in the segment type of its modality.
+
+    Audio louder than full scale is scaled down to peak at 1.0 (never clipped): a decoder may overshoot (the
+    Griffin-Lim phases of a loud spectrogram reach several times full scale), and a waveform is float audio in
+    ``[-1, 1]``, which every task takes back as input and which saves to 16-bit files as it sounds."""
     if modality == "image":
         return ImageSegment(item)
     if modality == "audio":
-        return AudioSegment(item, int(tokenizer.sample_rate))
+        wave = torch.as_tensor(item)
+        peak = float(wave.abs().max()) if wave.numel() else 0.0
+        return AudioSegment(wave / peak if peak > 1.0 else wave, int(tokenizer.sample_rate))
     return MediaSegment(modality, item)

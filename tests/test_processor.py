@@ -30,6 +30,20 @@ def test_round_trip_of_interleaved_segments(tiny_model: AnyGen) -> None:
     assert torch.allclose(back[1].image, image)
 
 
+def test_decoded_audio_louder_than_full_scale_is_scaled_down_not_clipped(tiny_model: AnyGen,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder that overshoots (as Griffin-Lim does for a loud spectrogram) still yields float audio in [-1, 1]
+    with the same shape, which the pipelines take back as input; audio within full scale is left as it is."""
+    tokenizer = tiny_model.tokenizers["audio"]
+    codes = torch.randint(0, 32, (20,), generator=torch.Generator().manual_seed(0))
+    quiet = tiny_model.processor.media_segment("audio", codes).waveform
+    assert torch.equal(quiet, tokenizer.decode(codes[None])[0]) and 0 < quiet.abs().max() <= 1
+    decode = type(tokenizer).decode
+    monkeypatch.setattr(type(tokenizer), "decode", lambda self, c: decode(self, c) * 5 / quiet.abs().max())
+    loud = tiny_model.processor.media_segment("audio", codes).waveform
+    assert loud.abs().max() == pytest.approx(1.0) and torch.allclose(loud, quiet / quiet.abs().max())
+
+
 def test_audio_codes_round_trip_through_ids(tiny_model: AnyGen) -> None:
     codes = torch.randint(0, 32, (20,))
     ids = tiny_model.processor.encode([CodesSegment("audio", codes)])
