@@ -117,8 +117,9 @@ class AnyGenPipeline(PipelineBase):
             ``"float32"`` (``None``, the default: the core's own dtype, as the model card measured),
             ``"bfloat16"`` (each product's input rounded to bfloat16, its output read back as float32; everything
             else stays float32; for a float32 Llama core on a CPU that multiplies in bfloat16 natively, AMX or
-            AVX512-BF16, where the default image and edit run ~1.5x as fast; docs/pipelines.md), or ``"auto"``
-            (bfloat16 where it applies, else float32). A ``sampler`` that is a scheduler's multiplies in its own.
+            AVX512-BF16, where the default image runs ~1.4x as fast and a single sample ~0.8x; docs/pipelines.md),
+            or ``"auto"`` (bfloat16 where it applies, else float32). A ``sampler`` that is a scheduler's multiplies
+            in its own.
     """
 
     def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0,
