@@ -90,6 +90,11 @@ class Sampled:
     finished: list[bool]
 
 
+def _decoded_rows(prompts: list[list[int]], plan: Guidance | None) -> int:
+    """How many rows a sampler decodes for ``prompts``: one per prompt and guidance branch."""
+    return len(prompts) * (1 if plan is None else plan.branches)
+
+
 def _over_packed_weights(method: Callable[..., Any]) -> Callable[..., Any]:
     """A scoring method whose core forwards multiply by the packed weights (:func:`packed_forward`)."""
     @functools.wraps(method)
@@ -118,8 +123,9 @@ class AnyGenPipeline(PipelineBase):
             ``"bfloat16"`` (each product's input rounded to bfloat16, its output read back as float32; everything
             else stays float32; for a float32 Llama core on a CPU that multiplies in bfloat16 natively, AMX or
             AVX512-BF16, where the default image runs ~1.4x as fast and a single sample ~0.8x; docs/pipelines.md),
-            or ``"auto"`` (bfloat16 where it applies, else float32). A ``sampler`` that is a scheduler's multiplies
-            in its own.
+            or ``"auto"`` (bfloat16 where it applies and pays: for scoring, and for decoding at least
+            ``fast_decode.AUTO_BF16_MIN_ROWS`` rows or over a core of at least ``AUTO_BF16_MIN_BYTES``; else
+            float32). A ``sampler`` that is a scheduler's multiplies in its own.
     """
 
     def __init__(self, model: AnyGen, image_size: tuple[int, int] | None = None, max_audio_seconds: float = 4.0,
@@ -144,19 +150,21 @@ class AnyGenPipeline(PipelineBase):
             return self.compile
         return next(self.model.core.parameters()).device.type == "cuda"
 
-    def _matmul_dtype(self) -> torch.dtype | None:
+    def _matmul_dtype(self, rows: int | None = None) -> torch.dtype | None:
         """What this call's products multiply in (:attr:`matmul_dtype` with ``"auto"`` resolved for the core as it
-        is now), or None for the sampler's own choice (a scheduler's dtype, the loop's float32)."""
+        is now and, for a decoding loop, its ``rows``), or None for the sampler's own choice (a scheduler's dtype,
+        the loop's float32)."""
         if self.matmul_dtype is None:
             return None
         if self.matmul_dtype == "auto":
             core = self.model.core
-            return torch.float32 if self._compiled() else fast_decode.fastest_matmul_dtype(core)
+            return torch.float32 if self._compiled() else fast_decode.fastest_matmul_dtype(core, rows)
         return fast_decode.MATMUL_DTYPES[self.matmul_dtype]
 
-    def _sampler_options(self) -> dict[str, Any]:
-        """The keywords every sampler call gets besides its rows: ``compile`` and, when set, ``matmul_dtype``."""
-        dtype = self._matmul_dtype()
+    def _sampler_options(self, rows: int) -> dict[str, Any]:
+        """The keywords a sampler call over ``rows`` rows (guidance branches included) gets besides them:
+        ``compile`` and, when set, ``matmul_dtype``."""
+        dtype = self._matmul_dtype(rows)
         return {"compile": self._compiled(), **({} if dtype is None else {"matmul_dtype": dtype})}
 
     @classmethod
@@ -604,7 +612,7 @@ class AnyGenPipeline(PipelineBase):
         steps = self.sampler(self.model.core, self.model.vocab, self._rules(), rows, max_new_tokens=max_new_tokens,
                              sampling=_generate_sampling(sampling), guidance=plan,
                              open_modalities=output_modalities, generator=generator, min_new_tokens=min_new_tokens,
-                             **self._sampler_options())
+                             **self._sampler_options(_decoded_rows(rows, plan)))
         return self._rendered(stream_events(self.model.processor, steps, rows, decode_media=False), render,
                               generator)
 
@@ -694,7 +702,7 @@ class AnyGenPipeline(PipelineBase):
         vocab = self.model.vocab
         steps = self.sampler(self.model.core, vocab, rules, prompts, max_new_tokens=max_new_tokens,
                              sampling=sampling, guidance=plan, open_modalities=open_modalities, generator=generator,
-                             min_new_tokens=min_new_tokens, **self._sampler_options())
+                             min_new_tokens=min_new_tokens, **self._sampler_options(_decoded_rows(prompts, plan)))
         tokens = []
         with self.progress_bar(total=max_new_tokens, desc=desc) as bar:
             for step in steps:

@@ -316,6 +316,34 @@ def test_a_pipelines_matmul_dtype_is_checked_where_it_is_given(monkeypatch, tiny
     assert AnyGenPipeline(tiny_model)._matmul_dtype() is None  # the sampler's own
 
 
+def test_auto_multiplies_in_bfloat16_where_a_loop_gains_by_it(monkeypatch, tiny_model: AnyGen) -> None:
+    """``"auto"`` decodes a few rows over a small core in float32 and many rows, or any rows over a large core, in
+    bfloat16; its scoring passes (many tokens per row) multiply in bfloat16 whatever the rows. The sampler is told
+    which, per call, counting the guidance branches."""
+    from anygen.generation.loop import decode_steps
+
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: True)
+    asked = []
+
+    def recording(*args, **options):  # records the dtype asked for, decodes in float32 (any CPU)
+        asked.append((len(args[3]), options.pop("matmul_dtype")))
+        return decode_steps(*args, **options)
+
+    pipe = AnyGenPipeline(tiny_model, matmul_dtype="auto", sampler=recording)
+    rows = fast_decode.AUTO_BF16_MIN_ROWS
+    generator = torch.Generator().manual_seed(0)
+    pipe.text_to_image("a red circle", num_candidates=1, generator=generator)  # one prompt, guided: 2 rows
+    pipe.text_to_image("a red circle", num_images_per_prompt=rows // 2, num_candidates=1, generator=generator)
+    pipe.text_to_image("a red circle", guidance_scale=1.0, num_images_per_prompt=rows, num_candidates=1,
+                       generator=generator)  # unguided: one row per image
+    assert asked == [(1, torch.float32), (rows // 2, torch.bfloat16), (rows, torch.bfloat16)]
+    assert pipe._matmul_dtype() == torch.bfloat16  # scoring passes
+    monkeypatch.setattr(fast_decode, "AUTO_BF16_MIN_BYTES", 0)  # a core this large gains at any row count
+    assert pipe._matmul_dtype(1) == torch.bfloat16
+    monkeypatch.setattr(fast_decode, "bf16_matmul_supported", lambda: False)
+    assert {pipe._matmul_dtype(r) for r in (None, 1, 64)} == {torch.float32}
+
+
 def test_a_forward_within_packed_forward_multiplies_by_the_packed_copies(monkeypatch) -> None:
     """The core's own forward (scoring passes) gives the same logits through the packed copies, which it fills; with
     autograd on, or for a core that packing does not apply to, it is the plain forward."""

@@ -46,8 +46,8 @@ from torch.overrides import TorchFunctionMode
 from anygen.errors import InvalidArgumentError
 
 __all__ = ["supports", "LlamaDecodeStep", "compiled_step", "PackedWeights", "packed_forward", "PACK_MIN_BYTES",
-           "PACK_MAX_BYTES", "PACK_BY_DEFAULT", "MATMUL_DTYPES", "bf16_matmul_supported", "bf16_matmul_problem",
-           "fastest_matmul_dtype"]
+           "PACK_MAX_BYTES", "PACK_BY_DEFAULT", "MATMUL_DTYPES", "AUTO_BF16_MIN_ROWS", "AUTO_BF16_MIN_BYTES",
+           "bf16_matmul_supported", "bf16_matmul_problem", "fastest_matmul_dtype"]
 
 PACK_MIN_BYTES = 32 * 2**20
 """Cores whose weights take fewer bytes than this decode from the weights in place: they stay in the CPU's caches,
@@ -156,6 +156,15 @@ class PackedWeights:
 _packed: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, PackedWeights]] = weakref.WeakKeyDictionary()
 
 
+def _weights(core: nn.Module) -> list[torch.Tensor]:
+    """The core's parameters, each once (tied ones share their storage)."""
+    return list({p.data_ptr(): p for p in core.parameters()}.values())
+
+
+def _weight_bytes(weights: list[torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in weights)
+
+
 def packed_weights(core: nn.Module, always: bool = False,
                    dtype: torch.dtype = torch.float32) -> PackedWeights | None:
     """The core's :class:`PackedWeights` of ``dtype`` (shared by every step over it), or None where packing does not
@@ -165,12 +174,12 @@ def packed_weights(core: nn.Module, always: bool = False,
     only a CPU that multiplies in bfloat16 natively (:func:`bf16_matmul_supported`) has them."""
     if not (PACK_BY_DEFAULT or always) or dtype not in MATMUL_DTYPES.values():
         return None
-    weights = {p.data_ptr(): p for p in core.parameters()}.values()
+    weights = _weights(core)
     if not weights or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in weights) \
             or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
             or dtype == torch.bfloat16 and not bf16_matmul_supported():
         return None
-    size = sum(p.numel() * p.element_size() for p in weights)
+    size = _weight_bytes(weights)
     smallest = PACK_MIN_BYTES if dtype == torch.float32 else 0
     if not smallest <= size <= PACK_MAX_BYTES:
         _packed.get(core, {}).pop(dtype, None)
@@ -222,10 +231,27 @@ def bf16_matmul_problem(core: nn.Module | None, pack: bool | None = True) -> str
     return ""
 
 
-def fastest_matmul_dtype(core: nn.Module) -> torch.dtype:
-    """bfloat16 where a step over ``core`` can multiply in it natively (:func:`bf16_matmul_problem` finds nothing),
-    else float32: the server's ``--matmul-dtype auto``."""
-    return torch.float32 if bf16_matmul_problem(core) else torch.bfloat16
+AUTO_BF16_MIN_ROWS = 8
+AUTO_BF16_MIN_BYTES = 96 * 2**20
+"""Where :func:`fastest_matmul_dtype` picks bfloat16 for a decoding loop of a given row count: at
+:data:`AUTO_BF16_MIN_ROWS` rows or more, or at any row count for a core whose float32 weights take at least
+:data:`AUTO_BF16_MIN_BYTES`. Below both, a step reads weights that are few enough to stay fast in float32 and
+multiplies a row or two, which gains nothing from bfloat16 and pays for the rounding: eager text decoding on one
+thread of an AMX Xeon ran 0.77x as fast in bfloat16 at 2 rows and 1.17x at 8 with 22 MB of weights, 0.95x at one
+row and 1.44x at 8 with 56 MB, and 1.52x at one row with 107 MB; anygen-tiny's one-sample ``text_to_image`` (two
+rows) 0.89x, with 4 images (8 rows) 1.23x (docs/pipelines.md)."""
+
+
+def fastest_matmul_dtype(core: nn.Module, rows: int | None = None) -> torch.dtype:
+    """bfloat16 where a step over ``core`` can multiply in it natively (:func:`bf16_matmul_problem` finds nothing)
+    and, for a loop that decodes ``rows`` rows, gains by it (:data:`AUTO_BF16_MIN_ROWS`); else float32. ``rows=None``
+    (the server's ``--matmul-dtype auto``, whose batch fills up, and scoring passes of many tokens per row) asks only
+    whether it can."""
+    if bf16_matmul_problem(core):
+        return torch.float32
+    if rows is not None and rows < AUTO_BF16_MIN_ROWS and _weight_bytes(_weights(core)) < AUTO_BF16_MIN_BYTES:
+        return torch.float32
+    return torch.bfloat16
 
 
 class LlamaDecodeStep:
