@@ -63,6 +63,10 @@ tokenizer reads them back, plays the requested melody or chord more often than o
 draws (+0.17 to +0.20) and on test in two of them (+0.08; one item fewer in the third;
 ``benchmarks/speak_ranking.py``, ``benchmarks/candidates.py``), and its keywords are heard as often or more
 (MODEL_CARD.md)."""
+SILENCE_PEAK = 1e-3
+"""The loudest sample (full scale 1.0) of a clip that :meth:`AnyGenPipeline.transcribe` hears as silence: -60 dBFS,
+below a quiet room's noise in a recording and far below speech or music (anygen-tiny's own clips peak near full
+scale). anygen-tiny read digital silence as "C5 C5 G4 G4 G4." and noise at 1e-4 as notes."""
 GENERATE_SAMPLING = {"text": SamplingParams(do_sample=False)}
 """How :meth:`AnyGenPipeline.generate`, ``chat`` and ``stream`` sample a modality their ``sampling`` leaves out: text
 greedily (as ``caption`` and ``transcribe`` read, and as transformers ``generate`` does by default), media at
@@ -527,11 +531,24 @@ class AnyGenPipeline(PipelineBase):
                    callback_on_step_end: StepCallback | None = None) -> TextPipelineOutput | tuple:
         """Text for each clip: a waveform ``(T,)`` / ``(channels, T)`` / ``(T, channels)`` at ``sample_rate``
         (tensor or numpy; channels are averaged), a ``(waveform, sample_rate)`` pair, a file path or bytes, or a
-        list of them (``pipe.transcribe(out.audios, out.sample_rate)`` reads what :meth:`speak` returned)."""
+        list of them (``pipe.transcribe(out.audios, out.sample_rate)`` reads what :meth:`speak` returned). A silent
+        clip (no sample louder than :data:`SILENCE_PEAK`) is heard as ``""`` without asking the model, which would
+        hear words or notes in it; any other clip's text is never empty."""
         rows = [[self._audio_segment(x, sample_rate, "audio")] for x in audio_items(audio)]
         self._check_clips_fit([row[0] for row in rows], max_new_tokens)
-        texts = self._texts(rows, max_new_tokens, generator, SamplingParams(do_sample=False), "transcribe",
-                            callback_on_step_end)
+        check_generator_type(generator)
+        if isinstance(generator, Sequence) and len(generator) != len(rows):
+            raise InvalidArgumentError(f"generator is a list of {len(generator)} but {len(rows)} clips were given; "
+                                       "pass one per clip")
+        heard = [i for i, row in enumerate(rows) if row[0].waveform.abs().max() > SILENCE_PEAK]
+        texts = [""] * len(rows)
+        if heard:
+            if isinstance(generator, Sequence):  # one per clip: the heard clips' own
+                generator = [generator[i] for i in heard]
+            found = self._texts([rows[i] for i in heard], max_new_tokens, generator, SamplingParams(do_sample=False),
+                                "transcribe", callback_on_step_end)
+            for i, text in zip(heard, found):
+                texts[i] = text
         return _out(TextPipelineOutput(texts), return_dict)
 
     def generate(self, segments: Interleaved, max_new_tokens: int = 256, guidance_scale: float = 1.0,

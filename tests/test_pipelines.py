@@ -13,7 +13,7 @@ from PIL import Image
 import anygen
 from anygen.errors import CheckpointError, InvalidArgumentError, MediaError
 from anygen.model import AnyGen
-from anygen.pipelines import AnyGenPipeline
+from anygen.pipelines import SILENCE_PEAK, AnyGenPipeline
 from anygen.generation.ranking import edit_change_weight, edit_ranking_texts, edit_sources, ranking_texts
 from anygen.generation.streaming import RowDone, SegmentDone
 from anygen.types import AudioSegment, ImageSegment, TextSegment
@@ -519,6 +519,20 @@ def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:
     assert pipe.transcribe(pairs, max_new_tokens=4).texts == texts
     audios, rate = pipe.speak("say hello", generator=seed(0), return_dict=False)
     assert rate == speech.sample_rate and len(audios) == 1
+
+
+def test_silent_clips_are_heard_as_nothing_and_leave_the_others_as_they_were(pipe: AnyGenPipeline) -> None:
+    speech = pipe.speak(["say hello", "a red circle"], generator=seed(0))
+    alone = pipe.transcribe(speech.audios, speech.sample_rate, max_new_tokens=6).texts
+    rate = speech.sample_rate
+    silence, hum = torch.zeros(rate), 0.5 * SILENCE_PEAK * torch.randn(rate, generator=seed(1)).clamp(-2, 2)
+    clips = [silence, speech.audios[0], hum, speech.audios[1]]
+    assert pipe.transcribe(clips, rate, max_new_tokens=6).texts == ["", alone[0], "", alone[1]]
+    assert pipe.transcribe(silence, rate, generator=[seed(0)]).texts == [""]  # the model is not asked
+    assert all(alone) and pipe.transcribe(clips, rate, max_new_tokens=6,
+                                          generator=[seed(i) for i in range(4)]).texts == ["", alone[0], "", alone[1]]
+    with pytest.raises(InvalidArgumentError, match="generator is a list of 1 but 4 clips were given"):
+        pipe.transcribe(clips, rate, generator=[seed(0)])
 
 
 def test_generate_takes_pil_images_as_they_are_and_names_other_unwrapped_media(pipe: AnyGenPipeline) -> None:
