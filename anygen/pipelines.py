@@ -126,7 +126,7 @@ class AnyGenPipeline(PipelineBase):
             ``"float32"`` (``None``, the default: the core's own dtype, as the model card measured),
             ``"bfloat16"`` (each product's input rounded to bfloat16, its output read back as float32; everything
             else stays float32; for a float32 Llama core on a CPU that multiplies in bfloat16 natively, AMX or
-            AVX512-BF16, where the default image runs ~1.4x as fast and a single sample ~0.8x; docs/pipelines.md),
+            AVX512-BF16, where the default image runs ~1.4x as fast and a single sample ~0.85x; docs/pipelines.md),
             or ``"auto"`` (bfloat16 where it applies and pays: for scoring, and for decoding at least
             ``fast_decode.AUTO_BF16_MIN_ROWS`` rows or over a core of at least ``AUTO_BF16_MIN_BYTES``; else
             float32). A ``sampler`` that is a scheduler's multiplies in its own.

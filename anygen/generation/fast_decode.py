@@ -235,11 +235,10 @@ AUTO_BF16_MIN_ROWS = 8
 AUTO_BF16_MIN_BYTES = 96 * 2**20
 """Where :func:`fastest_matmul_dtype` picks bfloat16 for a decoding loop of a given row count: at
 :data:`AUTO_BF16_MIN_ROWS` rows or more, or at any row count for a core whose float32 weights take at least
-:data:`AUTO_BF16_MIN_BYTES`. Below both, a step reads weights that are few enough to stay fast in float32 and
-multiplies a row or two, which gains nothing from bfloat16 and pays for the rounding: eager text decoding on one
-thread of an AMX Xeon ran 0.77x as fast in bfloat16 at 2 rows and 1.17x at 8 with 22 MB of weights, 0.95x at one
-row and 1.44x at 8 with 56 MB, and 1.52x at one row with 107 MB; anygen-tiny's one-sample ``text_to_image`` (two
-rows) 0.89x, with 4 images (8 rows) 1.23x (docs/pipelines.md)."""
+:data:`AUTO_BF16_MIN_BYTES`. Below both, a step multiplies a row or two by weights few enough to read fast in
+float32, gains nothing from bfloat16 and pays for the rounding. Eager text decoding on one thread of an AMX Xeon
+(``python benchmarks/matmul_dtype_rows.py``, benchmarks/RESULTS.md) ran in bfloat16 0.79x as fast at 2 rows and
+1.04x at 8 over 21 MiB of weights, 0.91x at 2 rows and 1.29x at 8 over 54 MiB, and 1.15x at one row over 105 MiB."""
 
 
 def fastest_matmul_dtype(core: nn.Module, rows: int | None = None) -> torch.dtype:
