@@ -18,6 +18,7 @@ from PIL import Image
 from anygen.audio import AudioInput
 from anygen.errors import InvalidArgumentError, MediaError
 from anygen.image import IMAGE_TYPES, ImageInput, as_image_tensor, load_image
+from anygen.types import AudioSegment, ImageSegment
 
 MAX_BATCH = 64
 
@@ -37,11 +38,13 @@ def check_count(name: str, value: int) -> None:
 
 
 def image_items(value: ImageInput | list[ImageInput], name: str = "image") -> list[ImageInput]:
-    """The images of a call: one, a list of them, a tensor ``(B, 3, H, W)`` or an array ``(B, H, W, C)``."""
+    """The images of a call: one, a list of them, a tensor ``(B, 3, H, W)`` or an array ``(B, H, W, C)``; an
+    :class:`~anygen.types.ImageSegment` (what ``generate`` returns) stands for its image."""
     if isinstance(value, torch.Tensor) and value.ndim == 4 or isinstance(value, np.ndarray) and value.ndim == 4:
         items = list(value)
     else:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
+    items = [item.image if isinstance(item, ImageSegment) else item for item in items]
     if not items:
         raise InvalidArgumentError(f"{name} is empty; pass at least one image")
     for i, item in enumerate(items):
@@ -84,13 +87,14 @@ def mask_tensor(mask: ImageInput, size: tuple[int, int]) -> torch.Tensor:
 
 
 def audio_items(value: AudioInput | list[AudioInput]) -> list[AudioInput]:
-    """The clips of a call: one clip (a waveform, a ``(waveform, rate)`` pair, a path, bytes) or a list of them."""
+    """The clips of a call: one clip (a waveform, a ``(waveform, rate)`` pair, a path, bytes) or a list of them; an
+    :class:`~anygen.types.AudioSegment` (what ``generate`` returns) stands for its ``(waveform, sample_rate)``."""
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float, np.number)):
         return [value]  # one (waveform, sample_rate) pair
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise InvalidArgumentError("audio is empty; pass at least one clip")
-    return items
+    return [(item.waveform, item.sample_rate) if isinstance(item, AudioSegment) else item for item in items]
 
 
 def check_image_size(height: Any, width: Any, size: tuple[int, int], decoder: str = "vq",

@@ -521,6 +521,20 @@ def test_speak_and_transcribe_take_batches(pipe: AnyGenPipeline) -> None:
     assert rate == speech.sample_rate and len(audios) == 1
 
 
+def test_the_segments_generate_returns_go_straight_into_the_tasks(pipe: AnyGenPipeline) -> None:
+    picture = pipe.text_to_image("a red circle", num_candidates=1, generator=seed(0), output_type="pt").images[0]
+    speech = pipe.speak("red", num_candidates=1, generator=seed(0))
+    clip = speech.audios[0]
+    assert pipe.caption([ImageSegment(picture), picture]).texts == pipe.caption([picture, picture]).texts
+    assert pipe.transcribe(AudioSegment(clip, speech.sample_rate)).texts == pipe.transcribe(clip,
+                                                                                             speech.sample_rate).texts
+    edited = [pipe.edit_image(x, "make it blue", num_candidates=1, generator=seed(1), output_type="pt").images[0]
+              for x in (ImageSegment(picture), picture)]
+    assert torch.equal(*edited)
+    with pytest.raises(InvalidArgumentError, match="audio carries sample_rate=.* but sample_rate=.* was passed too"):
+        pipe.transcribe(AudioSegment(clip, speech.sample_rate), sample_rate=2 * speech.sample_rate)
+
+
 def test_silent_clips_are_heard_as_nothing_and_leave_the_others_as_they_were(pipe: AnyGenPipeline) -> None:
     speech = pipe.speak(["say hello", "a red circle"], generator=seed(0))
     alone = pipe.transcribe(speech.audios, speech.sample_rate, max_new_tokens=6).texts
