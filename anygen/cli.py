@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-decoder": ("anygen.training.decoder_cli", "train an upscale or diffusion image decoder (YAML config)"),
     "demo": ("anygen.apps.demo", "serve the Gradio demo: interleaved chat, text to image, image editing, speech"),
     "serve": ("anygen.apps.serve", "serve an OpenAI-compatible HTTP API (chat, images, audio), batching all requests"),
-    "convert": ("anygen.interop.convert", "convert a local Chameleon/Anole, Janus or Emu3 checkpoint to an anygen model"),
+    "convert": ("anygen.interop.convert",
+                "convert a local Chameleon/Anole, Janus or Emu3 checkpoint to an anygen model"),
 }
 USER_ERROR = 2
 

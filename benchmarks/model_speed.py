@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = anygen.load(args.model)
-    table = ["| task | time | note |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows(pipe, args.repeats))]
+    table = ["| task | time | note |", "|---|---|---|",
+             *(f"| {a} | {b} | {c} |" for a, b, c in rows(pipe, args.repeats))]
     command = "python benchmarks/model_speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     body = (f"## Model speed (anygen-tiny through the Python API)\n\nCommand: `{command.strip()}` "
             f"({cpu_name()}, {args.threads} threads, torch {torch.__version__}; median of "

@@ -107,11 +107,14 @@ def image_rows(model: ImageVQ, n_per_category: int, n_photos: int) -> list[Row]:
     decode_s = timed(lambda: model.decode(model.encode(batch), size))
     params = sum(p.numel() for p in model.parameters())
     return [
-        Row("tokens per image", f"{model.tokens_for(size)}", f"{size[0]}x{size[1]} px, codebook {model.codebook_size}"),
+        Row("tokens per image", f"{model.tokens_for(size)}",
+            f"{size[0]}x{size[1]} px, codebook {model.codebook_size}"),
         Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
-        Row("PSNR, held-out shape scenes", f"{psnr(scene_rec, scenes):.2f} dB", f"{len(scenes)} ShapesEval test scenes"),
+        Row("PSNR, held-out shape scenes", f"{psnr(scene_rec, scenes):.2f} dB",
+            f"{len(scenes)} ShapesEval test scenes"),
         Row("SSIM, held-out shape scenes", f"{ssim(scene_rec, scenes):.4f}", ""),
-        Row("PSNR, held-out photo crops", f"{psnr(photo_rec, photos):.2f} dB", f"{len(photos)} crops of coffee / flower"),
+        Row("PSNR, held-out photo crops", f"{psnr(photo_rec, photos):.2f} dB",
+            f"{len(photos)} crops of coffee / flower"),
         Row("SSIM, held-out photo crops", f"{ssim(photo_rec, photos):.4f}", ""),
         Row("codebook usage", f"{100 * used:.1f} % (perplexity {perplexity:.0f})", f"of {model.codebook_size} codes"),
         Row("codes kept where an edit keeps the pixels", f"{100 * kept:.1f} %",
@@ -160,7 +163,10 @@ def recognition_rows(speech: list, music: list, speech_rec: list[torch.Tensor],
     kw_rec = np.mean([h == t for h, t in zip(classifier.predict(speech_rec), truth)])
     orig = [score_music_audio(m.waveform, 16000, m)["passed"] for m in music]
     rec = [score_music_audio(r, 16000, m)["passed"] for r, m in zip(music_rec, music)]
-    rate = lambda passed, kind: float(np.mean([p for p, m in zip(passed, music) if kind in (m.kind, "all")]))
+
+    def rate(passed, kind):
+        return float(np.mean([p for p, m in zip(passed, music) if kind in (m.kind, "all")]))
+
     kinds = {kind: sum(m.kind == kind for m in music) for kind in ("melody", "chord")}
     rows = [Row("keyword accuracy, originals", f"{kw_orig:.3f}", "anygen.evaluation.speech.KeywordClassifier"),
             Row("keyword accuracy, reconstructions", f"{kw_rec:.3f} ({100 * kw_rec / max(kw_orig, 1e-9):.1f} %)",
@@ -199,11 +205,14 @@ def audio_rows(codec: AudioCodec, n_per_word: int, n_music: int) -> list[Row]:
             f"({config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size})"),
         Row("front end", front_end, "log power, 100 frames/s"),
         Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
-        Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
+        Row("log-mel L1, held-out speech",
+            f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
             f"{len(speech)} clips, held-out voices; natural-log units, after Griffin-Lim"),
-        Row("log-mel L1, Griffin-Lim of the true spectrogram", f"{np.mean([mel_l1(s.waveform, g) for s, g in zip(speech, gl_only)]):.3f}",
+        Row("log-mel L1, Griffin-Lim of the true spectrogram",
+            f"{np.mean([mel_l1(s.waveform, g) for s, g in zip(speech, gl_only)]):.3f}",
             "the floor set by phase reconstruction alone"),
-        Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
+        Row("log-mel L1, held-out melodies / chords",
+            f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
             f"{len(music)} clips, test timbres"),
         Row("codebook usage (speech + music)", f"{100 * used:.1f} % (perplexity {perplexity:.0f})",
             "codes of all held-out clips above; target >= 80 %"),
@@ -228,7 +237,10 @@ def front_end_rows(n_per_word: int, n_music: int) -> list[Row]:
     rows = []
     for name, config in FRONT_ENDS.items():
         codec = AudioCodec(config).eval()
-        invert = lambda w: codec.features_to_waveform(codec.features(w[None]))[0][: w.shape[-1]]
+
+        def invert(w):
+            return codec.features_to_waveform(codec.features(w[None]))[0][: w.shape[-1]]
+
         keywords = np.mean([h == t for h, t in zip(default_classifier().predict([invert(s.waveform) for s in speech]),
                                                    truth)])
         passed = [score_music_audio(invert(m.waveform), 16000, m)["passed"] for m in music]
@@ -242,7 +254,10 @@ def waveform_rows(codec: WaveformCodec, n_per_word: int, n_music: int) -> list[R
     speech, music = held_out_audio(n_per_word, n_music)
     speech_rec = [round_trip(codec, s.waveform) for s in speech]
     music_rec = [round_trip(codec, m.waveform) for m in music]
-    snr = lambda clips, recs: np.mean([float(si_snr(r[None], c.waveform[None])[0]) for c, r in zip(clips, recs)])
+
+    def snr(clips, recs):
+        return np.mean([float(si_snr(r[None], c.waveform[None])[0]) for c, r in zip(clips, recs)])
+
     codes = [codec.encode([w]).reshape(-1, codec.num_codebooks) for w in [c.waveform for c in speech + music]]
     used, perplexity = mean_codebook_usage(torch.cat(codes), codec.codebook_size)
     encode_rate, round_trip_rate = throughput(codec, speech)
@@ -252,10 +267,13 @@ def waveform_rows(codec: WaveformCodec, n_per_word: int, n_music: int) -> list[R
             f"{codec.config.frame_rate:.0f} frames/s x {codec.num_codebooks} codebook(s) of {codec.codebook_size}"),
         Row("parameters", f"{params / 1e6:.2f} M ({2 * params / 1e6:.1f} MB in fp16)", ""),
         Row("SI-SNR, held-out speech", f"{snr(speech, speech_rec):.2f} dB", f"{len(speech)} clips, held-out voices"),
-        Row("SI-SNR, held-out melodies / chords", f"{snr(music, music_rec):.2f} dB", f"{len(music)} clips, test timbres"),
-        Row("log-mel L1, held-out speech", f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
+        Row("SI-SNR, held-out melodies / chords", f"{snr(music, music_rec):.2f} dB",
+            f"{len(music)} clips, test timbres"),
+        Row("log-mel L1, held-out speech",
+            f"{np.mean([mel_l1(s.waveform, r) for s, r in zip(speech, speech_rec)]):.3f}",
             "natural-log units, as in the audio codec's table"),
-        Row("log-mel L1, held-out melodies / chords", f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
+        Row("log-mel L1, held-out melodies / chords",
+            f"{np.mean([mel_l1(m.waveform, r) for m, r in zip(music, music_rec)]):.3f}",
             ""),
         Row("codebook usage (speech + music)", f"{100 * used:.1f} %",
             f"mean over the {codec.num_codebooks} codebooks; perplexity {perplexity:.0f} of {codec.codebook_size}"),
@@ -318,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                          "|---|---|---|---|"]
             sections += [f"| {r.metric} | {r.value} | {r.note} |" for r in front_end_rows(args.words, args.music)]
         if args.waveform:
-            sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(resolve_path(args.waveform)), args.words,
-                                                  args.music), f"Waveform codec (`{args.waveform}`)")]
+            sections += ["", render(waveform_rows(WaveformCodec.from_pretrained(resolve_path(args.waveform)),
+                                                  args.words, args.music),
+                                    f"Waveform codec (`{args.waveform}`)")]
         _publish("audio-codecs", "\n".join(sections), args.no_write)
     return 0
 

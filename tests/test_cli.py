@@ -78,7 +78,8 @@ def test_console_script_runs_as_a_module_from_another_folder(tmp_path: Path) -> 
     assert "COMMAND" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "anygen", "train", "--config", "missing.yaml"], capture_output=True,
                          text=True, cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip() == "anygen train: error: config file 'missing.yaml' does not exist"
+    assert (bad.returncode == 2
+            and bad.stderr.strip() == "anygen train: error: config file 'missing.yaml' does not exist")
 
 
 # ---- user errors: one line, exit status 2, nothing heavy ran ------------------------------------------------------
@@ -228,7 +229,8 @@ def _strings(node: Any) -> list[str]:
 def test_configs_name_no_path_outside_the_project(path: Path) -> None:
     for value in _strings(yaml.safe_load(path.read_text())):
         assert not value.startswith(("/", "~")) and ".." not in Path(value).parts, f"{value!r} leaves the project"
-        assert not value.startswith("anygen/assets"), f"{value!r}: write {PACKAGE_PREFIX}{value[len('anygen/assets/'):]}"
+        assert not value.startswith("anygen/assets"), \
+            f"{value!r}: write {PACKAGE_PREFIX}{value[len('anygen/assets/'):]}"
 
 
 def test_output_folders_default_to_runs(tmp_path: Path) -> None:

@@ -166,8 +166,8 @@ def chat(client: Client, server: str, *args: Any) -> tuple[list[list[dict]], lis
 def test_chat_streams_an_image_answer(client: Client, server: str) -> None:
     updates, answer = chat(client, server, *chat_args("draw a red circle", seed=1, max_new_tokens=80))
     assert len(updates) > 2, "the answer should stream in several updates"
-    assert updates[0][0] == {"role": "user", "metadata": None, "content": [{"text": "draw a red circle", "type": "text"}],
-                             "options": None}
+    assert updates[0][0] == {"role": "user", "metadata": None,
+                             "content": [{"text": "draw a red circle", "type": "text"}], "options": None}
     image = next(v for k, v in answer if k == "image")
     assert image.shape == (192, 192, 3)  # 64 x 64 px, enlarged 3x
     fresh = Client(server, verbose=False, download_files=False)  # a new session: no earlier turns to feed back

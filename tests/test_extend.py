@@ -76,7 +76,8 @@ def test_add_modality_keeps_old_ids_rows_and_logits(tiny_model: AnyGen) -> None:
 
 
 def test_old_tasks_sample_exactly_the_same_after_a_modality_is_appended(tiny_model: AnyGen) -> None:
-    """Sampling noise is drawn per token id (anygen.generation.sampling.NoiseSource), so appended ids change no old sample."""
+    """Sampling noise is drawn per token id (anygen.generation.sampling.NoiseSource), so appended ids change no old
+    sample."""
     def sample(model: AnyGen) -> tuple[list, str, list]:
         pipe = AnyGenPipeline(model, image_size=(32, 32), max_audio_seconds=0.1)
         seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731

@@ -147,8 +147,8 @@ def test_states_with_equal_mask_keys_get_equal_masks(tiny_model: AnyGen) -> None
                     assert torch.equal(seen[key], allowed), key
                 seen[key] = allowed
                 tokens = sample_tokens(mock_model_logits(vocab, 1, g), allowed, torch.ones(1),
-                                       torch.zeros(1, dtype=torch.long), torch.ones(1), torch.zeros(1, dtype=torch.bool),
-                                       NoiseSource(1, g)(step, vocab.size), False)
+                                       torch.zeros(1, dtype=torch.long), torch.ones(1),
+                                       torch.zeros(1, dtype=torch.bool), NoiseSource(1, g)(step, vocab.size), False)
                 state = grammar.advance(state, tokens, remaining)
     assert repeats > 100 and len(seen) > 20  # many states recur (text rows), and many differ
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "anygen"
-FORBIDDEN_FOR_LEAVES = ("anygen.generation.loop", "anygen.generation.streaming", "anygen.generation.grammar", "anygen.pipelines", "anygen.core", "anygen.model")
+FORBIDDEN_FOR_LEAVES = ("anygen.generation.loop", "anygen.generation.streaming", "anygen.generation.grammar",
+                        "anygen.pipelines", "anygen.core", "anygen.model")
 
 
 def test_import_tokenizers_is_hugging_face_s() -> None:

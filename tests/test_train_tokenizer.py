@@ -22,9 +22,9 @@ from anygen.training.tokenizer_tasks import TASKS, ImageTask
 CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "tokenizer").glob("*.yaml"))
 TINY_IMAGE = ["image.channels=[8, 16]", "image.res_blocks=0", "image.latent_dim=4", "image.image_size=[16, 16]",
               "data.image_size=[16, 16]", "image.quantizer.codebook_size=16", "image.quantizer.codebook_dim=4",
-              "data.sources={scenes: 1.0}", "data.eval_sources={scenes: 1.0}", "data.eval_batches=1", "data.shapes_eval_per_category=0",
-              "train.batch_size=4", "train.steps=6", "train.warmup_steps=2", "train.eval_every=100",
-              "train.checkpoint_every=3", "train.threads=0"]
+              "data.sources={scenes: 1.0}", "data.eval_sources={scenes: 1.0}", "data.eval_batches=1",
+              "data.shapes_eval_per_category=0", "train.batch_size=4", "train.steps=6", "train.warmup_steps=2",
+              "train.eval_every=100", "train.checkpoint_every=3", "train.threads=0"]
 
 
 def tiny_config(tmp_path: Path, extra: list[str] = ()) -> TokenizerTrainConfig:

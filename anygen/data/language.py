@@ -34,7 +34,8 @@ _RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "ov
                    "higher": "above", "atop": "above", "below": "below", "under": "below", "beneath": "below",
                    "underneath": "below", "lower": "below"}
 _COLOUR_LINKS = frozenset({"coloured", "colored"})  # "a red-coloured circle": the colour still names the next noun
-_PRONOUNS = frozenset({"it", "its", "them", "their"})  # "a square with a circle to its left": the relation follows both objects
+# "a square with a circle to its left": the relation follows both objects
+_PRONOUNS = frozenset({"it", "its", "them", "their"})
 _RELATION_PHRASE = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 
 

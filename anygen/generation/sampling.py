@@ -95,7 +95,8 @@ class Guidance:
 
 
 def sample_tokens(logits: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor | None, filtered: bool) -> torch.Tensor:
+                  top_p: torch.Tensor, greedy: torch.Tensor, noise: torch.Tensor | None,
+                  filtered: bool) -> torch.Tensor:
     """Sample one token per row; every setting is a ``(B,)`` tensor so rows may use different ones.
 
     The same as ``pick_tokens(scale_logits(logits, allowed, temperature), allowed, ...)``; the decoding loop calls

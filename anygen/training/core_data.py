@@ -2,9 +2,10 @@
 
 :func:`tokenize_corpus` turns items into id lists (a fixed corpus once; the stream of
 :mod:`anygen.training.stream` every step): each item's prompt, its target and, for the tasks that are sampled with
-classifier-free guidance, the prompt with the condition dropped (exactly ``processor.encode(drop_condition(prompt, ...))``, the prompts
-``anygen.generation.sampling.Guidance`` receives at inference). :func:`draw_rows` then picks rows from
-``(seed, step, process)`` alone, so a resumed run sees the batches an uninterrupted run would have.
+classifier-free guidance, the prompt with the condition dropped (exactly
+``processor.encode(drop_condition(prompt, ...))``, the prompts ``anygen.generation.sampling.Guidance`` receives at
+inference). :func:`draw_rows` then picks rows from ``(seed, step, process)`` alone, so a resumed run sees the
+batches an uninterrupted run would have.
 
 Example:
     >>> corpus = tokenize_corpus(items, model.processor)                          # doctest: +SKIP

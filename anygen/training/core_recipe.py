@@ -8,11 +8,11 @@ interleaved, text-only) come from the generators. With ``data.source: stream`` (
 fresh items, rendered and tokenized in a background thread (:mod:`anygen.training.stream`); with ``corpus`` a
 fixed draw is built and tokenized once. Either way the main process trains the text BPE on a draw of the
 corpus' texts and commits it (and the tokenized corpus) under ``<out_dir>/data``; every later start reads it
-back. Each step's rows are a pure function of ``(seed, step, process)``, and checkpoints under ``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG,
-so a run that is stopped (``train.max_minutes``, a crash, SIGKILL) and started again with the same command ends
-with the weights an uninterrupted run would have. Metrics go to ``<out_dir>/metrics.jsonl`` and to the accelerate
-trackers ``train.log_with`` names (TensorBoard, W&B, MLflow ...; :mod:`anygen.training.core_metrics`); the trained
-model to ``<out_dir>/final``.
+back. Each step's rows are a pure function of ``(seed, step, process)``, and checkpoints under
+``<out_dir>/checkpoints`` hold the model, the optimizer and the RNG, so a run that is stopped (``train.max_minutes``,
+a crash, SIGKILL) and started again with the same command ends with the weights an uninterrupted run would have.
+Metrics go to ``<out_dir>/metrics.jsonl`` and to the accelerate trackers ``train.log_with`` names (TensorBoard, W&B,
+MLflow ...; :mod:`anygen.training.core_metrics`); the trained model to ``<out_dir>/final``.
 
 Example:
     >>> from anygen.config import load_config

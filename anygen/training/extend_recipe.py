@@ -23,8 +23,8 @@ or call :func:`main`.
    - ``full``: every parameter (full fine-tuning).
 
 Everything else -- accelerate, the progress bar, ``metrics.jsonl`` and ``train.log_with``'s trackers, atomic
-checkpoints and resume, the learning-rate schedule -- is the core recipe's :func:`~anygen.training.core_recipe.train_loop`. The model lands in
-``<train.out_dir>/final``.
+checkpoints and resume, the learning-rate schedule -- is the core recipe's
+:func:`~anygen.training.core_recipe.train_loop`. The model lands in ``<train.out_dir>/final``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,12 @@ TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohi
 HELD_OUT_PHOTOS = ("coffee", "flower.jpg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-WORDS = ["red", "yellow", "green", "blue", "purple", "pink", "circle", "square", "triangle", "star", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "left", "right", "above", "below", "big", "small", "draw", "make", "show", "me", "a", "the", "and", "of", "next", "to", "picture", "sound", "hello", "yes", "no", "stop", "go", "up", "down", "open", "close", "music", "song", "happy", "sad", "light", "dark", "morning", "night", "water", "fire", "house", "tree", "bird", "cat", "dog", "apple", "orange", "banana", "train", "car", "boat", "plane", "city", "river", "mountain"]
+WORDS = ["red", "yellow", "green", "blue", "purple", "pink", "circle", "square", "triangle", "star", "one", "two",
+         "three", "four", "five", "six", "seven", "eight", "nine", "zero", "left", "right", "above", "below", "big",
+         "small", "draw", "make", "show", "me", "a", "the", "and", "of", "next", "to", "picture", "sound", "hello",
+         "yes", "no", "stop", "go", "up", "down", "open", "close", "music", "song", "happy", "sad", "light", "dark",
+         "morning", "night", "water", "fire", "house", "tree", "bird", "cat", "dog", "apple", "orange", "banana",
+         "train", "car", "boat", "plane", "city", "river", "mountain"]
 
 
 def _rng(seed: int, step: int, split: str) -> np.random.Generator:
@@ -195,7 +200,8 @@ def melody(rng: np.random.Generator, seconds: float = 1.0) -> torch.Tensor:
 
 def music_events(rng: np.random.Generator) -> list[list[int]]:
     """MIDI notes sounding together, one list per equal time slot: with probability :data:`CHORD_FRACTION` 1-3
-    chords (a shape of :data:`CHORD_SHAPES`, drawn with :data:`CHORD_WEIGHTS`, on a root in MIDI 48-79), otherwise 2-5 single notes (MIDI 48-84)."""
+    chords (a shape of :data:`CHORD_SHAPES`, drawn with :data:`CHORD_WEIGHTS`, on a root in MIDI 48-79), otherwise
+    2-5 single notes (MIDI 48-84)."""
     if rng.random() < CHORD_FRACTION:
         roots = rng.integers(48, 80, size=int(rng.integers(1, 4)))
         shapes = rng.choice(len(CHORD_SHAPES), size=len(roots), p=np.array(CHORD_WEIGHTS) / sum(CHORD_WEIGHTS))

@@ -15,9 +15,10 @@ processes (``data.workers``: one per spare core, for a GPU that trains faster th
 training loop does not wait for rendering and tokenizing (``benchmarks/stream.py`` measures both rates).
 
 Example:
-    >>> source = StreamRows(DataConfig(), model.processor, {"text_to_image": 1.0}, 0.1, rows=32, seed=0)  # doctest: +SKIP
-    >>> with Prefetcher(source.rows, start=0, stop=100, process=0) as rows:                               # doctest: +SKIP
-    ...     first = rows.get(0)                                                                            # doctest: +SKIP
+    >>> source = StreamRows(DataConfig(), model.processor, {"text_to_image": 1.0}, 0.1,  # doctest: +SKIP
+    ...                     rows=32, seed=0)                                             # doctest: +SKIP
+    >>> with Prefetcher(source.rows, start=0, stop=100, process=0) as rows:              # doctest: +SKIP
+    ...     first = rows.get(0)                                                          # doctest: +SKIP
 """
 
 from __future__ import annotations

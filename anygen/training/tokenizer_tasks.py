@@ -111,7 +111,8 @@ class ImageTask(CodecTask):
     def batch(self, step: int, split: str = "train", shard: int = 0) -> torch.Tensor:
         data = self.config.data
         sources, seed = _sources_and_seed(self.config, split, shard)
-        return image_batch(sources, self.config.train.batch_size, tuple(data.image_size), seed, step, split, data.folder)
+        return image_batch(sources, self.config.train.batch_size, tuple(data.image_size), seed, step, split,
+                           data.folder)
 
     def losses(self, model: nn.Module, batch: torch.Tensor) -> StepLosses:
         weights = self.config.loss
