@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -35,6 +36,7 @@ pytest.importorskip("fastapi")
 from anygen.apps.serve import BackgroundServer, Server, create_app  # noqa: E402
 from anygen.apps.serve_io import Limits  # noqa: E402
 from anygen.cli import main as cli_main  # noqa: E402
+from anygen.data.scenes import Scene, place_objects, render_scene  # noqa: E402
 from anygen.decoders import UpscaleDecoder, UpscaleDecoderConfig  # noqa: E402
 from anygen.generation import fast_decode  # noqa: E402
 from anygen.generation.scheduler import Scheduler  # noqa: E402
@@ -626,8 +628,10 @@ def test_the_shipped_model_answers_every_endpoint(shipped_server: str) -> None:
     assert wav_of(speech.content)[1] > 0
     heard = client.audio.transcriptions.create(model=name, file=("s.wav", speech.content, "audio/wav"))
     assert isinstance(heard.text, str)
+    circle = io.BytesIO()  # a drawn red circle, not a sample: the caption must name what the picture shows
+    render_scene(Scene(place_objects(np.random.default_rng(0), [("red", "circle")]))).save(circle, format="PNG")
     caption = client.chat.completions.create(model=name, max_tokens=24, temperature=0, messages=user([
-        {"type": "image_url", "image_url": {"url": data_url(buffer.getvalue())}}]))  # a picture alone: a caption
+        {"type": "image_url", "image_url": {"url": data_url(circle.getvalue())}}]))  # a picture alone: a caption
     assert "circle" in caption.choices[0].message.content
     chunks = list(client.chat.completions.create(model=name, max_tokens=300, seed=1, stream=True,
                                                  messages=user("Draw a red circle.")))
