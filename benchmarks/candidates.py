@@ -161,7 +161,8 @@ def main() -> None:
             "## Candidates: text -> melody (`num_candidates`)", "",
             f"{command}. Per item, {POOL} clips with `num_candidates=1`; *one sample*: the first passes; *pick of K*: "
             "what `speak(num_candidates=K)` returns under the same seed (its candidates draw the seeds of the first "
-            "K; ranked by the text's likelihood after the clip as the tokenizer reads it back); *any of K*: at least "
+            "K; ranked by the notes a pitch tracker hears in each, `anygen/generation/hearing.py`, then by the text's "
+            "likelihood after the clip as the tokenizer reads it back); *any of K*: at least "
             f"one of the first K passes. {judges}", "",
             *table(pipe, [("melody", partial(run_music, pipe))],
                    ["one sample", *picks, *[f"any of {k}" for k in PICKS]], args.splits, args.n)],

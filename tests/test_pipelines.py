@@ -273,6 +273,30 @@ def test_speak_returns_the_clip_the_model_ranks_first(pipe: AnyGenPipeline, monk
     assert scored == [pipe.model.processor.encode([AudioSegment(c, out.sample_rate)]) for c in candidates]
 
 
+def test_speak_ranks_a_music_request_by_the_notes_it_hears(pipe: AnyGenPipeline,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text that names notes or a chord ranks its clips by ``heard_match`` first (fixed scores here), the text's
+    likelihood after the clip second; ``hear_notes=False`` and a text without notes rank by the likelihood alone."""
+    candidates = pipe.speak(["play C4, E4 and G5"] * 3, num_candidates=1, generator=seed(4)).audios
+    asked = []
+
+    def heard(waveform, sample_rate, request):
+        asked.append(request)
+        index = [i for i, c in enumerate(candidates) if torch.equal(c, waveform.detach().cpu())]
+        return [0.5, 1.0, 0.75][index[0]] if index else 0.0
+
+    monkeypatch.setattr("anygen.pipelines.heard_match", heard)
+    monkeypatch.setattr(pipe, "_text_scores", lambda spans, texts: [[0.0], [-1.0], [2.0]][: len(spans)])
+    picked = pipe.speak("play C4, E4 and G5", num_candidates=3, generator=seed(4)).audios[0]
+    assert torch.equal(picked, candidates[1]) and asked == [["C4", "E4", "G5"]] * 3
+    unheard = pipe.speak("play C4, E4 and G5", num_candidates=3, generator=seed(4), hear_notes=False).audios[0]
+    assert torch.equal(unheard, candidates[2]) and len(asked) == 3
+    pipe.speak("a B minor chord", num_candidates=3, generator=seed(4))
+    assert asked[3:] == [("B", "minor")] * 3
+    pipe.speak("say hello", num_candidates=3, generator=seed(4))
+    assert len(asked) == 6
+
+
 def test_edits_are_asked_in_the_order_the_training_items_use(pipe: AnyGenPipeline, monkeypatch) -> None:
     from anygen.data.corpus import DataConfig, build_item
 

@@ -165,3 +165,11 @@ def sample_chord(rng: np.random.Generator, split: str = "train") -> MelodySample
     prompt = chord_prompt(wording_rng(rng), root, quality)
     return MelodySample("chord", f"{root} {quality} chord", notes, timbre, render_chord(root, quality, timbre),
                         prompt=prompt)
+
+
+def parse_music_text(text: str) -> list[str] | tuple[str, str]:
+    """Note names in order ("C4 E4 ...") or (root, quality) for "C major chord"-style text."""
+    chord = re.search(r"\b([A-G]#?)\s+(major|minor)\b", text, flags=re.IGNORECASE)
+    if chord is not None:
+        return chord.group(1).upper(), chord.group(2).lower()
+    return [m.upper() for m in re.findall(r"\b[A-Ga-g]#?\d\b", text)]

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 
 from anygen.audio import check_waveform
-from anygen.data.melody import CHORD_QUALITIES, NOTE_SECONDS, PITCH_CLASSES, MelodySample, midi_to_note, note_to_midi
+from anygen.data.melody import (CHORD_QUALITIES, NOTE_SECONDS, PITCH_CLASSES, MelodySample, midi_to_note, note_to_midi,
+                                parse_music_text)
 from anygen.evaluation.result import EvalResult, build_result
 
 F_LOW, F_HIGH, PEAK_FRACTION = 180.0, 1300.0, 0.2
@@ -98,14 +98,6 @@ def _best_triad(segment: np.ndarray, sample_rate: int) -> tuple[str, str]:
             if score > best_score:
                 best, best_score = (PITCH_CLASSES[root], quality), score
     return best
-
-
-def parse_music_text(text: str) -> list[str] | tuple[str, str]:
-    """Note names in order ("C4 E4 ...") or (root, quality) for "C major chord"-style text."""
-    chord = re.search(r"\b([A-G]#?)\s+(major|minor)\b", text, flags=re.IGNORECASE)
-    if chord is not None:
-        return chord.group(1).upper(), chord.group(2).lower()
-    return [m.upper() for m in re.findall(r"\b[A-Ga-g]#?\d\b", text)]
 
 
 def score_music_audio(waveform: torch.Tensor, sample_rate: int, sample: MelodySample) -> dict[str, Any]:
