@@ -569,8 +569,8 @@ class AnyGenPipeline(PipelineBase):
                  generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
                  output_modalities: Sequence[str] | None = None, return_dict: bool = True,
                  callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
-                 num_inference_steps: int | None = None,
-                 decoder_guidance_scale: float = 1.0) -> GenerationPipelineOutput | tuple:
+                 num_inference_steps: int | None = None, decoder_guidance_scale: float = 1.0,
+                 num_candidates: int | None = None) -> GenerationPipelineOutput | tuple:
         """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
 
         Media segments may hold any image / audio input the other tasks take (a PIL image may also stand alone in
@@ -582,29 +582,56 @@ class AnyGenPipeline(PipelineBase):
         (what ``anygen serve`` and the demo ask for), as in transformers' ``generate``. ``decoder``,
         ``num_inference_steps`` and ``decoder_guidance_scale`` say how the answer's pictures are drawn from their
         codes, as in :meth:`text_to_image` (e.g. ``decoder="upscale"``: 256x256 px for anygen-tiny).
+
+        ``num_candidates`` answers are sampled (the first under the same seed as a single answer) and the one whose
+        first clip plays most of the music the prompt's last text asks for ("Play C4 E4 G4", "an A minor chord";
+        :func:`~anygen.generation.hearing.heard_match`, as :meth:`speak` hears it) is returned, the first on ties or
+        without such a request. ``None`` (the default): :data:`SPEAK_CANDIDATES` for a prompt that ends with such a
+        request while audio may be answered, else 1.
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
         render = self._answer_rendering(decoder, num_inference_steps, decoder_guidance_scale)
-        sampled = self._sample([prompt], None, _generate_sampling(sampling),
-                               guidance=([drop_condition(prompt)], guidance_scale),
-                               generator=generator, max_new_tokens=max_new_tokens, open_modalities=output_modalities,
-                               desc="generate", callback=callback_on_step_end, min_new_tokens=min_new_tokens)
-        answer = [self._answer_segment(x, render, generator)
-                  for x in self.model.processor.decode(sampled.rows[0], decode_media=False)]
+        request = parse_music_text(prompt[-1].text) if prompt and isinstance(prompt[-1], TextSegment) else []
+        if output_modalities is not None and "audio" not in output_modalities:
+            request = []
+        k = (SPEAK_CANDIDATES if request else 1) if num_candidates is None else num_candidates
+        check_count("num_candidates", k)
+        sampled = self._sample([prompt] * k, None, _generate_sampling(sampling),
+                               guidance=([drop_condition(prompt)] * k, guidance_scale),
+                               generator=_per_candidate(generator, k, k), max_new_tokens=max_new_tokens,
+                               open_modalities=output_modalities, desc="generate", callback=callback_on_step_end,
+                               min_new_tokens=min_new_tokens)
+        rows = [self.model.processor.decode(row, decode_media=False) for row in sampled.rows]
+        best = self._best_heard(rows, request) if k > 1 and request else 0
+        answer = [self._answer_segment(x, render, generator) for x in rows[best]]
         if not answer:
             raise EmptyAnswerError("the model ended its answer at once (its first token was <|eos|>): the prompt is "
                                   "probably unlike the model's training documents; try another generator seed, "
                                   "fewer media in one prompt, a prompt that ends with a question, or "
                                   "min_new_tokens=1")
-        return _out(GenerationPipelineOutput([_on_cpu(s) for s in answer], sampled.finished[0]), return_dict)
+        return _out(GenerationPipelineOutput([_on_cpu(s) for s in answer], sampled.finished[best]), return_dict)
+
+    def _best_heard(self, answers: list[list[Segment]], request: list[str] | tuple[str, str]) -> int:
+        """The index of the answer whose first audio span plays most of ``request`` by ear (the first on ties; an
+        answer without audio scores below any with)."""
+        scores = []
+        for answer in answers:
+            clip = next((s for s in answer if isinstance(s, CodesSegment) and s.modality == "audio"), None)
+            if clip is None:
+                scores.append(-1.0)
+                continue
+            heard = self.model.processor.media_segment("audio", clip.codes)
+            scores.append(heard_match(heard.waveform, int(heard.sample_rate), request))
+        return max(range(len(answers)), key=lambda i: (scores[i], -i))
 
     def chat(self, messages: Sequence[Message | Mapping], max_new_tokens: int = 256, guidance_scale: float = 1.0,
              generator: Generators = None, sampling: dict[str, SamplingParams] | None = None,
              output_modalities: Sequence[str] | None = None, return_dict: bool = True,
              callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
              num_inference_steps: int | None = None,
-             decoder_guidance_scale: float = 1.0) -> GenerationPipelineOutput | tuple:
+             decoder_guidance_scale: float = 1.0, num_candidates: int | None = None
+             ) -> GenerationPipelineOutput | tuple:
         """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`); the arguments
         after ``messages`` are :meth:`generate`'s.
 
@@ -616,7 +643,7 @@ class AnyGenPipeline(PipelineBase):
         """
         return self.generate(self.apply_chat_template(messages), max_new_tokens, guidance_scale, generator, sampling,
                              output_modalities, return_dict, callback_on_step_end, min_new_tokens, decoder,
-                             num_inference_steps, decoder_guidance_scale)
+                             num_inference_steps, decoder_guidance_scale, num_candidates)
 
     def apply_chat_template(self, messages: Sequence[Message | Mapping]) -> Interleaved:
         """The prompt segments :meth:`chat` feeds the model for ``messages`` (with :attr:`chat_template`)."""

@@ -10,11 +10,14 @@
   ``num_candidates=8`` and the same seed, whose 8 candidates are the pool (a paired comparison with the first).
 - ``melody``: text -> melody, 16 candidates; the pipeline is asked again with ``num_candidates=K`` and the same seed
   (its K candidates draw the seeds of the first K of the 16).
+- ``play_notes``: the interleaved suite's "play these notes" documents (``--n`` of them per split), answered by
+  ``generate`` with ``num_candidates=1`` and with its default (the pick by ear of ``SPEAK_CANDIDATES`` answers)
+  under the same seed, whose first answer is the single one; judged as in ``anygen eval --suite interleaved``.
 
 A smaller batch may round a few logits differently, so a re-asked pipeline's candidates can differ from the pool's
 in places. Each task writes its own section of benchmarks/RESULTS.md (``candidates-<task>``).
 
-    python benchmarks/candidates.py --tasks images edits melody --splits validation test --threads 1
+    python benchmarks/candidates.py --tasks images edits melody play_notes --splits validation test --threads 1
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from results_file import write_section  # noqa: E402
 import anygen  # noqa: E402
 from anygen.data.scenes import render_scene  # noqa: E402
 from anygen.evaluation.edit import score_edit  # noqa: E402
+from anygen.evaluation.interleaved import score_document  # noqa: E402
 from anygen.evaluation.melody import score_music_audio  # noqa: E402
 from anygen.evaluation.shapes import score_image  # noqa: E402
 from anygen.evaluation.suites import build_items  # noqa: E402
 from anygen.generation.ranking import ranking_texts  # noqa: E402
+from anygen.pipelines import EmptyAnswerError  # noqa: E402
 
 POOL = 16
 PICKS = (4, 8, 16)
@@ -85,6 +90,19 @@ def run_music(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list
     return rows
 
 
+def run_play_notes(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list[bool]]:
+    rows: dict[str, list[bool]] = {"one sample": [], "pick of 8": []}
+    documents = [d for d in build_items("interleaved", n, 0, split)["documents"] if d.kind == "play_notes"]
+    for i, doc in enumerate(tqdm(documents, desc=f"play_notes ({split})")):
+        for column, k in (("one sample", 1), ("pick of 8", None)):
+            try:
+                answer = pipe.generate(list(doc.prompt), generator=seed(i), num_candidates=k).segments
+            except EmptyAnswerError:  # scored as an answer with nothing in it, as anygen eval does
+                answer = []
+            rows[column].append(score_document(answer, doc.checks, None)["passed"])
+    return rows
+
+
 def run_edits(pipe: anygen.AnyGenPipeline, split: str, n: int) -> dict[str, list[bool]]:
     rows: dict[str, list[bool]] = {"one sample": [], "pick of 8": [], "any of 8": []}
     for i, s in enumerate(tqdm(build_items("edit", n, 0, split)["edits"], desc=f"edits ({split})")):
@@ -126,8 +144,8 @@ def parse_and_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["images", "edits", "melody"],
-                        choices=["images", "edits", "melody"])
+    parser.add_argument("--tasks", nargs="+", default=["images", "edits", "melody", "play_notes"],
+                        choices=["images", "edits", "melody", "play_notes"])
     parser.add_argument("--n", type=int, default=12, help="items per category / kind, as anygen eval --n")
     parser.add_argument("--edit-n", type=int, default=24, help="edits per operation")
     args, pipe = parse_and_load(parser)
@@ -166,6 +184,14 @@ def main() -> None:
             f"one of the first K passes. {judges}", "",
             *table(pipe, [("melody", partial(run_music, pipe))],
                    ["one sample", *picks, *[f"any of {k}" for k in PICKS]], args.splits, args.n)],
+        "play_notes": lambda: [
+            "## Candidates: play these notes, answered by `generate` (`num_candidates`)", "",
+            f"{command}. Per \"play these notes\" document of the interleaved suite (`--n` per split), the answer "
+            "of `generate(num_candidates=1)` and of `generate` as it is by default (the answer of 8 whose clip a "
+            "pitch tracker hears play most of the notes, `anygen/generation/hearing.py`) under the same seed; "
+            "passed: the clip plays the notes and the text after it names them.", "",
+            *table(pipe, [("play_notes", partial(run_play_notes, pipe))], ["one sample", "pick of 8"], args.splits,
+                   args.n)],
     }
     for task in args.tasks:
         body = "\n".join(sections[task]())

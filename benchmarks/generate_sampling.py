@@ -5,7 +5,9 @@ The interleaved suite (``--n`` documents per kind, for each of ``--seeds``, as `
 is answered once per setting, every call seeded from the seed and its index as ``anygen eval`` seeds it, and judged
 as there: *sampled*: every modality at temperature 1 (``generate``'s default before); *greedy text*: text read
 greedily, media at temperature 1 (``GENERATE_SAMPLING``, the default now); *+ audio T 0.7*: audio as ``speak``
-samples it; *+ guidance 2*: classifier-free guidance 2 on the media spans as well.
+samples it; *+ guidance 2*: classifier-free guidance 2 on the media spans as well. One answer each
+(``num_candidates=1``: a "play these notes" document is otherwise answered by the pick of 8, ``candidates.py
+--tasks play_notes``).
 
     python benchmarks/generate_sampling.py --seeds 1 2 0
 """
@@ -61,7 +63,7 @@ def main() -> None:
                     generator = torch.Generator().manual_seed(seed * 1_000_003 + next(calls))
                     try:
                         return pipe.generate(segments, generator=generator, sampling=sampling,
-                                             guidance_scale=scale).segments
+                                             guidance_scale=scale, num_candidates=1).segments
                     except EmptyAnswerError:
                         return []
                 result = evaluate_interleaved(generate, documents, classifier)

@@ -297,6 +297,54 @@ def test_speak_ranks_a_music_request_by_the_notes_it_hears(pipe: AnyGenPipeline,
     assert len(asked) == 6
 
 
+def test_generate_samples_candidates_for_a_music_request(pipe: AnyGenPipeline,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt ending with notes to play samples SPEAK_CANDIDATES answers (audio allowed); any other prompt, or
+    ``num_candidates=1``, samples one; the first answer is the single answer's seed."""
+    from anygen.pipelines import SPEAK_CANDIDATES
+
+    counts, real_sample = [], pipe._sample
+
+    def counted(rows, *args, **kwargs):
+        counts.append(len(rows))
+        return real_sample(rows, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "_sample", counted)
+    ask = dict(max_new_tokens=12, min_new_tokens=8, generator=seed(3))
+    assert pipe.generate(["Play these notes: C4 E4 G4"], num_candidates=3, **ask).segments
+    pipe.generate(["Play these notes: C4 E4 G4"], **ask)
+    pipe.generate(["an A minor chord"], output_modalities=["audio"], **ask)
+    assert counts == [3, SPEAK_CANDIDATES, SPEAK_CANDIDATES]
+    one = pipe.generate(["Play these notes: C4 E4 G4"], num_candidates=1, **ask).segments
+    pipe.generate(["Play these notes: C4 E4 G4"], output_modalities=["image"], **ask)
+    pipe.generate(["say hello"], **ask)
+    assert counts[3:] == [1, 1, 1]
+    monkeypatch.setattr(pipe, "_best_heard", lambda answers, request: 0)
+    assert pipe.generate(["Play these notes: C4 E4 G4"], **ask).segments == one
+    with pytest.raises(InvalidArgumentError, match="num_candidates"):
+        pipe.generate(["Play C4"], num_candidates=0)
+
+
+def test_generate_keeps_the_answer_whose_first_clip_plays_the_request(pipe: AnyGenPipeline) -> None:
+    """Answers are ranked by ear on their first audio span (real codes of rendered melodies, heard by
+    ``heard_match``); an answer without audio ranks last and ties keep the first."""
+    from anygen.data.melody import render_notes
+    from anygen.types import CodesSegment
+
+    rate = pipe._tokenizer("audio").sample_rate
+    processor = pipe.model.processor
+
+    def answer(notes: list[str]) -> list:
+        ids = processor.encode([AudioSegment(render_notes(notes, "organ", sample_rate=rate), rate)])
+        return [TextSegment("here:"), *processor.decode(ids, decode_media=False), TextSegment("done")]
+
+    right, wrong, silent = answer(["C5", "E5", "G5"]), answer(["C5", "F5", "A5"]), [TextSegment("no clip")]
+    assert any(isinstance(s, CodesSegment) for s in right)
+    assert pipe._best_heard([silent, wrong, right, wrong], ["C5", "E5", "G5"]) == 2
+    assert pipe._best_heard([silent, wrong, wrong], ["C5", "E5", "G5"]) == 1
+    assert pipe._best_heard([silent, silent], ["C5"]) == 0
+
+
 def test_edits_are_asked_in_the_order_the_training_items_use(pipe: AnyGenPipeline, monkeypatch) -> None:
     from anygen.data.corpus import DataConfig, build_item
 
