@@ -4,7 +4,10 @@ The requests (:mod:`anygen.apps.showcase_requests`) were fixed before the shippe
 drawn is shown, each is judged by the evaluator of its task (:mod:`anygen.evaluation`), and each section prints its
 pass rate over exactly the samples on the page, so the page shows what the model does, not what it does best. Each
 text-to-image and edit sample is what ``text_to_image`` / ``edit_image`` return by default: the one of their
-``num_candidates`` samples that the model itself ranks first (no judge and no person picks).
+``num_candidates`` samples that the model itself ranks first (no judge and no person picks). Each clip, and each
+answer to a request to play notes, is what ``speak`` / ``generate`` return by default: for music, the one of 8 in
+which the pipeline's own pitch tracker (:mod:`anygen.generation.hearing`, not the judge) hears the notes asked for;
+the sections say so.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from anygen.evaluation.melody import parse_music_text, score_music_audio
 from anygen.evaluation.shapes import score_image
 from anygen.evaluation.speech import KeywordClassifier, default_classifier
 from anygen.paths import check_output_dir
-from anygen.pipelines import CANDIDATES, DECODERS, EDIT_CANDIDATES, AnyGenPipeline, load
+from anygen.pipelines import CANDIDATES, DECODERS, EDIT_CANDIDATES, SPEAK_CANDIDATES, AnyGenPipeline, load
 from anygen.types import AudioSegment, ImageSegment, Interleaved, TextSegment
 
 # Examples the demo offers, taken from the showcase's requests.
@@ -45,6 +48,8 @@ IMAGE_PROMPTS = tuple(prompt for _, prompt in requests.IMAGE_PROMPTS)
 SHOWN_PX = 192  # about how wide the page shows a picture
 PICKED = ("Each {} is the model's own pick of {} samples (the pipeline's default num_candidates), drawn by the {} "
           "decoder.")
+BY_EAR = (f"Each clip is the pick of {SPEAK_CANDIDATES} samples (the pipeline's default num_candidates) in which "
+          "the pipeline's own pitch tracker, not the judge, hears most of the notes asked for.")
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -188,7 +193,7 @@ def _music(page: Page, pipe: AnyGenPipeline, generator: torch.Generator) -> None
         heard = verdict["heard"] if isinstance(verdict["heard"], str) else " ".join(h or "?" for h in verdict["heard"])
         body += figure(page.audio(wave, out.sample_rate, f"music-{i}.wav"), f"{text!r} (heard: {heard})",
                        verdicts[-1])
-    page.add("Text to melody / chord (judged by pitch)", verdicts, body, time.perf_counter() - start)
+    page.add("Text to melody / chord (judged by pitch)", verdicts, body, time.perf_counter() - start, note=BY_EAR)
 
 
 def _interleaved(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, size: int,
@@ -206,7 +211,10 @@ def _interleaved(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, s
         verdicts.append(bool(score_document(answer, doc.checks, classifier or default_classifier())["passed"]))
         body += (f"<div>{_render(page, doc.prompt, f'doc-{i}-prompt')}<p>&rarr;</p>"
                  f"{_render(page, answer, f'doc-{i}-answer')}<p>{'&#10003;' if verdicts[-1] else '&#10007;'}</p></div>")
-    page.add("Interleaved", verdicts, body, time.perf_counter() - start)
+    page.add("Interleaved", verdicts, body, time.perf_counter() - start,
+             note=f"A request to play notes is answered with the one of {SPEAK_CANDIDATES} answers whose clip the "
+                  "pipeline's own pitch tracker, not the judge, hears play most of the notes; the rest are answered "
+                  "once.")
 
 
 def _render(page: Page, segments: Interleaved, prefix: str) -> str:
