@@ -592,9 +592,9 @@ class AnyGenPipeline(PipelineBase):
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
         render = self._answer_rendering(decoder, num_inference_steps, decoder_guidance_scale)
-        request = parse_music_text(prompt[-1].text) if prompt and isinstance(prompt[-1], TextSegment) else []
-        if output_modalities is not None and "audio" not in output_modalities:
-            request = []
+        audio = "audio" in (self.model.vocab.modality_names if output_modalities is None else output_modalities)
+        last = prompt[-1] if prompt else None
+        request = parse_music_text(last.text) if audio and isinstance(last, TextSegment) else []
         k = (SPEAK_CANDIDATES if request else 1) if num_candidates is None else num_candidates
         check_count("num_candidates", k)
         sampled = self._sample([prompt] * k, None, _generate_sampling(sampling),

@@ -1,18 +1,21 @@
-"""How ``speak`` hears the notes of a candidate clip: a harmonic-sum pitch tracker, conditioned on the request.
+"""How ``speak`` and ``generate`` hear the notes of a candidate clip: a harmonic-sum pitch tracker, conditioned on
+the request.
 
-``speak("C4 E4 G4 C5")`` samples several clips and keeps the one that plays what was asked. The model's own
-likelihood of the text after a clip (what it would transcribe) picks the right clip for about half of anygen-tiny's
-melody requests where one of 8 is right (``benchmarks/speak_ranking.py``); this module listens instead.
+``speak("C4 E4 G4 C5")`` samples several clips and keeps the one that plays what was asked (``generate`` likewise
+keeps the answer whose clip does). The model's own likelihood of the text after a clip (what it would transcribe)
+picked the right clip for about half of anygen-tiny's melody requests where one of 8 was right
+(``benchmarks/speak_ranking.py``); this module listens instead.
 
-Each 128 ms frame (hop 16 ms) of a clip gets a salience for every semitone from C3 to B6: the weighted sum of the
+Each 128 ms frame (hop 16 ms) of a clip gets a salience for every semitone from C3 to C8: the weighted sum of the
 spectrum's peak magnitude within half a semitone of each of the note's first :data:`HARMONICS` harmonics (weights
 :data:`HARMONIC_DECAY` ** (h - 1)), so a note is heard from all its partials, an octave below it scores only its
 even partials at lower weights, and an octave above it misses the odd ones. A melody request is matched note by note:
 slot ``i`` is ``[i, i + 1)`` note lengths after the clip's onset (the first 4 ms block within 30 dB of the loudest),
 and its score is the share of the frames in the slot's central 60% whose most salient semitone is the note asked
-for (a quiet frame counts as wrong). A chord request (a triad) is matched frame by frame over the first
-:data:`~anygen.data.melody.CHORD_SECONDS` after the onset: the three most salient pitch classes, each found after
-the harmonics of the ones before are taken out of the spectrum, against the three asked for.
+for (a quiet frame counts as wrong). A chord request (a triad) is matched frame by frame over the central 80% of
+the :data:`~anygen.data.melody.CHORD_SECONDS` after the onset: the three most salient pitch classes, each found
+after the harmonics of the ones before are taken out of the spectrum, against the three asked for. A semitone
+counts only where its fundamental sounds (:data:`FUNDAMENTAL_FLOOR`).
 
 :func:`heard_match` is a score in [0, 1], 1 when every frame plays what was asked. It never reads the evaluation's
 judge (``anygen.evaluation.melody``: a lowest-strong-peak pitch per slot and a chroma template per third); tests
@@ -41,8 +44,8 @@ FUNDAMENTAL_FLOOR = 0.1
 """A semitone whose fundamental's band peaks below this share of the frame's strongest bin is not a candidate: a
 note is heard where it sounds, not as the common root of other notes' partials (C3 under a C major triad)."""
 QUIET_DB = 30.0
-"""A frame more than this many dB below the clip's loudest frame is quiet: the onset is the first frame that is not,
-and a quiet frame inside a slot plays no note."""
+"""A frame more than this many dB below the clip's loudest frame is quiet and plays no note; the onset is the first
+4 ms block within this many dB of the loudest block."""
 
 
 def _onset(wave: np.ndarray, size: int) -> int:
