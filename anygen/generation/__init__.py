@@ -5,6 +5,10 @@
 - :mod:`~anygen.generation.loop`: prefill, decode one token per step over a static KV cache, :func:`generate`.
 - :mod:`~anygen.generation.streaming`: typed events (text deltas, media progress) from the loop's steps.
 
+Around them: :mod:`~anygen.generation.fast_decode` (the lean CPU decode step), :mod:`~anygen.generation.scheduler`,
+:mod:`~anygen.generation.slot_cache` and :mod:`~anygen.generation.request_scope` (continuous batching),
+:mod:`~anygen.generation.ranking` and :mod:`~anygen.generation.hearing` (how the pipelines pick among candidates).
+
 The names below are re-exported lazily, so importing one submodule (the diffusion decoder uses only the CFG formula
 in :mod:`~anygen.generation.sampling`) does not pull in the loop.
 """
