@@ -43,6 +43,9 @@ HARMONICS, HARMONIC_DECAY = 6, 0.8
 FUNDAMENTAL_FLOOR = 0.1
 """A semitone whose fundamental's band peaks below this share of the frame's strongest bin is not a candidate: a
 note is heard where it sounds, not as the common root of other notes' partials (C3 under a C major triad)."""
+VOICE_FLOOR = 0.1
+"""A chord's second or third voice counts only where its salience is above this share of the first voice's (an
+empty frame has nothing left to find once the notes that sound are taken out)."""
 QUIET_DB = 30.0
 """A frame more than this many dB below the clip's loudest frame is quiet and plays no note; the onset is the first
 4 ms block within this many dB of the loudest block."""
@@ -121,7 +124,7 @@ def heard_notes(waveform: torch.Tensor | np.ndarray, sample_rate: int, n_notes: 
     """The most salient MIDI note of each frame of each of ``n_notes`` slots (None: a quiet frame; a slot past the
     clip's end has fewer frames or none)."""
     frames = _Frames(waveform, sample_rate)
-    best = LOWEST + np.argmax(frames.salience(frames.spectra), axis=1) if len(frames.spectra) else []
+    best = LOWEST + np.argmax(frames.salience(frames.spectra), axis=1)
     out = []
     for i in range(n_notes):
         idx = [j for j in _window((i + 0.2) * note_seconds, (i + 0.8) * note_seconds) if j < len(frames.spectra)]
@@ -140,10 +143,10 @@ def heard_pitch_classes(waveform: torch.Tensor | np.ndarray, sample_rate: int, v
     first = None
     for _ in range(voices):
         salience = frames.salience(spectra)
-        midis, top = LOWEST + np.argmax(salience, axis=1), salience.max(1) if len(idx) else np.zeros(0)
+        midis, top = LOWEST + np.argmax(salience, axis=1), salience.max(1)
         first = top if first is None else first
         for row, (midi, level) in enumerate(zip(midis, top)):
-            if level > 0.1 * first[row]:
+            if level > VOICE_FLOOR * first[row]:
                 found[row].add(int(midi) % 12)
         frames.take_out(spectra, midis)
     return [f if frames.loud[j] else set() for f, j in zip(found, idx)]
