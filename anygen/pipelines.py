@@ -570,7 +570,8 @@ class AnyGenPipeline(PipelineBase):
                  output_modalities: Sequence[str] | None = None, return_dict: bool = True,
                  callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
                  num_inference_steps: int | None = None, decoder_guidance_scale: float = 1.0,
-                 num_candidates: int | None = None) -> GenerationPipelineOutput | tuple:
+                 num_candidates: int | None = None, check_captions: bool = True
+                 ) -> GenerationPipelineOutput | tuple:
         """Any mix in, any mix out: continue ``segments`` with text and whichever media the model chooses.
 
         Media segments may hold any image / audio input the other tasks take (a PIL image may also stand alone in
@@ -588,6 +589,10 @@ class AnyGenPipeline(PipelineBase):
         :func:`~anygen.generation.hearing.heard_match`, as :meth:`speak` hears it) is returned, the first on ties or
         without such a request. ``None`` (the default): :data:`SPEAK_CANDIDATES` for a prompt that ends with such a
         request while audio may be answered, else 1.
+
+        ``check_captions``: a text of the answer that describes a scene in the scene language ("a red circle and
+        two blue squares") is checked against the picture before it (the answer's, else the prompt's last) as
+        :meth:`caption` checks its captions; ``False`` returns the text as the model wrote it.
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
@@ -604,13 +609,32 @@ class AnyGenPipeline(PipelineBase):
                                min_new_tokens=min_new_tokens)
         rows = [self.model.processor.decode(row, decode_media=False) for row in sampled.rows]
         best = self._best_heard(rows, request) if k > 1 and request else 0
-        answer = [self._answer_segment(x, render, generator) for x in rows[best]]
+        chosen = self._checked_answer(prompt, rows[best]) if check_captions else rows[best]
+        answer = [self._answer_segment(x, render, generator) for x in chosen]
         if not answer:
             raise EmptyAnswerError("the model ended its answer at once (its first token was <|eos|>): the prompt is "
                                   "probably unlike the model's training documents; try another generator seed, "
                                   "fewer media in one prompt, a prompt that ends with a question, or "
                                   "min_new_tokens=1")
         return _out(GenerationPipelineOutput([_on_cpu(s) for s in answer], sampled.finished[best]), return_dict)
+
+    def _checked_answer(self, prompt: Interleaved, answer: list[Segment]) -> list[Segment]:
+        """``answer`` with each text that describes a scene checked against the picture before it
+        (:meth:`_checked_captions`): the answer's last picture so far, else the prompt's last."""
+        picture = next((s for s in reversed(prompt) if _is_picture(s)), None)
+        todo: dict[int, list[int]] = {}
+        for i, segment in enumerate(answer):
+            if _is_picture(segment):
+                picture = segment
+            elif isinstance(segment, TextSegment) and picture is not None and caption_options(segment.text):
+                todo[i] = self.model.processor.encode([picture])
+        if not todo:
+            return answer
+        checked = self._checked_captions(list(todo.values()), [answer[i].text for i in todo])
+        out = list(answer)
+        for i, text in zip(todo, checked):
+            out[i] = TextSegment(text)
+        return out
 
     def _best_heard(self, answers: list[list[Segment]], request: list[str] | tuple[str, str]) -> int:
         """The index of the answer whose first audio span plays most of ``request`` by ear (the first on ties; an
@@ -630,7 +654,7 @@ class AnyGenPipeline(PipelineBase):
              output_modalities: Sequence[str] | None = None, return_dict: bool = True,
              callback_on_step_end: StepCallback | None = None, min_new_tokens: int = 0, decoder: str = "vq",
              num_inference_steps: int | None = None,
-             decoder_guidance_scale: float = 1.0, num_candidates: int | None = None
+             decoder_guidance_scale: float = 1.0, num_candidates: int | None = None, check_captions: bool = True
              ) -> GenerationPipelineOutput | tuple:
         """The assistant's next turn for a whole conversation (see :mod:`anygen.chat_template`); the arguments
         after ``messages`` are :meth:`generate`'s.
@@ -643,7 +667,7 @@ class AnyGenPipeline(PipelineBase):
         """
         return self.generate(self.apply_chat_template(messages), max_new_tokens, guidance_scale, generator, sampling,
                              output_modalities, return_dict, callback_on_step_end, min_new_tokens, decoder,
-                             num_inference_steps, decoder_guidance_scale, num_candidates)
+                             num_inference_steps, decoder_guidance_scale, num_candidates, check_captions)
 
     def apply_chat_template(self, messages: Sequence[Message | Mapping]) -> Interleaved:
         """The prompt segments :meth:`chat` feeds the model for ``messages`` (with :attr:`chat_template`)."""
@@ -961,6 +985,10 @@ def load(name_or_path: str | Path | None = None, **kwargs: Any) -> AnyGenPipelin
 
 def _out(output: PipelineOutput, return_dict: bool) -> PipelineOutput | tuple:
     return output if return_dict else output.to_tuple()
+
+
+def _is_picture(segment: Segment) -> bool:
+    return isinstance(segment, ImageSegment) or (isinstance(segment, CodesSegment) and segment.modality == "image")
 
 
 def _on_cpu(segment: Any) -> Any:

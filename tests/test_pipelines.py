@@ -108,6 +108,36 @@ def test_a_caption_is_the_option_under_which_the_picture_is_likeliest(pipe: AnyG
     assert pipe.caption(images).texts == pipe._checked_captions(spans, raw)
 
 
+def test_generate_checks_each_caption_against_the_picture_before_it(pipe: AnyGenPipeline,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text of the answer that names shapes is checked (as ``caption`` checks) against the answer's last picture
+    before it, else the prompt's last picture; other texts, and texts with no picture before them, stay as
+    written; ``check_captions=False`` returns the answer as sampled."""
+    images = pipe.text_to_image(["a red circle", "two blue squares"], generator=seed(2), output_type="pt",
+                                num_candidates=1).images
+    processor = pipe.model.processor
+    drawn = processor.decode(processor.encode([ImageSegment(images[1])]), decode_media=False)
+    captions = ["This shows a yellow triangle.", "three pink stars", "two blue squares above a green star"]
+    answer = [TextSegment(captions[0]), TextSegment("Answer:"), *drawn, TextSegment(captions[1]),
+              TextSegment(captions[2])]
+    checked = pipe._checked_answer([TextSegment("What is this?"), ImageSegment(images[0])], answer)
+    spans = pipe._picture_ids(images)
+    expected = pipe._checked_captions([spans[0], spans[1], spans[1]], captions)
+    assert [s.text for s in checked if isinstance(s, TextSegment)] == [expected[0], "Answer:", *expected[1:]]
+    assert checked[2:3] == drawn
+    assert expected != captions  # the check changed at least one of them
+    assert pipe._checked_answer([TextSegment("draw")], answer[:2]) == answer[:2]
+
+    asked = []
+    monkeypatch.setattr(pipe, "_checked_answer", lambda prompt, rows: asked.append(rows) or [TextSegment("mended")])
+    ask = dict(max_new_tokens=6, min_new_tokens=4, output_modalities=["text"])
+    prompt = ["a red circle", ImageSegment(images[0])]
+    written = pipe.generate(prompt, generator=seed(4), check_captions=False, **ask).segments
+    assert not asked and written
+    assert pipe.generate(prompt, generator=seed(4), **ask).segments == [TextSegment("mended")]
+    assert asked == [written]
+
+
 def test_generate_reads_text_greedily_unless_told_otherwise(pipe: AnyGenPipeline) -> None:
     """A modality ``sampling`` leaves out samples as ``GENERATE_SAMPLING`` says (text greedy); one it names, as
     named; ``stream`` follows the same defaults."""
