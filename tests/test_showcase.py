@@ -17,6 +17,8 @@ def test_anygen_run_writes_a_complete_showcase(tiny_model: AnyGen, tmp_path: Pat
         assert title in page
     # the page says which picks are not the model's own: music is picked by the pipeline's pitch tracker
     assert page.count("pitch tracker, not the judge") == 2
+    # and captions, in the captioning and interleaved sections, are the model's own check of what it decoded
+    assert page.count("checked by the model itself") == 2
     # Every request's every sample is judged, and each section states its pass rate over them.
     rates = [tuple(map(int, m)) for m in re.findall(r"passed (\d+) of (\d+)", page)]
     n_images = len(requests.IMAGE_PROMPTS) * requests.IMAGES_PER_PROMPT

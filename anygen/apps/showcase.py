@@ -6,8 +6,9 @@ pass rate over exactly the samples on the page, so the page shows what the model
 text-to-image and edit sample is what ``text_to_image`` / ``edit_image`` return by default: the one of their
 ``num_candidates`` samples that the model itself ranks first (no judge and no person picks). Each clip, and each
 answer to a request to play notes, is what ``speak`` / ``generate`` return by default: for music, the one of 8 in
-which the pipeline's own pitch tracker (:mod:`anygen.generation.hearing`, not the judge) hears the notes asked for;
-the sections say so.
+which the pipeline's own pitch tracker (:mod:`anygen.generation.hearing`, not the judge) hears the notes asked for.
+Each caption, alone or in an interleaved answer, is the decoded text checked by the model against its near misses
+(``caption(check=True)``, ``generate(check_captions=True)``); the sections say so.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ PICKED = ("Each {} is the model's own pick of {} samples (the pipeline's default
           "decoder.")
 BY_EAR = (f"Each clip is the pick of {SPEAK_CANDIDATES} samples (the pipeline's default num_candidates) in which "
           "the pipeline's own pitch tracker, not the judge, hears most of the notes asked for.")
+CHECKED = ("Each caption is checked by the model itself against its near misses in colour and shape (the pipeline's "
+           "default check): the description under which it finds the picture likeliest is shown.")
 EDIT = ("a blue square", requests.EDITS[0][1])
 SPEECH = requests.SPEECH
 MELODY = requests.MUSIC[0]
@@ -160,7 +163,7 @@ def _captions(page: Page, pipe: AnyGenPipeline, size: int) -> None:
     for i, ((category, scene), picture, text) in enumerate(zip(requests.CAPTION_SCENES, pictures, captions)):
         verdicts.append(bool(score_caption(text, scene, category)["passed"]))
         body += figure(page.image(picture, f"caption-{i}.png"), f"caption: {text}", verdicts[-1])
-    page.add("Image to text", verdicts, body, time.perf_counter() - start)
+    page.add("Image to text", verdicts, body, time.perf_counter() - start, note=CHECKED)
 
 
 def _speech(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, classifier: KeywordClassifier) -> None:
@@ -214,7 +217,7 @@ def _interleaved(page: Page, pipe: AnyGenPipeline, generator: torch.Generator, s
     page.add("Interleaved", verdicts, body, time.perf_counter() - start,
              note=f"A request to play notes is answered with the one of {SPEAK_CANDIDATES} answers whose clip the "
                   "pipeline's own pitch tracker, not the judge, hears play most of the notes; the rest are answered "
-                  "once.")
+                  "once. " + CHECKED)
 
 
 def _render(page: Page, segments: Interleaved, prefix: str) -> str:
