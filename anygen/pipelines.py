@@ -591,8 +591,8 @@ class AnyGenPipeline(PipelineBase):
         request while audio may be answered, else 1.
 
         ``check_captions``: a text of the answer that describes a scene in the scene language ("a red circle and
-        two blue squares") is checked against the picture before it (the answer's, else the prompt's last) as
-        :meth:`caption` checks its captions; ``False`` returns the text as the model wrote it.
+        two blue squares") is checked against the picture before it (the answer's or, in an answer that draws none,
+        the prompt's last) as :meth:`caption` checks its captions; ``False`` returns the text as the model wrote it.
         """
         output_modalities = self._output_modalities(output_modalities)
         prompt = self._segments_in(segments)
@@ -620,8 +620,11 @@ class AnyGenPipeline(PipelineBase):
 
     def _checked_answer(self, prompt: Interleaved, answer: list[Segment]) -> list[Segment]:
         """``answer`` with each text that describes a scene checked against the picture before it
-        (:meth:`_checked_captions`): the answer's last picture so far, else the prompt's last."""
-        picture = next((s for s in reversed(prompt) if _is_picture(s)), None)
+        (:meth:`_checked_captions`): the answer's last picture so far or, in an answer that draws none, the prompt's
+        last (a text before the answer's first picture may announce that picture rather than describe the prompt's).
+        """
+        draws = any(_is_picture(s) for s in answer)
+        picture = None if draws else next((s for s in reversed(prompt) if _is_picture(s)), None)
         todo: dict[int, list[int]] = {}
         for i, segment in enumerate(answer):
             if _is_picture(segment):

@@ -111,8 +111,8 @@ def test_a_caption_is_the_option_under_which_the_picture_is_likeliest(pipe: AnyG
 def test_generate_checks_each_caption_against_the_picture_before_it(pipe: AnyGenPipeline,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A text of the answer that names shapes is checked (as ``caption`` checks) against the answer's last picture
-    before it, else the prompt's last picture; other texts, and texts with no picture before them, stay as
-    written; ``check_captions=False`` returns the answer as sampled."""
+    before it or, in an answer that draws none, the prompt's last picture; other texts, and texts with no picture
+    before them, stay as written; ``check_captions=False`` returns the answer as sampled."""
     images = pipe.text_to_image(["a red circle", "two blue squares"], generator=seed(2), output_type="pt",
                                 num_candidates=1).images
     processor = pipe.model.processor
@@ -120,12 +120,16 @@ def test_generate_checks_each_caption_against_the_picture_before_it(pipe: AnyGen
     captions = ["This shows a yellow triangle.", "three pink stars", "two blue squares above a green star"]
     answer = [TextSegment(captions[0]), TextSegment("Answer:"), *drawn, TextSegment(captions[1]),
               TextSegment(captions[2])]
-    checked = pipe._checked_answer([TextSegment("What is this?"), ImageSegment(images[0])], answer)
+    question = [TextSegment("What is this?"), ImageSegment(images[0])]
+    checked = pipe._checked_answer(question, answer)
     spans = pipe._picture_ids(images)
-    expected = pipe._checked_captions([spans[0], spans[1], spans[1]], captions)
-    assert [s.text for s in checked if isinstance(s, TextSegment)] == [expected[0], "Answer:", *expected[1:]]
+    expected = pipe._checked_captions([spans[1], spans[1]], captions[1:])
+    assert [s.text for s in checked if isinstance(s, TextSegment)] == [captions[0], "Answer:", *expected]
     assert checked[2:3] == drawn
-    assert expected != captions  # the check changed at least one of them
+    # an answer that draws nothing describes the prompt's picture
+    expected_first = pipe._checked_captions([spans[0]], captions[:1])
+    assert pipe._checked_answer(question, answer[:2]) == [TextSegment(expected_first[0]), answer[1]]
+    assert [*expected_first, *expected] != captions  # the check changed at least one of them
     assert pipe._checked_answer([TextSegment("draw")], answer[:2]) == answer[:2]
 
     asked = []
