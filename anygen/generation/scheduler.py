@@ -272,7 +272,7 @@ class Scheduler:
         if len(rows) > self.rows:
             raise InvalidArgumentError(f"the request needs {len(rows)} rows ({b} outputs x {branches} guidance "
                                        f"branches) but the batch has {self.rows}; ask for fewer outputs "
-                                       f"(or num_candidates)")
+                                       "(or num_candidates)")
         longest = max(len(r) for r in rows)
         if longest + max_new_tokens > self.cache_len:
             raise InvalidArgumentError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
