@@ -2,8 +2,8 @@
 benchmarks/RESULTS.md.
 
 The interleaved suite (``--n`` documents per kind, for each of ``--seeds``, as ``anygen eval --suite interleaved``)
-is answered with ``generate``'s defaults, every call seeded from the seed and its index as ``anygen eval`` seeds it,
-and judged as there, twice: *as written* (``check_captions=False``: each text as the model wrote it) and *checked*
+is answered with ``generate``'s defaults, every call seeded as ``anygen eval`` seeds it, and judged as there,
+twice: *as written* (``check_captions=False``: each text as the model wrote it) and *checked*
 (the default: a text that describes a scene is checked against the picture before it, as ``caption`` checks its
 captions). Both answers are sampled under the same seed, so they differ only in the checked texts.
 
@@ -13,7 +13,6 @@ captions). Both answers are sampled under the same seed, so they differ only in 
 from __future__ import annotations
 
 import argparse
-import itertools
 import shlex
 import sys
 from pathlib import Path
@@ -25,9 +24,9 @@ from candidates import parse_and_load  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.interleaved import DOC_KINDS  # noqa: E402
+from anygen.evaluation.cli import pipeline_callables  # noqa: E402
 from anygen.evaluation.interleaved import evaluate_interleaved  # noqa: E402
 from anygen.evaluation.suites import build_items, default_classifier  # noqa: E402
-from anygen.pipelines import EmptyAnswerError  # noqa: E402
 
 SETTINGS = {"as written": False, "checked": True}
 
@@ -50,14 +49,7 @@ def main() -> None:
             documents = build_items("interleaved", args.n, seed, split)["documents"]
             cells = []
             for check in SETTINGS.values():
-                calls = itertools.count()
-
-                def generate(segments: list, check: bool = check) -> list:
-                    generator = torch.Generator().manual_seed(seed * 1_000_003 + next(calls))
-                    try:
-                        return pipe.generate(segments, generator=generator, check_captions=check).segments
-                    except EmptyAnswerError:
-                        return []
+                generate = pipeline_callables(pipe, seed, generate_options={"check_captions": check}).generate
                 result = evaluate_interleaved(generate, documents, classifier)
                 cells += [f"{result.per_category[kind]:.3f}" for kind in DOC_KINDS] + [f"{result.overall:.3f}"]
             lines.append(f"| {seed} | {split} | {len(documents)} | " + " | ".join(cells) + " |")

@@ -2,12 +2,12 @@
 benchmarks/RESULTS.md.
 
 The interleaved suite (``--n`` documents per kind, for each of ``--seeds``, as ``anygen eval --suite interleaved``)
-is answered once per setting, every call seeded from the seed and its index as ``anygen eval`` seeds it, and judged
-as there: *sampled*: every modality at temperature 1 (``generate``'s default before); *greedy text*: text read
-greedily, media at temperature 1 (``GENERATE_SAMPLING``, the default now); *+ audio T 0.7*: audio as ``speak``
-samples it; *+ guidance 2*: classifier-free guidance 2 on the media spans as well. One answer each
-(``num_candidates=1``: a "play these notes" document is otherwise answered by the pick of 8, ``candidates.py
---tasks play_notes``).
+is answered once per setting, every call seeded as ``anygen eval`` seeds it, and judged as there: *sampled*: every
+modality at temperature 1 (``generate``'s default before); *greedy text*: text read greedily, media at temperature 1
+(``GENERATE_SAMPLING``, the default now); *+ audio T 0.7*: audio as ``speak`` samples it; *+ guidance 2*:
+classifier-free guidance 2 on the media spans as well. One answer each (``num_candidates=1``: a "play these notes"
+document is otherwise answered by the pick of 8, ``candidates.py --tasks play_notes``), its captions as written
+(``check_captions=False``, as when this was measured; ``generate_captions.py`` measures the check).
 
     python benchmarks/generate_sampling.py --seeds 1 2 0
 """
@@ -15,7 +15,6 @@ samples it; *+ guidance 2*: classifier-free guidance 2 on the media spans as wel
 from __future__ import annotations
 
 import argparse
-import itertools
 import shlex
 import sys
 from pathlib import Path
@@ -26,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from candidates import parse_and_load  # noqa: E402
 from results_file import publish  # noqa: E402
 
+from anygen.evaluation.cli import pipeline_callables  # noqa: E402
 from anygen.evaluation.interleaved import evaluate_interleaved  # noqa: E402
 from anygen.evaluation.suites import build_items, default_classifier  # noqa: E402
 from anygen.generation.sampling import SamplingParams  # noqa: E402
-from anygen.pipelines import EmptyAnswerError  # noqa: E402
 
 GREEDY = SamplingParams(do_sample=False)
 SETTINGS = {
@@ -57,15 +56,8 @@ def main() -> None:
             documents = build_items("interleaved", args.n, seed, split)["documents"]
             rates = []
             for sampling, scale in SETTINGS.values():
-                calls = itertools.count()
-
-                def generate(segments: list) -> list:
-                    generator = torch.Generator().manual_seed(seed * 1_000_003 + next(calls))
-                    try:
-                        return pipe.generate(segments, generator=generator, sampling=sampling,
-                                             guidance_scale=scale, num_candidates=1).segments
-                    except EmptyAnswerError:
-                        return []
+                options = dict(sampling=sampling, guidance_scale=scale, num_candidates=1, check_captions=False)
+                generate = pipeline_callables(pipe, seed, generate_options=options).generate
                 result = evaluate_interleaved(generate, documents, classifier)
                 rates.append(f"{result.overall:.3f}")
             lines.append(f"| {seed} | {split} | {len(documents)} | " + " | ".join(rates) + " |")

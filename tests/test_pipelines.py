@@ -548,6 +548,33 @@ def test_anygen_eval_runs_every_suite_on_a_saved_model(pipe: AnyGenPipeline, tmp
         assert asked == [expected] * 6  # one prompt per category
 
 
+def test_eval_callables_seed_each_generate_call_and_pass_its_options(pipe: AnyGenPipeline,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline_callables``: the i-th call of a run gets the generator ``seed * 1_000_003 + i`` (what benchmarks
+    rely on to seed as ``anygen eval`` does), ``generate_options`` reach ``generate``, and an answer that ends at
+    once is scored as an empty one."""
+    from types import SimpleNamespace
+
+    from anygen.evaluation.cli import pipeline_callables
+    from anygen.pipelines import EmptyAnswerError
+
+    asked = []
+
+    def fake(self, segments, generator=None, **options):
+        asked.append((generator.initial_seed(), options))
+        if len(asked) == 2:
+            raise EmptyAnswerError("ended at once")
+        return SimpleNamespace(segments=["ok"])
+
+    monkeypatch.setattr(AnyGenPipeline, "generate", fake)
+    generate = pipeline_callables(pipe, 3, generate_options={"check_captions": False}).generate
+    assert [generate(["q"]), generate(["q"]), generate(["q"])] == [["ok"], [], ["ok"]]
+    assert asked == [(3 * 1_000_003 + i, {"check_captions": False}) for i in range(3)]
+    asked.clear()
+    pipeline_callables(pipe, 0).generate(["q"])
+    assert asked == [(0, {})]
+
+
 def test_stream_can_be_resumed_on_other_threads(pipe: AnyGenPipeline) -> None:
     """Web servers pull each event on whichever worker thread is free."""
     from concurrent.futures import ThreadPoolExecutor

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write all results to this JSON file (its folder must exist)")
 
 
-def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) -> ModelCallables:
+def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None,
+                       generate_options: Mapping[str, Any] | None = None) -> ModelCallables:
     """Adapt an AnyGenPipeline to the evaluators' callables.
 
     Every sampling call gets its own generator, seeded from ``seed`` and the call's index: the runs are
     reproducible, and the items' samples are independent (one shared seed would give every prompt the same noise,
     so a whole suite would pass or fail together with that one draw). ``num_candidates`` is passed to
-    ``text_to_image`` and ``edit_image`` when given.
+    ``text_to_image`` and ``edit_image`` when given, ``generate_options`` (keyword arguments) to ``generate``.
     """
     candidates = {} if num_candidates is None else {"num_candidates": num_candidates}
     calls = itertools.count()
@@ -81,7 +83,7 @@ def pipeline_callables(pipe: Any, seed: int, num_candidates: int | None = None) 
         from anygen.pipelines import EmptyAnswerError
 
         try:
-            return pipe.generate(segments, generator=gen()).segments
+            return pipe.generate(segments, generator=gen(), **(generate_options or {})).segments
         except EmptyAnswerError:  # the model ended at once: scored as an answer with nothing in it
             return []
 
