@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 import sys
 from pathlib import Path
@@ -140,6 +140,14 @@ def parse_and_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace,
     pipe = anygen.load()
     pipe.set_progress_bar_config(disable=True)
     return args, pipe
+
+
+def section_head(title: str, about: str, columns: Sequence[str]) -> list[str]:
+    """The opening lines of a sampling benchmark's section of RESULTS.md: ``## title``, the command that ran (this
+    script with its arguments, on anygen-tiny and this torch) followed by ``about``, and the head of its table."""
+    command = (f"`python benchmarks/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
+               f"{torch.__version__}. {about}")
+    return [f"## {title}", "", command, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def main() -> None:

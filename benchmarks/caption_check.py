@@ -16,15 +16,13 @@ Judged as in ``anygen eval``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load  # noqa: E402
+from candidates import parse_and_load, section_head  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.language import describe, near_misses, parse_text  # noqa: E402
@@ -68,12 +66,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12, help="scenes per category, as anygen eval --n")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 0], help="item-set seeds (the card's is 0)")
     args, pipe = parse_and_load(parser)
-    lines = ["## caption(check=True): what a decoded caption is checked against", "",
-             (f"`python benchmarks/caption_check.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
-              f"{torch.__version__}. Paired re-rankings of each decoded caption's options (module docstring); "
-              "seed 0 is the model card's draw."),
-             "",
-             "| seed | split | scenes | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = section_head("caption(check=True): what a decoded caption is checked against",
+                         "Paired re-rankings of each decoded caption's options (module docstring); seed 0 is the "
+                         "model card's draw.", ["seed", "split", "scenes", *COLUMNS])
     for seed in args.seeds:
         for split in args.splits:
             rows = run(pipe, seed, split, args.n)

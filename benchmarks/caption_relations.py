@@ -15,16 +15,14 @@ with none (what a greedy caption would need to state one).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load  # noqa: E402
+from candidates import parse_and_load, section_head  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.language import RELATIONS, Relation, describe, holds, scene_spec  # noqa: E402
@@ -41,11 +39,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12, help="scenes per category, as anygen eval --n")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="item-set seeds (the card's is 0)")
     args, pipe = parse_and_load(parser)
-    lines = ["## caption(): can the model tell which relation holds?", "",
-             (f"`python benchmarks/caption_relations.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
-              f"{torch.__version__}. Scenes of two objects over all seeds; shares of scenes (module docstring)."),
-             "",
-             "| split | category | scenes | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = section_head("caption(): can the model tell which relation holds?",
+                         "Scenes of two objects over all seeds; shares of scenes (module docstring).",
+                         ["split", "category", "scenes", *COLUMNS])
     for split in args.splits:
         hits: dict[str, list[list[bool]]] = {c: [] for c in CATEGORIES}
         for seed in args.seeds:

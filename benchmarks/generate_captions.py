@@ -13,14 +13,12 @@ captions). Both answers are sampled under the same seed, so they differ only in 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load  # noqa: E402
+from candidates import parse_and_load, section_head  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.interleaved import DOC_KINDS  # noqa: E402
@@ -38,12 +36,9 @@ def main() -> None:
     args, pipe = parse_and_load(parser)
     classifier = default_classifier()
     columns = [f"{name}: {kind}" for name in SETTINGS for kind in (*DOC_KINDS, "all")]
-    lines = ["## generate(check_captions=...): interleaved answers with their captions checked", "",
-             (f"`python benchmarks/generate_captions.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
-              f"{torch.__version__}. Documents answered with every part right, per kind and in all (module "
-              "docstring); seed 0 is the model card's draw."),
-             "",
-             "| seed | split | documents | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
+    lines = section_head("generate(check_captions=...): interleaved answers with their captions checked",
+                         "Documents answered with every part right, per kind and in all (module docstring); seed 0 "
+                         "is the model card's draw.", ["seed", "split", "documents", *columns])
     for seed in args.seeds:
         for split in args.splits:
             documents = build_items("interleaved", args.n, seed, split)["documents"]

@@ -15,14 +15,12 @@ document is otherwise answered by the pick of 8, ``candidates.py --tasks play_no
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load  # noqa: E402
+from candidates import parse_and_load, section_head  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.evaluation.cli import pipeline_callables  # noqa: E402
@@ -45,12 +43,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 0], help="item-set seeds (the card's is 0)")
     args, pipe = parse_and_load(parser)
     classifier = default_classifier()
-    lines = ["## generate(sampling=...): what an interleaved answer is sampled with", "",
-             (f"`python benchmarks/generate_sampling.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
-              f"{torch.__version__}. Documents answered with every part right (module docstring); seed 0 is the "
-              "model card's draw."),
-             "",
-             "| seed | split | documents | " + " | ".join(SETTINGS) + " |", "|---|---|---|" + "---|" * len(SETTINGS)]
+    lines = section_head("generate(sampling=...): what an interleaved answer is sampled with",
+                         "Documents answered with every part right (module docstring); seed 0 is the model card's "
+                         "draw.", ["seed", "split", "documents", *SETTINGS])
     for seed in args.seeds:
         for split in args.splits:
             documents = build_items("interleaved", args.n, seed, split)["documents"]

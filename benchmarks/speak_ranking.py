@@ -16,7 +16,6 @@ items.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load  # noqa: E402
+from candidates import parse_and_load, section_head  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.melody import parse_music_text  # noqa: E402
@@ -70,11 +69,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="clips per item")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="item-set seeds (the card's is 0)")
     args, pipe = parse_and_load(parser)
-    lines = ["## speak(num_candidates): what a clip is ranked on", "",
-             (f"`python benchmarks/speak_ranking.py {shlex.join(sys.argv[1:])}` -- anygen-tiny, torch "
-              f"{torch.__version__}. {args.k} clips per text -> melody item, ranked every way (module docstring)."),
-             "",
-             "| seed | split | items | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = section_head("speak(num_candidates): what a clip is ranked on",
+                         f"{args.k} clips per text -> melody item, ranked every way (module docstring).",
+                         ["seed", "split", "items", *COLUMNS])
     for seed in args.seeds:
         for split in args.splits:
             rows = run(pipe, seed, split, args.n, args.k)
