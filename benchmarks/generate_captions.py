@@ -16,39 +16,26 @@ import argparse
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from candidates import parse_and_load, section_head  # noqa: E402
+from candidates import section_head  # noqa: E402
+from generate_sampling import answered, parse_interleaved_args  # noqa: E402
 from results_file import publish  # noqa: E402
 
 from anygen.data.interleaved import DOC_KINDS  # noqa: E402
-from anygen.evaluation.cli import pipeline_callables  # noqa: E402
-from anygen.evaluation.interleaved import evaluate_interleaved  # noqa: E402
-from anygen.evaluation.suites import build_items, default_classifier  # noqa: E402
 
 SETTINGS = {"as written": False, "checked": True}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=12, help="documents per kind, as anygen eval --n")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 0], help="item-set seeds (the card's is 0)")
-    args, pipe = parse_and_load(parser)
-    classifier = default_classifier()
+    args, pipe = parse_interleaved_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     columns = [f"{name}: {kind}" for name in SETTINGS for kind in (*DOC_KINDS, "all")]
     lines = section_head("generate(check_captions=...): interleaved answers with their captions checked",
                          "Documents answered with every part right, per kind and in all (module docstring); seed 0 "
                          "is the model card's draw.", ["seed", "split", "documents", *columns])
-    for seed in args.seeds:
-        for split in args.splits:
-            documents = build_items("interleaved", args.n, seed, split)["documents"]
-            cells = []
-            for check in SETTINGS.values():
-                generate = pipeline_callables(pipe, seed, generate_options={"check_captions": check}).generate
-                result = evaluate_interleaved(generate, documents, classifier)
-                cells += [f"{result.per_category[kind]:.3f}" for kind in DOC_KINDS] + [f"{result.overall:.3f}"]
-            lines.append(f"| {seed} | {split} | {len(documents)} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
+    for head, results in answered(pipe, args, [{"check_captions": check} for check in SETTINGS.values()]):
+        cells = [f"{x:.3f}" for r in results for x in (*(r.per_category[kind] for kind in DOC_KINDS), r.overall)]
+        lines.append(head + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
     publish("generate-captions", lines, write=not args.no_write)
 
 
